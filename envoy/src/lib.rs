@@ -1,0 +1,389 @@
+//! Runs the real Envoy binary with the policy filter on loopback.
+//!
+//! One launcher for the three places that need an Envoy: `make run`, the
+//! integration tests and the benchmark. It renders `bootstrap.yaml` and
+//! `listener.yaml` (next to this crate) into a scratch directory, starts
+//! Envoy on free ports (or given ones), waits until the admin endpoint
+//! reports it ready, and reads back the port the listener bound. Dropping an
+//! [`Envoy`] stops it and removes the scratch directory.
+
+pub mod echo;
+pub mod filters;
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BOOTSTRAP: &str = include_str!("../bootstrap.yaml");
+const LISTENER: &str = include_str!("../listener.yaml");
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The Envoy binary: `$ENVOY_BIN`, else the project venv's.
+pub fn envoy_bin() -> PathBuf {
+    std::env::var_os("ENVOY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".venv/bin/envoy"))
+}
+
+/// The optimized filter module: `$POLICY_FILTER_WASM`, else what
+/// `make wasm` writes.
+pub fn filter_wasm() -> PathBuf {
+    std::env::var_os("POLICY_FILTER_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/policy-filter.wasm"))
+}
+
+/// How to start an Envoy.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The HTTP filters before the router (see [`filters`]).
+    pub filters: Vec<Value>,
+    /// The upstream the routes send to.
+    pub upstream: SocketAddr,
+    /// The listener port; 0 picks a free one.
+    pub listen_port: u16,
+    /// The admin port; 0 picks a free one.
+    pub admin_port: u16,
+    /// Worker threads.
+    pub concurrency: u32,
+    /// Pin Envoy to this CPU with `taskset`.
+    pub cpu: Option<u32>,
+    /// Envoy's log level for the `wasm` component.
+    pub wasm_log_level: &'static str,
+}
+
+impl Options {
+    /// One worker, free ports, the given filters, Wasm logs at `debug`.
+    pub fn new(filters: Vec<Value>, upstream: SocketAddr) -> Self {
+        Self {
+            filters,
+            upstream,
+            listen_port: 0,
+            admin_port: 0,
+            concurrency: 1,
+            cpu: None,
+            wasm_log_level: "debug",
+        }
+    }
+}
+
+/// Why Envoy could not be started or reconfigured.
+#[derive(Debug)]
+pub enum EnvoyError {
+    /// A file or process operation failed.
+    Io(String, io::Error),
+    /// Envoy exited while starting; its log is attached.
+    Exited {
+        /// The exit status.
+        status: String,
+        /// Envoy's log.
+        log: String,
+    },
+    /// Envoy did not become ready in time.
+    Timeout(String),
+    /// Envoy refused the listener configuration; on a reload, the previous
+    /// one keeps serving.
+    Rejected {
+        /// Envoy's log.
+        log: String,
+    },
+}
+
+impl fmt::Display for EnvoyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Io(what, e) => write!(f, "{what}: {e}"),
+            Self::Exited { status, log } => write!(f, "envoy exited ({status}):\n{log}"),
+            Self::Timeout(what) => write!(f, "timed out waiting for {what}"),
+            Self::Rejected { .. } => write!(f, "envoy rejected the listener update"),
+        }
+    }
+}
+
+impl std::error::Error for EnvoyError {}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> EnvoyError {
+    let what = what.into();
+    move |e| EnvoyError::Io(what, e)
+}
+
+/// A running Envoy; stopped when dropped.
+pub struct Envoy {
+    child: Child,
+    dir: PathBuf,
+    admin: Admin,
+    listener: SocketAddr,
+    listen_port: u16,
+    version: u32,
+}
+
+static INSTANCE: AtomicU32 = AtomicU32::new(0);
+
+impl Envoy {
+    /// Starts Envoy and waits until it serves.
+    pub fn start(options: &Options) -> Result<Self, EnvoyError> {
+        let dir = std::env::temp_dir().join(format!(
+            "local-envoy-{}-{}",
+            std::process::id(),
+            INSTANCE.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        let lds_dir = dir.join("lds");
+        fs::create_dir_all(&lds_dir).map_err(io_err("creating the scratch directory"))?;
+        let lds_path = lds_dir.join("listener.yaml");
+        let bootstrap = BOOTSTRAP
+            .replace("{{ADMIN_PORT}}", &options.admin_port.to_string())
+            .replace("{{LDS_PATH}}", &lds_path.display().to_string())
+            .replace("{{LDS_DIR}}", &lds_dir.display().to_string())
+            .replace("{{UPSTREAM_PORT}}", &options.upstream.port().to_string());
+        let bootstrap_path = dir.join("bootstrap.yaml");
+        fs::write(&bootstrap_path, bootstrap).map_err(io_err("writing the bootstrap"))?;
+        write_listener(&lds_path, options.listen_port, &options.filters, 1)?;
+
+        let log_path = dir.join("envoy.log");
+        let log = fs::File::create(&log_path).map_err(io_err("creating the log"))?;
+        let admin_path = dir.join("admin-address");
+        let mut command = match options.cpu {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", &cpu.to_string()]).arg(envoy_bin());
+                c
+            }
+            None => Command::new(envoy_bin()),
+        };
+        command
+            .arg("-c")
+            .arg(&bootstrap_path)
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .args(["--concurrency", &options.concurrency.to_string()])
+            .arg("--disable-hot-restart")
+            .args(["--log-level", "warn"])
+            .args([
+                "--component-log-level",
+                &format!("wasm:{},config:info,lua:info", options.wasm_log_level),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        let mut child = command
+            .spawn()
+            .map_err(io_err(format!("starting {}", envoy_bin().display())))?;
+        let started = (|| {
+            let admin = Admin(wait_for(&mut child, &dir, "the admin address", || {
+                fs::read_to_string(&admin_path)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+            })?);
+            wait_for(&mut child, &dir, "readiness", || {
+                admin.ready().then_some(())
+            })?;
+            // Envoy is ready even when it rejected the only listener.
+            let listener = wait_for(&mut child, &dir, "the listener", || {
+                match admin.counter("listener_manager.lds.update_rejected") {
+                    Some(rejected) if rejected > 0 => Some(None),
+                    _ => admin.listener().map(Some),
+                }
+            })?;
+            let listener = listener.ok_or_else(|| EnvoyError::Rejected {
+                log: read_log(&dir),
+            })?;
+            Ok((admin, listener))
+        })();
+        match started {
+            Ok((admin, listener)) => Ok(Self {
+                child,
+                dir,
+                admin,
+                listener,
+                listen_port: options.listen_port,
+                version: 1,
+            }),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(e)
+            }
+        }
+    }
+
+    /// The listener's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.listener
+    }
+
+    /// `http://<listener><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.listener, path)
+    }
+
+    /// The admin endpoint's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.0
+    }
+
+    /// Envoy's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything Envoy has logged so far.
+    pub fn log(&self) -> String {
+        read_log(&self.dir)
+    }
+
+    /// Resident memory in KiB, from /proc.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    /// Swaps in new HTTP filters through LDS and waits for Envoy's verdict.
+    /// On [`EnvoyError::Rejected`] the previous listener keeps serving.
+    pub fn reload(&mut self, filters: &[Value]) -> Result<(), EnvoyError> {
+        const SUCCESS: &str = "listener_manager.lds.update_success";
+        const REJECTED: &str = "listener_manager.lds.update_rejected";
+        let admin = self.admin;
+        let ok_before = admin.counter(SUCCESS).unwrap_or(0);
+        let bad_before = admin.counter(REJECTED).unwrap_or(0);
+        self.version += 1;
+        let staged = self.dir.join("listener.yaml.new");
+        write_listener(&staged, self.listen_port, filters, self.version)?;
+        // Envoy reloads when a file is moved onto the watched path.
+        fs::rename(&staged, self.dir.join("lds/listener.yaml"))
+            .map_err(io_err("replacing the listener"))?;
+        let accepted = wait_for(&mut self.child, &self.dir, "the LDS verdict", || {
+            if admin.counter(REJECTED).unwrap_or(0) > bad_before {
+                Some(false)
+            } else if admin.counter(SUCCESS).unwrap_or(0) > ok_before {
+                Some(true)
+            } else {
+                None
+            }
+        })?;
+        if !accepted {
+            return Err(EnvoyError::Rejected { log: self.log() });
+        }
+        wait_for(
+            &mut self.child,
+            &self.dir,
+            "the new listener to warm",
+            || (admin.counter("listener_manager.total_listeners_warming") == Some(0)).then_some(()),
+        )?;
+        self.listener = wait_for(&mut self.child, &self.dir, "the listener", || {
+            admin.listener()
+        })?;
+        Ok(())
+    }
+
+    /// Waits for Envoy to exit by itself and returns its log.
+    pub fn wait(mut self) -> Result<String, EnvoyError> {
+        self.child.wait().map_err(io_err("waiting for envoy"))?;
+        Ok(self.log())
+    }
+}
+
+/// Envoy's admin endpoint.
+#[derive(Debug, Clone, Copy)]
+struct Admin(SocketAddr);
+
+impl Admin {
+    fn get(&self, path: &str) -> Option<String> {
+        ureq::get(format!("http://{}{}", self.0, path))
+            .call()
+            .ok()?
+            .body_mut()
+            .read_to_string()
+            .ok()
+    }
+
+    fn ready(&self) -> bool {
+        self.get("/ready").is_some_and(|s| s.trim() == "LIVE")
+    }
+
+    /// The bound address of the (only) listener.
+    fn listener(&self) -> Option<SocketAddr> {
+        let json: Value = serde_json::from_str(&self.get("/listeners?format=json")?).ok()?;
+        let port = json
+            .get("listener_statuses")?
+            .get(0)?
+            .get("local_address")?
+            .get("socket_address")?
+            .get("port_value")?
+            .as_u64()?;
+        let port = u16::try_from(port).ok().filter(|p| *p != 0)?;
+        Some(SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    fn counter(&self, name: &str) -> Option<u64> {
+        let stats = self.get(&format!("/stats?filter=^{name}$"))?;
+        stats.split(':').nth(1)?.trim().parse().ok()
+    }
+}
+
+fn read_log(dir: &Path) -> String {
+    fs::read_to_string(dir.join("envoy.log")).unwrap_or_default()
+}
+
+/// Polls `probe` until it yields, Envoy exits, or 30 s pass.
+fn wait_for<T>(
+    child: &mut Child,
+    dir: &Path,
+    what: &str,
+    mut probe: impl FnMut() -> Option<T>,
+) -> Result<T, EnvoyError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(value) = probe() {
+            return Ok(value);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(EnvoyError::Exited {
+                status: status.to_string(),
+                log: read_log(dir),
+            });
+        }
+        if Instant::now() > deadline {
+            return Err(EnvoyError::Timeout(what.to_owned()));
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn write_listener(
+    path: &Path,
+    port: u16,
+    filters: &[Value],
+    version: u32,
+) -> Result<(), EnvoyError> {
+    let mut chain = filters.to_vec();
+    chain.push(filters::router());
+    let listener = LISTENER
+        .replace("{{VERSION}}", &version.to_string())
+        .replace("{{LISTEN_PORT}}", &port.to_string())
+        .replace("{{HTTP_FILTERS}}", &Value::Array(chain).to_string());
+    fs::write(path, listener).map_err(io_err("writing the listener"))
+}

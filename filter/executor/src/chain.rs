@@ -1,0 +1,309 @@
+//! Running one request through its chain of policies.
+//!
+//! # Order and short-circuits
+//!
+//! Policies wrap the upstream like the layers of an onion:
+//!
+//! * Request phases (headers, then body) run in chain order.
+//! * Response phases (headers, then body) run in **reverse** chain order, so
+//!   the first policy of the chain has the last word on the response.
+//! * A policy that returns [`Action::Respond`] stops the chain: no later
+//!   request phase runs and the upstream is never asked. Its reply then goes
+//!   through the response phases of the policies *before* it in the chain
+//!   (the layers outside it), exactly as an upstream response would. The
+//!   policy that replied and those after it never let the request through,
+//!   so they do not see the reply. A CORS policy placed before an
+//!   authentication policy therefore decorates the authentication's 401.
+//! * A response phase may also reply; its reply replaces the response and
+//!   goes on through the layers outside it.
+//!
+//! Once a reply is made the exchange is finished: later calls from the host
+//! return an empty [`Outcome::Continue`].
+
+use std::sync::Arc;
+
+use crate::headers::{HeaderMap, HeaderMutations};
+use crate::policy::{Action, Context, LocalReply, Phases, Policy, RouteInfo};
+
+/// One policy instance in a chain.
+pub(crate) struct ChainEntry {
+    /// `name@version`, for logs.
+    pub(crate) label: String,
+    pub(crate) policy: Box<dyn Policy>,
+    pub(crate) phases: Phases,
+}
+
+/// A compiled, immutable chain of policy instances, shared by all requests
+/// that match its route entry.
+pub struct Chain {
+    name: String,
+    entries: Vec<ChainEntry>,
+    phases: Phases,
+}
+
+/// Which bodies a chain must see whole. A headers-only chain needs neither,
+/// and the hosts then never buffer a body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BodyNeeds {
+    /// Some policy has a request-body phase.
+    pub request: bool,
+    /// Some policy has a response-body phase.
+    pub response: bool,
+}
+
+impl Chain {
+    pub(crate) fn new(name: String, entries: Vec<ChainEntry>) -> Self {
+        let phases = entries.iter().fold(Phases::NONE, |all, e| all | e.phases);
+        Self {
+            name,
+            entries,
+            phases,
+        }
+    }
+
+    /// The name of the route entry the chain belongs to.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The number of policy instances.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the chain has no policies.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The bodies this chain needs buffered.
+    pub fn body_needs(&self) -> BodyNeeds {
+        BodyNeeds {
+            request: self.phases.contains(Phases::REQUEST_BODY),
+            response: self.phases.contains(Phases::RESPONSE_BODY),
+        }
+    }
+
+    /// Whether any policy acts on the response at all; if not, hosts need not
+    /// even read the response headers.
+    pub fn acts_on_response(&self) -> bool {
+        self.phases.contains(Phases::RESPONSE_HEADERS)
+            || self.phases.contains(Phases::RESPONSE_BODY)
+    }
+}
+
+/// What the host must do after a phase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Apply these header changes to the message in flight and let it go on.
+    Continue(HeaderMutations),
+    /// Drop the message in flight and send this reply to the client instead.
+    Respond(LocalReply),
+}
+
+/// The state of one request going through one chain.
+///
+/// Hosts call the phase methods in the order the request and response
+/// arrive, skipping body phases the chain does not need
+/// ([`Exchange::body_needs`]).
+pub struct Exchange {
+    chain: Arc<Chain>,
+    cx: Context,
+    /// How many policies, from the start of the chain, let the request
+    /// through: those are the ones whose response phases run.
+    passed: usize,
+    finished: bool,
+}
+
+impl Exchange {
+    /// Starts an exchange over `chain` for a request with these headers.
+    pub fn new(chain: Arc<Chain>, route_name: Option<String>, request: HeaderMap) -> Self {
+        let route = RouteInfo {
+            chain: chain.name.clone(),
+            route_name,
+        };
+        let passed = chain.entries.len();
+        Self {
+            chain,
+            cx: Context::new(route, request),
+            passed,
+            finished: false,
+        }
+    }
+
+    /// The bodies the chain needs buffered.
+    pub fn body_needs(&self) -> BodyNeeds {
+        self.chain.body_needs()
+    }
+
+    /// Whether the host must call the response phases at all.
+    pub fn acts_on_response(&self) -> bool {
+        !self.finished && self.chain.acts_on_response()
+    }
+
+    /// The request context, for hosts that log decisions.
+    pub fn context(&self) -> &Context {
+        &self.cx
+    }
+
+    /// Runs the request-headers phase of the chain.
+    pub fn on_request_headers(&mut self) -> Outcome {
+        self.run_request_phase(Phases::REQUEST_HEADERS, |p, cx| p.on_request_headers(cx))
+    }
+
+    /// Runs the request-body phase over the whole request body.
+    pub fn on_request_body(&mut self, body: &[u8]) -> Outcome {
+        self.run_request_phase(Phases::REQUEST_BODY, |p, cx| p.on_request_body(cx, body))
+    }
+
+    /// Runs the response-headers phase over the upstream's response headers
+    /// (`:status` included).
+    pub fn on_response_headers(&mut self, headers: HeaderMap) -> Outcome {
+        if self.finished {
+            return Outcome::Continue(HeaderMutations::default());
+        }
+        self.cx.begin_response(headers);
+        let replied = run_response_phase(
+            &self.chain,
+            &mut self.cx,
+            self.passed,
+            Phases::RESPONSE_HEADERS,
+            |p, cx| p.on_response_headers(cx),
+        );
+        self.settle(replied)
+    }
+
+    /// Runs the response-body phase over the whole upstream response body.
+    pub fn on_response_body(&mut self, body: &[u8]) -> Outcome {
+        if self.finished {
+            return Outcome::Continue(HeaderMutations::default());
+        }
+        let replied = run_response_phase(
+            &self.chain,
+            &mut self.cx,
+            self.passed,
+            Phases::RESPONSE_BODY,
+            |p, cx| p.on_response_body(cx, body),
+        );
+        self.settle(replied)
+    }
+
+    fn run_request_phase(
+        &mut self,
+        phase: Phases,
+        run: impl Fn(&dyn Policy, &mut Context) -> Action,
+    ) -> Outcome {
+        if self.finished {
+            return Outcome::Continue(HeaderMutations::default());
+        }
+        let chain = Arc::clone(&self.chain);
+        for (position, entry) in chain.entries.iter().enumerate() {
+            if !entry.phases.contains(phase) {
+                continue;
+            }
+            if let Action::Respond(reply) = run(entry.policy.as_ref(), &mut self.cx) {
+                log::debug!(
+                    "chain {:?}: {} replied {}",
+                    chain.name,
+                    entry.label,
+                    reply.status
+                );
+                self.passed = position;
+                return self.settle(Some((position, reply)));
+            }
+        }
+        Outcome::Continue(self.cx.take_pending())
+    }
+
+    /// Turns the result of a phase into an outcome; a reply first goes
+    /// through the response phases of the policies outside the one that made
+    /// it.
+    fn settle(&mut self, replied: Option<(usize, LocalReply)>) -> Outcome {
+        let Some((mut outer, mut reply)) = replied else {
+            return Outcome::Continue(self.cx.take_pending());
+        };
+        self.finished = true;
+        loop {
+            self.cx.begin_response(reply_headers(&reply));
+            let body = std::mem::take(&mut reply.body);
+            let again = run_response_phase(
+                &self.chain,
+                &mut self.cx,
+                outer,
+                Phases::RESPONSE_HEADERS,
+                |p, cx| p.on_response_headers(cx),
+            )
+            .or_else(|| {
+                run_response_phase(
+                    &self.chain,
+                    &mut self.cx,
+                    outer,
+                    Phases::RESPONSE_BODY,
+                    |p, cx| p.on_response_body(cx, &body),
+                )
+            });
+            match again {
+                Some((position, replacement)) => {
+                    outer = position;
+                    reply = replacement;
+                }
+                None => {
+                    reply.body = body;
+                    break;
+                }
+            }
+        }
+        self.cx.take_pending();
+        Outcome::Respond(reply_from_headers(self.cx.take_response(), reply))
+    }
+}
+
+/// Runs `phase` over the first `outer` policies in reverse order; returns the
+/// position and reply of the policy that replied, if one did.
+fn run_response_phase(
+    chain: &Chain,
+    cx: &mut Context,
+    outer: usize,
+    phase: Phases,
+    run: impl Fn(&dyn Policy, &mut Context) -> Action,
+) -> Option<(usize, LocalReply)> {
+    let entries = chain.entries.get(..outer).unwrap_or(&chain.entries);
+    for (position, entry) in entries.iter().enumerate().rev() {
+        if !entry.phases.contains(phase) {
+            continue;
+        }
+        if let Action::Respond(reply) = run(entry.policy.as_ref(), cx) {
+            log::debug!(
+                "chain {:?}: {} replaced the response with {}",
+                chain.name,
+                entry.label,
+                reply.status
+            );
+            return Some((position, reply));
+        }
+    }
+    None
+}
+
+fn reply_headers(reply: &LocalReply) -> HeaderMap {
+    let status = (":status".to_owned(), reply.status.to_string());
+    HeaderMap::from_pairs(std::iter::once(status).chain(reply.headers.iter().cloned()))
+}
+
+/// Rebuilds a reply from headers edited by response phases.
+fn reply_from_headers(headers: HeaderMap, reply: LocalReply) -> LocalReply {
+    let status = headers
+        .get(":status")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(reply.status);
+    let headers = headers
+        .into_pairs()
+        .into_iter()
+        .filter(|(name, _)| !name.starts_with(':'))
+        .collect();
+    LocalReply {
+        status,
+        headers,
+        body: reply.body,
+    }
+}

@@ -1,0 +1,313 @@
+//! The plugin configuration: the raw form users write, and its compilation
+//! into a [`RouteTable`].
+//!
+//! Two tiers: serde structs that mirror the document and reject unknown
+//! fields, then `compile`, which validates everything and builds every policy
+//! instance. Nothing is parsed or compiled per request. JSON and YAML are both
+//! accepted (Envoy Gateway passes JSON; people write YAML): JSON is read as
+//! YAML, and YAML is read into a JSON value first so that both give the same
+//! errors.
+//!
+//! ```yaml
+//! routes:
+//!   - name: api                     # optional label for logs and errors
+//!     match:                        # every condition given must hold
+//!       route: echo-api             # Envoy route name (xds.route_name)
+//!       host: api.example.com       # or *.example.com; port ignored
+//!       path: { prefix: /v1/ }      # or { exact: /zen }; query ignored
+//!       methods: [GET, POST]
+//!     policies:
+//!       - name: set-headers
+//!         version: 0.1.0            # optional while a build has one version
+//!         config: { request: { set: { x-tenant: acme } } }
+//! unmatched: deny                   # deny (default, 403) | allow
+//!                                   # | { deny: { status, body } }
+//!                                   # | { policies: [...] }
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::chain::{Chain, ChainEntry};
+use crate::policy::LocalReply;
+use crate::registry::Registry;
+use crate::route::{Conditions, HostMatch, PathMatch, RouteEntry, RouteTable, Unmatched};
+
+/// A configuration that cannot be used, and where the fault is.
+///
+/// Displayed as one line naming the route entry, the policy and the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The route entry at fault, e.g. `routes[1] "api"`.
+    pub route: Option<String>,
+    /// The policy at fault, e.g. `policies[0] set-headers`.
+    pub policy: Option<String>,
+    /// The JSON path of the faulty field, relative to the policy's `config`
+    /// when a policy is named, else to the route entry or the document.
+    pub field: Option<String>,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("invalid plugin configuration")?;
+        let mut sep = ": ";
+        for (label, part) in [
+            ("route", &self.route),
+            ("policy", &self.policy),
+            ("field", &self.field),
+        ] {
+            if let Some(part) = part {
+                write!(f, "{sep}{label} {part}")?;
+                sep = ", ";
+            }
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    fn document(field: Option<String>, reason: impl ToString) -> Self {
+        Self {
+            route: None,
+            policy: None,
+            field,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    routes: Vec<RawRoute>,
+    #[serde(default)]
+    unmatched: Option<RawUnmatched>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    name: Option<String>,
+    #[serde(rename = "match", default)]
+    conditions: RawConditions,
+    #[serde(default)]
+    policies: Vec<RawPolicy>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConditions {
+    route: Option<String>,
+    host: Option<String>,
+    path: Option<RawPath>,
+    #[serde(default)]
+    methods: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+enum RawPath {
+    Exact(String),
+    Prefix(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    name: String,
+    version: Option<String>,
+    #[serde(default)]
+    config: Value,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawUnmatched {
+    Keyword(UnmatchedKeyword),
+    Detailed(RawUnmatchedDetailed),
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum UnmatchedKeyword {
+    Deny,
+    Allow,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+enum RawUnmatchedDetailed {
+    Deny(RawDeny),
+    Policies(Vec<RawPolicy>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDeny {
+    #[serde(default = "default_deny_status")]
+    status: u16,
+    #[serde(default = "default_deny_body")]
+    body: String,
+}
+
+fn default_deny_status() -> u16 {
+    403
+}
+
+fn default_deny_body() -> String {
+    "no policy chain matches this request\n".into()
+}
+
+/// Parses and compiles a plugin configuration (JSON or YAML).
+pub fn compile(text: &[u8], registry: &Registry) -> Result<RouteTable, ConfigError> {
+    let text = std::str::from_utf8(text)
+        .map_err(|e| ConfigError::document(None, format!("not UTF-8: {e}")))?;
+    if text.trim().is_empty() {
+        return Err(ConfigError::document(None, "the configuration is empty"));
+    }
+    let document: Value = serde_yaml::from_str(text)
+        .map_err(|e| ConfigError::document(None, format!("not valid JSON or YAML: {e}")))?;
+    let raw: RawConfig = serde_path_to_error::deserialize(&document).map_err(|e| {
+        let path = e.path().to_string();
+        ConfigError::document(Some(path), e.into_inner())
+    })?;
+    compile_raw(raw, registry)
+}
+
+fn compile_raw(raw: RawConfig, registry: &Registry) -> Result<RouteTable, ConfigError> {
+    let mut entries = Vec::with_capacity(raw.routes.len());
+    let mut names: Vec<String> = Vec::new();
+    for (index, route) in raw.routes.into_iter().enumerate() {
+        let name = route
+            .name
+            .clone()
+            .or_else(|| route.conditions.route.clone())
+            .unwrap_or_else(|| format!("route-{index}"));
+        let label = format!("routes[{index}] {name:?}");
+        if names.contains(&name) {
+            return Err(ConfigError {
+                route: Some(label),
+                policy: None,
+                field: Some("name".into()),
+                reason: format!("another route entry is already named {name:?}"),
+            });
+        }
+        let conditions =
+            compile_conditions(route.conditions).map_err(|(field, reason)| ConfigError {
+                route: Some(label.clone()),
+                policy: None,
+                field: Some(format!("match.{field}")),
+                reason,
+            })?;
+        let chain = compile_chain(&name, &label, route.policies, registry)?;
+        names.push(name);
+        entries.push(RouteEntry {
+            conditions,
+            chain: Arc::new(chain),
+        });
+    }
+    let unmatched = match raw.unmatched {
+        None | Some(RawUnmatched::Keyword(UnmatchedKeyword::Deny)) => {
+            Unmatched::Deny(LocalReply::text(default_deny_status(), default_deny_body()))
+        }
+        Some(RawUnmatched::Keyword(UnmatchedKeyword::Allow)) => Unmatched::Allow,
+        Some(RawUnmatched::Detailed(RawUnmatchedDetailed::Deny(deny))) => {
+            if !(200..=599).contains(&deny.status) {
+                return Err(ConfigError::document(
+                    Some("unmatched.deny.status".into()),
+                    format!("{} is not an HTTP status between 200 and 599", deny.status),
+                ));
+            }
+            Unmatched::Deny(LocalReply::text(deny.status, deny.body))
+        }
+        Some(RawUnmatched::Detailed(RawUnmatchedDetailed::Policies(policies))) => {
+            let chain = compile_chain("unmatched", "unmatched", policies, registry)?;
+            Unmatched::Chain(Arc::new(chain))
+        }
+    };
+    Ok(RouteTable { entries, unmatched })
+}
+
+fn compile_conditions(raw: RawConditions) -> Result<Conditions, (String, String)> {
+    let host = match raw.host {
+        None => None,
+        Some(h) if h.is_empty() => return Err(("host".into(), "host is empty".into())),
+        Some(h) => Some(match h.strip_prefix('*') {
+            Some(suffix) if suffix.starts_with('.') && suffix.len() > 1 => {
+                HostMatch::Suffix(suffix.to_ascii_lowercase())
+            }
+            Some(_) => {
+                return Err((
+                    "host".into(),
+                    format!("{h:?}: a wildcard host must look like *.example.com"),
+                ))
+            }
+            None => HostMatch::Exact(h.to_ascii_lowercase()),
+        }),
+    };
+    let path = match raw.path {
+        None => None,
+        Some(RawPath::Exact(p)) | Some(RawPath::Prefix(p)) if !p.starts_with('/') => {
+            return Err(("path".into(), format!("{p:?} does not start with '/'")))
+        }
+        Some(RawPath::Exact(p)) => Some(PathMatch::Exact(p)),
+        Some(RawPath::Prefix(p)) => Some(PathMatch::Prefix(p)),
+    };
+    let mut methods = Vec::with_capacity(raw.methods.len());
+    for (i, m) in raw.methods.into_iter().enumerate() {
+        if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
+            return Err((
+                format!("methods[{i}]"),
+                format!("{m:?} is not an HTTP method"),
+            ));
+        }
+        methods.push(m.to_ascii_uppercase());
+    }
+    Ok(Conditions {
+        route_name: raw.route,
+        host,
+        path,
+        methods,
+    })
+}
+
+fn compile_chain(
+    name: &str,
+    route_label: &str,
+    policies: Vec<RawPolicy>,
+    registry: &Registry,
+) -> Result<Chain, ConfigError> {
+    let mut entries = Vec::with_capacity(policies.len());
+    for (position, raw) in policies.into_iter().enumerate() {
+        let fault = |field: Option<String>, reason: String| ConfigError {
+            route: Some(route_label.to_owned()),
+            policy: Some(format!("policies[{position}] {}", raw.name)),
+            field,
+            reason,
+        };
+        let factory = registry
+            .find(&raw.name, raw.version.as_deref())
+            .map_err(|reason| fault(Some("name".into()), reason))?;
+        let policy = (factory.build)(&raw.config).map_err(|e| {
+            let field = match e.field.as_str() {
+                "" | "." => "config".to_owned(),
+                path => format!("config.{path}"),
+            };
+            fault(Some(field), e.reason)
+        })?;
+        entries.push(ChainEntry {
+            label: format!("{}@{}", factory.name, factory.version),
+            phases: policy.phases(),
+            policy,
+        });
+    }
+    Ok(Chain::new(name.to_owned(), entries))
+}

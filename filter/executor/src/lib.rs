@@ -1,0 +1,82 @@
+//! The policy executor: maps each request to its chain of policies and runs
+//! the chain, independent of the host it runs in.
+//!
+//! Two hosts drive this crate: the Proxy-Wasm filter inside every Envoy
+//! worker (`filter/wasm`) and, out of process, the `ext_proc` shim. Both only
+//! translate: they read headers and bodies from their host, call the phase
+//! methods of an [`Exchange`], and apply the [`Outcome`] (header changes or a
+//! local reply). Every decision is made here, so the crate must not depend on
+//! `proxy-wasm`, `tonic` or `tokio`, and it is unit-tested natively.
+//!
+//! * [`policy`]: the [`Policy`] trait, its [`Context`] and [`Action`]s.
+//! * [`chain`]: the order phases run in and what a short-circuit skips.
+//! * [`route`]: which chain a request gets, and the fail-closed default.
+//! * [`config`]: the plugin configuration and its precise errors.
+//! * [`registry`]: the policies a build contains.
+
+pub mod chain;
+pub mod config;
+pub mod headers;
+pub mod policy;
+pub mod registry;
+pub mod route;
+
+use std::sync::Arc;
+
+pub use chain::{BodyNeeds, Chain, Exchange, Outcome};
+pub use config::ConfigError;
+pub use headers::{HeaderChange, HeaderMap, HeaderMutations, HeaderName, HeaderValue, HeadersMut};
+pub use policy::{Action, Context, LocalReply, Metadata, Phases, Policy, RouteInfo};
+pub use registry::{parse_params, ParamError, PolicyFactory, Registry};
+pub use route::{RouteInput, RouteTable, Selection};
+
+/// A compiled plugin configuration, ready to serve requests.
+pub struct Engine {
+    routes: RouteTable,
+}
+
+/// How a request starts.
+pub enum Start {
+    /// Run this exchange: call [`Exchange::on_request_headers`] next.
+    Run(Exchange),
+    /// No chain applies and the configuration lets the request through.
+    Pass,
+    /// No chain applies and the configuration denies it with this reply.
+    Respond(LocalReply),
+}
+
+impl Engine {
+    /// Parses, validates and compiles a plugin configuration (JSON or YAML)
+    /// against the policies in `registry`.
+    pub fn from_config(text: &[u8], registry: &Registry) -> Result<Self, ConfigError> {
+        Ok(Self {
+            routes: config::compile(text, registry)?,
+        })
+    }
+
+    /// Whether the host must supply Envoy's route name to [`Engine::start`].
+    pub fn needs_route_name(&self) -> bool {
+        self.routes.needs_route_name()
+    }
+
+    /// The number of route entries.
+    pub fn route_count(&self) -> usize {
+        self.routes.entries.len()
+    }
+
+    /// Selects the chain for a request and starts its exchange.
+    pub fn start(&self, route_name: Option<&str>, request: HeaderMap) -> Start {
+        match self
+            .routes
+            .select(&RouteInput::from_headers(route_name, &request))
+        {
+            Selection::Chain(chain) => Start::Run(Exchange::new(
+                Arc::clone(chain),
+                route_name.map(str::to_owned),
+                request,
+            )),
+            Selection::Allow => Start::Pass,
+            Selection::Deny(reply) => Start::Respond(reply.clone()),
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! What a policy is: the trait every policy crate implements, the context it
+//! works on, and the actions it returns.
+//!
+//! A policy instance is compiled once from its configuration and then shared,
+//! immutable, by every request on every worker (`Send + Sync`). Everything a
+//! request carries lives in the [`Context`] passed to each phase.
+
+use std::collections::BTreeMap;
+use std::ops::BitOr;
+
+use crate::headers::{HeaderMap, HeaderMutations, HeadersMut};
+
+/// The phases of an HTTP exchange a policy can act in.
+///
+/// A policy declares the phases it uses so the executor can skip the rest and
+/// so a chain knows, before any request, whether it must buffer a body.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Phases(u8);
+
+impl Phases {
+    /// No phase at all.
+    pub const NONE: Self = Self(0);
+    /// The request headers.
+    pub const REQUEST_HEADERS: Self = Self(1);
+    /// The whole request body (buffered).
+    pub const REQUEST_BODY: Self = Self(1 << 1);
+    /// The response headers.
+    pub const RESPONSE_HEADERS: Self = Self(1 << 2);
+    /// The whole response body (buffered).
+    pub const RESPONSE_BODY: Self = Self(1 << 3);
+
+    /// Whether every phase in `other` is in `self`.
+    pub const fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+impl BitOr for Phases {
+    type Output = Self;
+    fn bitor(self, rhs: Self) -> Self {
+        Self(self.0 | rhs.0)
+    }
+}
+
+/// What a phase decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Go on with the next policy; header edits made through the context stay.
+    Continue,
+    /// Stop the chain and answer the client with this reply. See
+    /// [`crate::Exchange`] for which phases still run over it.
+    Respond(LocalReply),
+}
+
+/// A response produced by the filter itself rather than the upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReply {
+    /// The HTTP status code.
+    pub status: u16,
+    /// Response headers, lower-case names, no pseudo-headers.
+    pub headers: Vec<(String, String)>,
+    /// The response body.
+    pub body: Vec<u8>,
+}
+
+impl LocalReply {
+    /// A reply with a plain-text body.
+    pub fn text(status: u16, body: impl Into<String>) -> Self {
+        Self {
+            status,
+            headers: vec![("content-type".into(), "text/plain".into())],
+            body: body.into().into_bytes(),
+        }
+    }
+}
+
+/// Values that policies write for later policies in the same chain to read,
+/// e.g. the identity an authentication policy established. Keys are by
+/// convention `<policy>.<field>`.
+pub type Metadata = BTreeMap<String, serde_json::Value>;
+
+/// Which chain entry a request matched, for policies and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteInfo {
+    /// The name of the matched entry of the plugin configuration.
+    pub chain: String,
+    /// Envoy's route name (`xds.route_name`), when the host provided it.
+    pub route_name: Option<String>,
+}
+
+/// Which message the current phase is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Direction {
+    Request,
+    Response,
+}
+
+/// Everything one request carries through its chain.
+#[derive(Debug)]
+pub struct Context {
+    route: RouteInfo,
+    request: HeaderMap,
+    response: HeaderMap,
+    metadata: Metadata,
+    direction: Direction,
+    pending: HeaderMutations,
+}
+
+impl Context {
+    pub(crate) fn new(route: RouteInfo, request: HeaderMap) -> Self {
+        Self {
+            route,
+            request,
+            response: HeaderMap::new(),
+            metadata: Metadata::new(),
+            direction: Direction::Request,
+            pending: HeaderMutations::default(),
+        }
+    }
+
+    /// The chain entry and Envoy route this request matched.
+    pub fn route(&self) -> &RouteInfo {
+        &self.route
+    }
+
+    /// The request headers, pseudo-headers included, with every edit made by
+    /// earlier policies applied.
+    pub fn request_headers(&self) -> &HeaderMap {
+        &self.request
+    }
+
+    /// The response headers (`:status` included) once the response phases
+    /// have started; empty before.
+    pub fn response_headers(&self) -> &HeaderMap {
+        &self.response
+    }
+
+    /// Edits the headers of the message in the current phase: the request in
+    /// request phases, the response in response phases.
+    pub fn headers_mut(&mut self) -> HeadersMut<'_> {
+        let map = match self.direction {
+            Direction::Request => &mut self.request,
+            Direction::Response => &mut self.response,
+        };
+        HeadersMut {
+            map,
+            changes: &mut self.pending,
+        }
+    }
+
+    /// Metadata written by earlier policies.
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    /// Metadata for later policies to read.
+    pub fn metadata_mut(&mut self) -> &mut Metadata {
+        &mut self.metadata
+    }
+
+    pub(crate) fn begin_response(&mut self, headers: HeaderMap) {
+        self.direction = Direction::Response;
+        self.response = headers;
+    }
+
+    pub(crate) fn take_pending(&mut self) -> HeaderMutations {
+        std::mem::take(&mut self.pending)
+    }
+
+    pub(crate) fn take_response(&mut self) -> HeaderMap {
+        std::mem::take(&mut self.response)
+    }
+}
+
+/// A compiled policy instance.
+///
+/// Each phase method runs only if [`Policy::phases`] lists its phase. Body
+/// phases receive the whole body, buffered by the host. A policy must not
+/// panic: report misconfiguration when it is built, and turn request-time
+/// trouble into an [`Action::Respond`] with the right status.
+pub trait Policy: Send + Sync {
+    /// The phases this instance acts in.
+    fn phases(&self) -> Phases;
+
+    /// Runs when the request headers arrive.
+    fn on_request_headers(&self, _cx: &mut Context) -> Action {
+        Action::Continue
+    }
+
+    /// Runs once the whole request body has arrived.
+    fn on_request_body(&self, _cx: &mut Context, _body: &[u8]) -> Action {
+        Action::Continue
+    }
+
+    /// Runs when the response headers arrive (upstream or local reply).
+    fn on_response_headers(&self, _cx: &mut Context) -> Action {
+        Action::Continue
+    }
+
+    /// Runs once the whole response body has arrived.
+    fn on_response_body(&self, _cx: &mut Context, _body: &[u8]) -> Action {
+        Action::Continue
+    }
+}

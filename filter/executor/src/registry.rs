@@ -1,0 +1,120 @@
+//! The policies a build contains, by name and version.
+//!
+//! The runtime has no policy of its own: a host crate (the Wasm filter, the
+//! ext_proc shim) builds a [`Registry`] from the policy crates it links, and
+//! configurations can only name what is in it.
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::policy::Policy;
+
+/// How to build instances of one version of one policy.
+#[derive(Clone, Copy)]
+pub struct PolicyFactory {
+    /// The policy's name, as configurations write it.
+    pub name: &'static str,
+    /// The policy's version (semver).
+    pub version: &'static str,
+    /// Compiles an instance from its `config` block.
+    pub build: fn(&Value) -> Result<Box<dyn Policy>, ParamError>,
+}
+
+/// A fault in a policy instance's `config` block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamError {
+    /// The JSON path of the faulty field inside `config` (`.` for the block).
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl ParamError {
+    /// A fault at `field`.
+    pub fn at(field: impl Into<String>, reason: impl ToString) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// Deserializes a policy's `config` block, reporting the path of the first
+/// faulty field. A missing block reads as an empty map.
+pub fn parse_params<T: DeserializeOwned>(config: &Value) -> Result<T, ParamError> {
+    let empty = Value::Object(serde_json::Map::new());
+    let config = if config.is_null() { &empty } else { config };
+    serde_path_to_error::deserialize(config).map_err(|e| {
+        let field = e.path().to_string();
+        ParamError::at(field, e.into_inner())
+    })
+}
+
+/// The policies available to configurations.
+#[derive(Clone, Default)]
+pub struct Registry {
+    factories: Vec<PolicyFactory>,
+}
+
+impl Registry {
+    /// A registry of these factories.
+    pub fn new(factories: impl IntoIterator<Item = PolicyFactory>) -> Self {
+        Self {
+            factories: factories.into_iter().collect(),
+        }
+    }
+
+    /// `name@version` of every registered policy.
+    pub fn names(&self) -> Vec<String> {
+        self.factories
+            .iter()
+            .map(|f| format!("{}@{}", f.name, f.version))
+            .collect()
+    }
+
+    /// Finds `name` at `version`; without a version, the only version of
+    /// `name` there is.
+    pub fn find(&self, name: &str, version: Option<&str>) -> Result<&PolicyFactory, String> {
+        let mut candidates = self.factories.iter().filter(|f| f.name == name);
+        let versions = || {
+            self.factories
+                .iter()
+                .filter(|f| f.name == name)
+                .map(|f| f.version)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match version {
+            Some(v) => candidates.find(|f| f.version == v).ok_or_else(|| {
+                if versions().is_empty() {
+                    self.unknown(name)
+                } else {
+                    format!(
+                        "{name} has no version {v} in this build (it has {})",
+                        versions()
+                    )
+                }
+            }),
+            None => match (candidates.next(), candidates.next()) {
+                (Some(only), None) => Ok(only),
+                (Some(_), Some(_)) => Err(format!(
+                    "{name} has several versions in this build ({}); name one with `version`",
+                    versions()
+                )),
+                (None, _) => Err(self.unknown(name)),
+            },
+        }
+    }
+
+    fn unknown(&self, name: &str) -> String {
+        let available = self.names();
+        if available.is_empty() {
+            format!("unknown policy {name:?}: this build contains no policies")
+        } else {
+            format!(
+                "unknown policy {name:?} (this build has {})",
+                available.join(", ")
+            )
+        }
+    }
+}

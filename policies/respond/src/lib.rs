@@ -1,0 +1,78 @@
+//! `respond`: answers the request itself; the upstream never sees it.
+//!
+//! ```yaml
+//! - name: respond
+//!   config:
+//!     status: 200
+//!     headers: { content-type: application/json }
+//!     body: '{"status":"ok"}'
+//! ```
+//!
+//! Policies earlier in the chain still see the reply in their response
+//! phases (see `policy_executor::chain`).
+
+use std::collections::BTreeMap;
+
+use policy_executor::{
+    parse_params, Action, Context, HeaderName, HeaderValue, LocalReply, ParamError, Phases, Policy,
+    PolicyFactory,
+};
+use serde::Deserialize;
+
+/// The policy's registration.
+pub const FACTORY: PolicyFactory = PolicyFactory {
+    name: "respond",
+    version: "0.1.0",
+    build,
+};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    status: u16,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default)]
+    body: String,
+}
+
+struct Respond {
+    reply: LocalReply,
+}
+
+fn build(config: &serde_json::Value) -> Result<Box<dyn Policy>, ParamError> {
+    let params: Params = parse_params(config)?;
+    if !(200..=599).contains(&params.status) {
+        return Err(ParamError::at(
+            "status",
+            format!(
+                "{} is not an HTTP status between 200 and 599",
+                params.status
+            ),
+        ));
+    }
+    let mut headers = Vec::with_capacity(params.headers.len());
+    for (name, value) in &params.headers {
+        let field = || format!("headers.{name}");
+        let name = HeaderName::parse(name).map_err(|e| ParamError::at(field(), e))?;
+        let value = HeaderValue::parse(value).map_err(|e| ParamError::at(field(), e))?;
+        headers.push((name.as_str().to_owned(), value.as_str().to_owned()));
+    }
+    Ok(Box::new(Respond {
+        reply: LocalReply {
+            status: params.status,
+            headers,
+            body: params.body.into_bytes(),
+        },
+    }))
+}
+
+impl Policy for Respond {
+    fn phases(&self) -> Phases {
+        Phases::REQUEST_HEADERS
+    }
+
+    fn on_request_headers(&self, _cx: &mut Context) -> Action {
+        Action::Respond(self.reply.clone())
+    }
+}
