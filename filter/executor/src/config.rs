@@ -240,6 +240,15 @@ fn compile_conditions(raw: RawConditions) -> Result<Conditions, (String, String)
     let host = match raw.host {
         None => None,
         Some(h) if h.is_empty() => return Err(("host".into(), "host is empty".into())),
+        Some(h)
+            if h.get(1..).is_some_and(|rest| rest.contains('*'))
+                || h.contains(char::is_whitespace) =>
+        {
+            return Err((
+                "host".into(),
+                format!("{h:?}: only a leading `*.` wildcard is supported (e.g. *.example.com)"),
+            ))
+        }
         Some(h) => Some(match h.strip_prefix('*') {
             Some(suffix) if suffix.starts_with('.') && suffix.len() > 1 => {
                 HostMatch::Suffix(suffix.to_ascii_lowercase())

@@ -20,6 +20,8 @@ pub mod headers;
 pub mod policy;
 pub mod registry;
 pub mod route;
+#[cfg(feature = "test-util")]
+pub mod testing;
 
 use std::sync::Arc;
 

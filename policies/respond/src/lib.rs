@@ -76,3 +76,47 @@ impl Policy for Respond {
         Action::Respond(self.reply.clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use policy_executor::testing::{engine_for, request, start};
+    use policy_executor::Outcome;
+    use serde_json::json;
+
+    #[test]
+    fn replies_with_the_configured_response() {
+        let engine = engine_for(
+            FACTORY,
+            json!({"status": 418, "headers": {"Content-Type": "text/plain"}, "body": "teapot"}),
+        )
+        .unwrap();
+        let mut x = start(&engine, request("POST", "/brew", &[])).unwrap();
+        let Outcome::Respond(reply) = x.on_request_headers() else {
+            panic!("respond did not reply")
+        };
+        assert_eq!(reply.status, 418);
+        assert_eq!(
+            reply.headers,
+            [("content-type".to_owned(), "text/plain".to_owned())]
+        );
+        assert_eq!(reply.body, b"teapot");
+        assert!(!x.acts_on_response());
+    }
+
+    #[test]
+    fn bad_parameters_are_refused_with_their_path() {
+        for (config, field) in [
+            (json!({}), "config"),
+            (json!({"status": 99}), "config.status"),
+            (json!({"status": "ok"}), "config.status"),
+            (
+                json!({"status": 200, "headers": {"a b": "x"}}),
+                "config.headers.a b",
+            ),
+        ] {
+            let error = engine_for(FACTORY, config).err().unwrap();
+            assert_eq!(error.field.as_deref(), Some(field), "{error}");
+        }
+    }
+}

@@ -153,3 +153,92 @@ impl Policy for SetHeaders {
         Action::Continue
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use policy_executor::testing::{engine_for, request, start};
+    use policy_executor::{HeaderChange, HeaderMap, Outcome};
+    use serde_json::json;
+
+    fn changes(outcome: Outcome) -> Vec<(String, HeaderChange)> {
+        match outcome {
+            Outcome::Continue(m) => m.iter().map(|(n, c)| (n.to_owned(), c.clone())).collect(),
+            Outcome::Respond(r) => panic!("unexpected reply {r:?}"),
+        }
+    }
+
+    #[test]
+    fn edits_request_and_response_headers() {
+        let engine = engine_for(
+            FACTORY,
+            json!({
+                "request": {
+                    "remove": ["X-Internal-Debug"],
+                    "set": {"x-tenant": "acme"},
+                    "add": {"x-via": ["a", "b"]},
+                },
+                "response": {"set": {"x-chain": "api"}},
+            }),
+        )
+        .unwrap();
+        let mut x = start(
+            &engine,
+            request(
+                "GET",
+                "/",
+                &[("x-internal-debug", "1"), ("x-tenant", "evil")],
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            changes(x.on_request_headers()),
+            [
+                ("x-internal-debug".into(), HeaderChange::Remove),
+                (
+                    "x-tenant".into(),
+                    HeaderChange::Replace(vec!["acme".into()])
+                ),
+                (
+                    "x-via".into(),
+                    HeaderChange::Append(vec!["a".into(), "b".into()])
+                ),
+            ]
+        );
+        let response = HeaderMap::from_pairs([(":status", "200")]);
+        assert_eq!(
+            changes(x.on_response_headers(response)),
+            [("x-chain".into(), HeaderChange::Replace(vec!["api".into()]))]
+        );
+    }
+
+    #[test]
+    fn a_request_only_instance_does_not_ask_for_the_response() {
+        let engine = engine_for(FACTORY, json!({"request": {"set": {"a": "b"}}})).unwrap();
+        let x = start(&engine, request("GET", "/", &[])).unwrap();
+        assert!(!x.acts_on_response());
+        assert_eq!(x.body_needs(), Default::default());
+    }
+
+    #[test]
+    fn bad_names_and_values_are_refused_with_their_path() {
+        for (config, field) in [
+            (
+                json!({"request": {"set": {"bad name": "x"}}}),
+                "config.request.set.bad name",
+            ),
+            (
+                json!({"response": {"add": {"x": "a\nb"}}}),
+                "config.response.add.x",
+            ),
+            (
+                json!({"request": {"remove": ["ok", ":path"]}}),
+                "config.request.remove[1]",
+            ),
+            (json!({"request": {"rename": {}}}), "config.request.rename"),
+        ] {
+            let error = engine_for(FACTORY, config).err().unwrap();
+            assert_eq!(error.field.as_deref(), Some(field), "{error}");
+        }
+    }
+}
