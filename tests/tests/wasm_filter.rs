@@ -1,0 +1,203 @@
+//! The compiled filter in the real Envoy binary, over real HTTP on loopback.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use integration_tests::{send, try_start, Stack};
+use local_envoy::{filter_wasm, filters, EnvoyError};
+
+/// Route names refer to envoy/listener.yaml.
+const CONFIG: &str = r#"
+routes:
+  - name: api
+    match: { route: echo-api }
+    policies:
+      - name: set-headers
+        config:
+          request:
+            remove: [x-internal-debug]
+            set: { x-tenant: acme }
+            add: { x-forwarded-by: policy-engine }
+          response:
+            set: { x-policy-chain: api }
+  - name: health
+    match: { route: echo-default, path: { exact: /healthz }, methods: [GET] }
+    policies:
+      - name: set-headers
+        config: { response: { set: { cache-control: no-store } } }
+      - name: respond
+        config: { status: 200, headers: { content-type: text/plain }, body: "ok\n" }
+      - name: set-headers
+        config: { response: { set: { x-never: "set" } } }
+  - name: public
+    match: { route: echo-public }
+    policies: []
+"#;
+
+#[test]
+fn request_headers_change_on_one_route_and_not_on_another() {
+    let stack = Stack::start(CONFIG);
+    let sent = [("x-internal-debug", "1"), ("x-tenant", "spoofed")];
+
+    let api = stack.send("GET", "/api/items", &sent);
+    assert_eq!(api.status, 200, "{api:?}");
+    let seen = api.upstream().expect("the upstream answered");
+    assert_eq!(seen.header("x-tenant"), Some("acme"));
+    assert_eq!(seen.header("x-forwarded-by"), Some("policy-engine"));
+    assert_eq!(seen.header("x-internal-debug"), None);
+    assert_eq!(api.header("x-policy-chain"), Some("api"));
+
+    let public = stack.send("GET", "/public/items", &sent);
+    assert_eq!(public.status, 200, "{public:?}");
+    let seen = public.upstream().expect("the upstream answered");
+    assert_eq!(seen.header("x-tenant"), Some("spoofed"));
+    assert_eq!(seen.header("x-internal-debug"), Some("1"));
+    assert_eq!(seen.header("x-forwarded-by"), None);
+    assert_eq!(public.header("x-policy-chain"), None);
+}
+
+#[test]
+fn respond_short_circuits_and_the_upstream_sees_nothing() {
+    let stack = Stack::start(CONFIG);
+    let reply = stack.send("GET", "/healthz", &[]);
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body, "ok\n");
+    assert!(reply.upstream().is_none());
+    // The policy before `respond` decorates its reply; the one after never ran.
+    assert_eq!(reply.header("cache-control"), Some("no-store"));
+    assert_eq!(reply.header("x-never"), None);
+    assert_eq!(stack.upstream.requests_seen(), 0);
+
+    // A method the entry does not list falls through to the unmatched default.
+    let post = stack.send("POST", "/healthz", &[]);
+    assert_eq!(post.status, 403, "{post:?}");
+    assert_eq!(stack.upstream.requests_seen(), 0);
+}
+
+#[test]
+fn unmatched_requests_are_denied_by_default() {
+    let stack = Stack::start(CONFIG);
+    let reply = stack.send("GET", "/elsewhere", &[]);
+    assert_eq!(reply.status, 403);
+    assert_eq!(reply.body, "no policy chain matches this request\n");
+    assert_eq!(stack.upstream.requests_seen(), 0);
+}
+
+#[test]
+fn unmatched_requests_get_the_configured_outcome() {
+    let allow = Stack::start(&format!("{CONFIG}\nunmatched: allow\n"));
+    let reply = allow.send("GET", "/elsewhere", &[("x-internal-debug", "1")]);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(
+        reply.upstream().unwrap().header("x-internal-debug"),
+        Some("1")
+    );
+
+    let deny = Stack::start(&format!(
+        "{CONFIG}\nunmatched: {{ deny: {{ status: 404, body: \"no route\" }} }}\n"
+    ));
+    let reply = deny.send("GET", "/elsewhere", &[]);
+    assert_eq!((reply.status, reply.body.as_str()), (404, "no route"));
+
+    let default_chain = Stack::start(&format!(
+        "{CONFIG}\nunmatched:\n  policies:\n    - name: set-headers\n      config: {{ request: {{ set: {{ x-default: \"yes\" }} }} }}\n"
+    ));
+    let reply = default_chain.send("GET", "/elsewhere", &[]);
+    assert_eq!(reply.upstream().unwrap().header("x-default"), Some("yes"));
+}
+
+#[test]
+fn json_configuration_works_like_yaml() {
+    let json = r#"{"routes":[{"match":{"route":"echo-api"},"policies":[{"name":"set-headers","config":{"request":{"set":{"x-from":"json"}}}}]}]}"#;
+    let stack = Stack::start(json);
+    let reply = stack.send("GET", "/api/x", &[]);
+    assert_eq!(reply.upstream().unwrap().header("x-from"), Some("json"));
+}
+
+#[test]
+fn an_invalid_configuration_is_refused_and_the_log_names_the_fault() {
+    let bad = CONFIG.replace("x-tenant: acme", "\"x tenant\": acme");
+    let log = match try_start(&bad) {
+        Err(EnvoyError::Rejected { log }) => log,
+        Err(other) => panic!("unexpected failure: {other}"),
+        Ok(_) => panic!("Envoy accepted an invalid configuration"),
+    };
+    let expected = r#"invalid plugin configuration: route routes[0] "api", policy policies[0] set-headers, field config.request.set.x tenant: invalid header name "x tenant""#;
+    assert!(
+        log.contains(expected),
+        "log does not name the fault:\n{log}"
+    );
+}
+
+#[test]
+fn a_rejected_update_leaves_the_previous_configuration_serving() {
+    let mut stack = Stack::start(CONFIG);
+    let module = filter_wasm();
+    let bad = CONFIG.replace("name: respond", "name: responder");
+    match stack.envoy.reload(&[filters::policy_engine(&module, &bad)]) {
+        Err(EnvoyError::Rejected { log }) => assert!(
+            log.contains(r#"policy policies[1] responder, field name: unknown policy "responder""#),
+            "{log}"
+        ),
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    let reply = stack.send("GET", "/api/x", &[]);
+    assert_eq!(reply.upstream().unwrap().header("x-tenant"), Some("acme"));
+
+    let good = CONFIG.replace("x-tenant: acme", "x-tenant: globex");
+    stack
+        .envoy
+        .reload(&[filters::policy_engine(&module, &good)])
+        .unwrap();
+    let reply = stack.send("GET", "/api/x", &[]);
+    assert_eq!(reply.upstream().unwrap().header("x-tenant"), Some("globex"));
+}
+
+#[test]
+fn request_bodies_pass_through_headers_only_chains() {
+    let stack = Stack::start(CONFIG);
+    let body = "x".repeat(256 * 1024);
+    let reply = send(&stack.envoy.url("/api/upload"), "POST", &[], Some(&body));
+    assert_eq!(reply.status, 200);
+    let seen = reply.upstream().unwrap();
+    assert_eq!(seen.body().len(), body.len());
+    assert_eq!(seen.header("x-tenant"), Some("acme"));
+}
+
+/// Sends raw bytes and returns the raw response.
+fn raw_request(stack: &Stack, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(stack.envoy.addr()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request).unwrap();
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+#[test]
+fn malformed_and_unusual_requests_never_trap_the_filter() {
+    let stack = Stack::start(CONFIG);
+    // obs-text in a header value is legal HTTP but not UTF-8.
+    let response = raw_request(
+        &stack,
+        b"GET /api/x HTTP/1.1\r\nhost: a\r\nx-latin1: caf\xe9\r\nconnection: close\r\n\r\n",
+    );
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("\"x-tenant\":\"acme\""), "{response}");
+
+    // A broken request line is Envoy's to refuse, with a 400.
+    let response = raw_request(&stack, b"GET /api/x HTTP/1.1\r\nbad header\r\n\r\n");
+    assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+
+    // The worker's VM is still alive and serving.
+    let reply = stack.send("GET", "/api/x", &[]);
+    assert_eq!(reply.upstream().unwrap().header("x-tenant"), Some("acme"));
+    let log = stack.envoy.log();
+    assert!(
+        !log.contains("panicked") && !log.contains("Function: proxy_on"),
+        "{log}"
+    );
+}
