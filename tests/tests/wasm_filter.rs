@@ -1,5 +1,12 @@
 //! The compiled filter in the real Envoy binary, over real HTTP on loopback.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test crate: a failed step must fail the test"
+)]
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;

@@ -2,6 +2,13 @@
 //! outcomes out. A `probe` policy records every phase it runs in the
 //! request metadata, so the tests can assert order and short-circuits.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test crate: a failed step must fail the test"
+)]
+
 use policy_executor::{
     parse_params, Action, Context, Engine, Exchange, HeaderChange, HeaderMap, HeaderName,
     HeaderValue, LocalReply, Outcome, ParamError, Phases, Policy, PolicyFactory, Registry, Start,
