@@ -1,0 +1,294 @@
+//! `make bench`: what the filter costs, as throughput ratios to plain Envoy
+//! measured side by side.
+//!
+//! This machine's speed drifts by ±15 %, so separate runs cannot rank
+//! configurations. Instead every Envoy runs at once (`--concurrency 1`,
+//! pinned to core 0), and `wrk -t1` (pinned to core 1, with the echo
+//! upstream) visits them in short bursts, the order rotated every cycle. For
+//! each cycle the throughput of a configuration is divided by the baseline's
+//! in the same cycle; the table reports the median of those paired ratios
+//! with their interquartile range. A second, identical baseline (A/A) must
+//! come out within 3 % of 1.00 or the run is void.
+//!
+//! Environment: `BENCH_CYCLES` (default 15), `BENCH_BURST_SECS` (2),
+//! `BENCH_CONNECTIONS` (16), `BENCH_OUT` (target/bench/results.md).
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use local_envoy::echo::EchoUpstream;
+use local_envoy::{filter_wasm, filters, repo_root, Envoy, Options};
+use serde_json::Value;
+
+/// Ratio band the A/A control must fall in.
+const AA_TOLERANCE: f64 = 0.03;
+
+struct Config {
+    name: &'static str,
+    what: String,
+    filters: Vec<Value>,
+}
+
+/// The policy chain of `n` set-headers instances, each editing one request
+/// and one response header, on Envoy's `echo-default` route.
+fn set_headers_chain(n: usize) -> String {
+    let mut config =
+        String::from("routes:\n  - name: bench\n    match: { route: echo-default }\n");
+    config.push_str(if n == 0 { "    policies: []\n" } else { "    policies:\n" });
+    for i in 0..n {
+        let _ = write!(
+            config,
+            "      - name: set-headers\n        config:\n          request: {{ set: {{ x-bench-{i}: \"on\" }} }}\n          response: {{ set: {{ x-bench-{i}: \"on\" }} }}\n"
+        );
+    }
+    config
+}
+
+/// The same header work as one set-headers instance, in Lua.
+const LUA_SET_HEADERS: &str = r#"
+function envoy_on_request(handle)
+  handle:headers():replace("x-bench-0", "on")
+end
+function envoy_on_response(handle)
+  handle:headers():replace("x-bench-0", "on")
+end
+"#;
+
+fn configs() -> Vec<Config> {
+    let module = filter_wasm();
+    let longest = 8;
+    vec![
+        Config {
+            name: "baseline",
+            what: "Envoy, router only".into(),
+            filters: vec![],
+        },
+        Config {
+            name: "baseline-aa",
+            what: "a second, identical baseline (A/A control)".into(),
+            filters: vec![],
+        },
+        Config {
+            name: "wasm-0",
+            what: "Wasm filter, empty chain (the host's own cost)".into(),
+            filters: vec![filters::policy_engine(&module, &set_headers_chain(0))],
+        },
+        Config {
+            name: "wasm-1",
+            what: "Wasm filter, 1 policy (set-headers: 1 request + 1 response header)".into(),
+            filters: vec![filters::policy_engine(&module, &set_headers_chain(1))],
+        },
+        Config {
+            name: format!("wasm-{longest}").leak(),
+            what: format!("Wasm filter, {longest} policies (set-headers x{longest})"),
+            filters: vec![filters::policy_engine(&module, &set_headers_chain(longest))],
+        },
+        Config {
+            name: "lua-1",
+            what: "Lua filter doing the 1-policy header work".into(),
+            filters: vec![filters::lua(LUA_SET_HEADERS)],
+        },
+    ]
+}
+
+/// One wrk burst's figures.
+#[derive(Clone, Copy)]
+struct Burst {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    cpu: f64,
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// CPU seconds (user + system) Envoy has used so far.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0) // USER_HZ is 100 on Linux
+}
+
+fn parse_duration_ms(text: &str) -> Option<f64> {
+    let split = text.find(|c: char| c.is_ascii_alphabetic())?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    match unit {
+        "us" => Some(number / 1000.0),
+        "ms" => Some(number),
+        "s" => Some(number * 1000.0),
+        _ => None,
+    }
+}
+
+fn wrk(envoy: &Envoy, seconds: u32, connections: u32) -> Result<Burst, String> {
+    let before = cpu_seconds(envoy.pid()).unwrap_or(0.0);
+    let started = Instant::now();
+    let output = Command::new("taskset")
+        .args(["-c", "1", "wrk", "-t1", "--latency"])
+        .arg(format!("-c{connections}"))
+        .arg(format!("-d{seconds}s"))
+        .arg(envoy.url("/bench"))
+        .output()
+        .map_err(|e| format!("running wrk: {e}"))?;
+    let after = cpu_seconds(envoy.pid()).unwrap_or(0.0);
+    let wall = started.elapsed().as_secs_f64();
+    let text = String::from_utf8_lossy(&output.stdout);
+    if text.contains("Non-2xx") || text.contains("Socket errors") {
+        return Err(format!("wrk saw failed requests:\n{text}"));
+    }
+    let field = |prefix: &str| {
+        text.lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(str::trim)
+    };
+    let rps = field("Requests/sec:").and_then(|v| v.parse().ok());
+    let p50 = field("50%").and_then(parse_duration_ms);
+    let p99 = field("99%").and_then(parse_duration_ms);
+    match (rps, p50, p99) {
+        (Some(rps), Some(p50_ms), Some(p99_ms)) => Ok(Burst {
+            rps,
+            p50_ms,
+            p99_ms,
+            cpu: (after - before) / wall,
+        }),
+        _ => Err(format!("cannot read wrk's output:\n{text}")),
+    }
+}
+
+fn quantile(values: &[f64], q: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let position = q * (sorted.len() - 1) as f64;
+    let (low, high) = (position.floor() as usize, position.ceil() as usize);
+    let weight = position - low as f64;
+    sorted[low] * (1.0 - weight) + sorted[high] * weight
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(2),
+        Err(e) => {
+            eprintln!("bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<bool, String> {
+    let cycles: usize = env_or("BENCH_CYCLES", 15);
+    let burst: u32 = env_or("BENCH_BURST_SECS", 2);
+    let connections: u32 = env_or("BENCH_CONNECTIONS", 16);
+    let out = std::env::var("BENCH_OUT")
+        .map(Into::into)
+        .unwrap_or_else(|_| repo_root().join("target/bench/results.md"));
+
+    let upstream = EchoUpstream::start(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .map_err(|e| format!("starting the echo upstream: {e}"))?;
+    let configs = configs();
+    let mut envoys = Vec::new();
+    for config in &configs {
+        let mut options = Options::new(config.filters.clone(), upstream.addr());
+        options.cpu = Some(0);
+        options.wasm_log_level = "warn";
+        let envoy = Envoy::start(&options).map_err(|e| format!("{}: {e}", config.name))?;
+        envoys.push(envoy);
+    }
+    eprintln!(
+        "bench: {} configurations, {cycles} cycles of {burst}s bursts, {connections} connections",
+        configs.len()
+    );
+    for envoy in &envoys {
+        wrk(envoy, 1, connections)?; // warm-up
+    }
+
+    let n = configs.len();
+    let mut bursts: Vec<Vec<Burst>> = vec![Vec::new(); n];
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); n];
+    for cycle in 0..cycles {
+        let mut this_cycle = vec![None; n];
+        for step in 0..n {
+            let i = (cycle + step) % n;
+            this_cycle[i] = Some(wrk(&envoys[i], burst, connections)?);
+        }
+        let baseline = this_cycle[0].map_or(f64::NAN, |b| b.rps);
+        for (i, burst) in this_cycle.into_iter().enumerate() {
+            if let Some(burst) = burst {
+                ratios[i].push(burst.rps / baseline);
+                bursts[i].push(burst);
+            }
+        }
+        eprintln!("bench: cycle {}/{cycles} done", cycle + 1);
+    }
+
+    let aa = quantile(&ratios[1], 0.5);
+    let valid = (aa - 1.0).abs() <= AA_TOLERANCE;
+    let mut table = String::new();
+    let _ = writeln!(
+        table,
+        "# Policy filter benchmark\n\n\
+         {cycles} cycles x {burst}s bursts per configuration, order rotated each cycle; \
+         every Envoy `--concurrency 1` pinned to core 0; `wrk -t1 -c{connections}` and the \
+         echo upstream on core 1. Filter module: {} ({} bytes).\n\n\
+         Ratio = throughput / baseline throughput in the same cycle: median [p25, p75] over cycles. \
+         Latency and Envoy CPU = median over cycles (CPU 100 % = core 0 saturated, i.e. Envoy-bound).\n",
+        filter_wasm().display(),
+        std::fs::metadata(filter_wasm()).map(|m| m.len()).unwrap_or(0),
+    );
+    let _ = writeln!(
+        table,
+        "| configuration | ratio to baseline | req/s | p50 ms | p99 ms | Envoy CPU | RSS MiB | what |\n\
+         |---|---|---|---|---|---|---|---|"
+    );
+    for (i, config) in configs.iter().enumerate() {
+        let pick = |f: fn(&Burst) -> f64| {
+            let values: Vec<f64> = bursts[i].iter().map(f).collect();
+            quantile(&values, 0.5)
+        };
+        let rss = envoys[i].rss_kib().map_or(f64::NAN, |k| k as f64 / 1024.0);
+        let _ = writeln!(
+            table,
+            "| {} | {:.3} [{:.3}, {:.3}] | {:.0} | {:.3} | {:.3} | {:.0} % | {:.1} | {} |",
+            config.name,
+            quantile(&ratios[i], 0.5),
+            quantile(&ratios[i], 0.25),
+            quantile(&ratios[i], 0.75),
+            pick(|b| b.rps),
+            pick(|b| b.p50_ms),
+            pick(|b| b.p99_ms),
+            pick(|b| b.cpu) * 100.0,
+            rss,
+            config.what,
+        );
+    }
+    let _ = writeln!(
+        table,
+        "\nA/A control: {aa:.3} ({})",
+        if valid {
+            "within ±3 %: the run is valid"
+        } else {
+            "outside ±3 %: this run is VOID, rerun it on a quieter machine"
+        }
+    );
+    if let Some(dir) = std::path::Path::new(&out).parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
+    std::fs::write(&out, &table).map_err(|e| format!("writing {}: {e}", out.display()))?;
+    println!("{table}\nwritten to {}", out.display());
+    Ok(valid)
+}
