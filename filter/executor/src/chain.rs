@@ -39,6 +39,7 @@ pub struct Chain {
     name: String,
     entries: Vec<ChainEntry>,
     phases: Phases,
+    reads_response_headers: bool,
 }
 
 /// Which bodies a chain must see whole. A headers-only chain needs neither,
@@ -54,10 +55,14 @@ pub struct BodyNeeds {
 impl Chain {
     pub(crate) fn new(name: String, entries: Vec<ChainEntry>) -> Self {
         let phases = entries.iter().fold(Phases::NONE, |all, e| all | e.phases);
+        let reads_response_headers = entries.iter().any(|e| {
+            e.phases.contains(Phases::RESPONSE_HEADERS) && e.policy.reads_response_headers()
+        });
         Self {
             name,
             entries,
             phases,
+            reads_response_headers,
         }
     }
 
@@ -139,6 +144,12 @@ impl Exchange {
     /// Whether the host must call the response phases at all.
     pub fn acts_on_response(&self) -> bool {
         !self.finished && self.chain.acts_on_response()
+    }
+
+    /// Whether [`Exchange::on_response_headers`] needs the real response
+    /// headers; if not, hosts may pass an empty map and skip reading them.
+    pub fn reads_response_headers(&self) -> bool {
+        self.chain.reads_response_headers
     }
 
     /// The request context, for hosts that log decisions.

@@ -30,7 +30,7 @@ pub use config::ConfigError;
 pub use headers::{HeaderChange, HeaderMap, HeaderMutations, HeaderName, HeaderValue, HeadersMut};
 pub use policy::{Action, Context, LocalReply, Metadata, Phases, Policy, RouteInfo};
 pub use registry::{parse_params, ParamError, PolicyFactory, Registry};
-pub use route::{RouteInput, RouteTable, Selection};
+pub use route::{LazyRouteName, RouteInput, RouteTable, Selection};
 
 /// A compiled plugin configuration, ready to serve requests.
 pub struct Engine {
@@ -56,25 +56,25 @@ impl Engine {
         })
     }
 
-    /// Whether the host must supply Envoy's route name to [`Engine::start`].
-    pub fn needs_route_name(&self) -> bool {
-        self.routes.needs_route_name()
-    }
-
     /// The number of route entries.
     pub fn route_count(&self) -> usize {
         self.routes.entries.len()
     }
 
     /// Selects the chain for a request and starts its exchange.
-    pub fn start(&self, route_name: Option<&str>, request: HeaderMap) -> Start {
-        match self
+    ///
+    /// `route_name` reads Envoy's route name (`xds.route_name`) from the
+    /// host; it is called at most once, and only if a route entry that
+    /// matches on the name is reached.
+    pub fn start(&self, route_name: impl FnOnce() -> Option<String>, request: HeaderMap) -> Start {
+        let mut route_name = LazyRouteName::new(route_name);
+        let selection = self
             .routes
-            .select(&RouteInput::from_headers(route_name, &request))
-        {
+            .select(&RouteInput::from_headers(&request), &mut route_name);
+        match selection {
             Selection::Chain(chain) => Start::Run(Exchange::new(
                 Arc::clone(chain),
-                route_name.map(str::to_owned),
+                route_name.into_fetched(),
                 request,
             )),
             Selection::Allow => Start::Pass,

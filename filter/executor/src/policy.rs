@@ -84,7 +84,7 @@ pub type Metadata = BTreeMap<String, serde_json::Value>;
 pub struct RouteInfo {
     /// The name of the matched entry of the plugin configuration.
     pub chain: String,
-    /// Envoy's route name (`xds.route_name`), when the host provided it.
+    /// Envoy's route name (`xds.route_name`), when route matching needed it.
     pub route_name: Option<String>,
 }
 
@@ -181,6 +181,15 @@ impl Context {
 pub trait Policy: Send + Sync {
     /// The phases this instance acts in.
     fn phases(&self) -> Phases;
+
+    /// Whether the response-headers phase reads the upstream's response
+    /// headers, rather than only editing them. Reading them costs the Wasm
+    /// host a host call per request, so a chain whose policies all answer
+    /// `false` is handed an empty map (no `:status` either). Local replies
+    /// are always seen in full.
+    fn reads_response_headers(&self) -> bool {
+        true
+    }
 
     /// Runs when the request headers arrive.
     fn on_request_headers(&self, _cx: &mut Context) -> Action {

@@ -1,7 +1,9 @@
 //! Choosing the chain for a request.
 //!
 //! Entries are tried in configuration order and the first whose conditions
-//! all hold wins. A request that matches none gets the configured
+//! all hold wins. Envoy's route name costs the Wasm host a property read, so
+//! it is asked for last, at most once, and only when an entry that matches
+//! on it has passed its other conditions. A request that matches none gets the configured
 //! [`Unmatched`] outcome, which is a denial unless the configuration says
 //! otherwise: a gap in the route map must not become a bypass.
 
@@ -11,11 +13,9 @@ use crate::chain::Chain;
 use crate::headers::HeaderMap;
 use crate::policy::LocalReply;
 
-/// The request facts a route entry can match on.
+/// The request facts a route entry can match on, besides the route name.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RouteInput<'a> {
-    /// Envoy's route name (`xds.route_name`).
-    pub route_name: Option<&'a str>,
     /// `:authority`.
     pub host: Option<&'a str>,
     /// `:path`, query included.
@@ -26,9 +26,8 @@ pub struct RouteInput<'a> {
 
 impl<'a> RouteInput<'a> {
     /// Reads host, path and method from request headers.
-    pub fn from_headers(route_name: Option<&'a str>, headers: &'a HeaderMap) -> Self {
+    pub fn from_headers(headers: &'a HeaderMap) -> Self {
         Self {
-            route_name,
             host: headers.get(":authority"),
             path: headers.get(":path"),
             method: headers.get(":method"),
@@ -60,13 +59,48 @@ pub(crate) struct Conditions {
     pub(crate) methods: Vec<String>,
 }
 
-impl Conditions {
-    fn matches(&self, input: &RouteInput<'_>) -> bool {
-        if let Some(want) = &self.route_name {
-            if input.route_name != Some(want.as_str()) {
-                return false;
-            }
+/// Envoy's route name, fetched from the host on first use.
+pub struct LazyRouteName<F> {
+    fetch: Option<F>,
+    value: Option<String>,
+}
+
+impl<F: FnOnce() -> Option<String>> LazyRouteName<F> {
+    /// Wraps the host's way of reading the route name.
+    pub fn new(fetch: F) -> Self {
+        Self {
+            fetch: Some(fetch),
+            value: None,
         }
+    }
+
+    fn get(&mut self) -> Option<&str> {
+        if let Some(fetch) = self.fetch.take() {
+            self.value = fetch();
+        }
+        self.value.as_deref()
+    }
+
+    /// The route name, if it was fetched.
+    pub fn into_fetched(self) -> Option<String> {
+        self.value
+    }
+}
+
+impl Conditions {
+    fn matches<F: FnOnce() -> Option<String>>(
+        &self,
+        input: &RouteInput<'_>,
+        route_name: &mut LazyRouteName<F>,
+    ) -> bool {
+        self.matches_request(input)
+            && self
+                .route_name
+                .as_ref()
+                .is_none_or(|want| route_name.get() == Some(want.as_str()))
+    }
+
+    fn matches_request(&self, input: &RouteInput<'_>) -> bool {
         if let Some(want) = &self.host {
             let Some(host) = input.host.map(strip_port) else {
                 return false;
@@ -146,17 +180,17 @@ pub enum Selection<'t> {
 }
 
 impl RouteTable {
-    /// Whether any entry matches on Envoy's route name, so the host must
-    /// fetch it.
-    pub fn needs_route_name(&self) -> bool {
-        self.entries
-            .iter()
-            .any(|e| e.conditions.route_name.is_some())
-    }
-
     /// Picks the chain for a request.
-    pub fn select(&self, input: &RouteInput<'_>) -> Selection<'_> {
-        match self.entries.iter().find(|e| e.conditions.matches(input)) {
+    pub fn select<F: FnOnce() -> Option<String>>(
+        &self,
+        input: &RouteInput<'_>,
+        route_name: &mut LazyRouteName<F>,
+    ) -> Selection<'_> {
+        match self
+            .entries
+            .iter()
+            .find(|e| e.conditions.matches(input, route_name))
+        {
             Some(entry) => Selection::Chain(&entry.chain),
             None => match &self.unmatched {
                 Unmatched::Deny(reply) => Selection::Deny(reply),
@@ -173,7 +207,6 @@ mod tests {
 
     fn input<'a>(host: &'a str, path: &'a str, method: &'a str) -> RouteInput<'a> {
         RouteInput {
-            route_name: Some("r"),
             host: Some(host),
             path: Some(path),
             method: Some(method),
@@ -186,15 +219,15 @@ mod tests {
             host: Some(HostMatch::Exact("api.example.com".into())),
             ..Default::default()
         };
-        assert!(c.matches(&input("API.example.com:8443", "/", "GET")));
-        assert!(!c.matches(&input("example.com", "/", "GET")));
+        assert!(c.matches_request(&input("API.example.com:8443", "/", "GET")));
+        assert!(!c.matches_request(&input("example.com", "/", "GET")));
         let wild = Conditions {
             host: Some(HostMatch::Suffix(".example.com".into())),
             ..Default::default()
         };
-        assert!(wild.matches(&input("a.example.com", "/", "GET")));
-        assert!(!wild.matches(&input("example.com", "/", "GET")));
-        assert!(!wild.matches(&input(".example.com", "/", "GET")));
+        assert!(wild.matches_request(&input("a.example.com", "/", "GET")));
+        assert!(!wild.matches_request(&input("example.com", "/", "GET")));
+        assert!(!wild.matches_request(&input(".example.com", "/", "GET")));
         assert_eq!(strip_port("[::1]:80"), "[::1]");
         assert_eq!(strip_port("::1"), "::1");
     }
@@ -205,28 +238,37 @@ mod tests {
             path: Some(PathMatch::Exact("/zen".into())),
             ..Default::default()
         };
-        assert!(exact.matches(&input("h", "/zen?x=1", "GET")));
-        assert!(!exact.matches(&input("h", "/zen/", "GET")));
+        assert!(exact.matches_request(&input("h", "/zen?x=1", "GET")));
+        assert!(!exact.matches_request(&input("h", "/zen/", "GET")));
         let prefix = Conditions {
             path: Some(PathMatch::Prefix("/repos/".into())),
             methods: vec!["GET".into()],
             ..Default::default()
         };
-        assert!(prefix.matches(&input("h", "/repos/a", "GET")));
-        assert!(!prefix.matches(&input("h", "/repos/a", "POST")));
-        assert!(!prefix.matches(&input("h", "/users", "GET")));
+        assert!(prefix.matches_request(&input("h", "/repos/a", "GET")));
+        assert!(!prefix.matches_request(&input("h", "/repos/a", "POST")));
+        assert!(!prefix.matches_request(&input("h", "/users", "GET")));
     }
 
     #[test]
-    fn route_name_condition_needs_the_name() {
+    fn the_route_name_is_fetched_last_and_once() {
         let c = Conditions {
             route_name: Some("api".into()),
+            path: Some(PathMatch::Prefix("/api".into())),
             ..Default::default()
         };
-        assert!(!c.matches(&RouteInput::default()));
-        assert!(c.matches(&RouteInput {
-            route_name: Some("api"),
-            ..Default::default()
-        }));
+        let mut fetches = 0;
+        let mut name = LazyRouteName::new(|| {
+            fetches += 1;
+            Some("api".to_owned())
+        });
+        assert!(!c.matches(&input("h", "/other", "GET"), &mut name));
+        assert!(c.matches(&input("h", "/api", "GET"), &mut name));
+        assert!(c.matches(&input("h", "/api/x", "GET"), &mut name));
+        assert_eq!(name.into_fetched().as_deref(), Some("api"));
+        assert_eq!(fetches, 1);
+
+        let mut missing = LazyRouteName::new(|| None);
+        assert!(!c.matches(&input("h", "/api", "GET"), &mut missing));
     }
 }

@@ -32,7 +32,7 @@ pub fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> HeaderMap 
 /// Starts an exchange for `request`; `None` if the engine did not select a
 /// chain for it.
 pub fn start(engine: &Engine, request: HeaderMap) -> Option<Exchange> {
-    match engine.start(Some("test"), request) {
+    match engine.start(|| Some("test".to_owned()), request) {
         Start::Run(exchange) => Some(exchange),
         Start::Pass | Start::Respond(_) => None,
     }

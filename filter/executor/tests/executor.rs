@@ -149,7 +149,7 @@ fn request(path: &str) -> HeaderMap {
 }
 
 fn exchange(engine: &Engine, path: &str) -> Exchange {
-    match engine.start(Some("r"), request(path)) {
+    match engine.start(|| Some("r".to_owned()), request(path)) {
         Start::Run(x) => x,
         _ => panic!("no chain for {path}"),
     }
@@ -341,8 +341,7 @@ routes:
             .as_deref(),
         Some("r")
     );
-    assert!(e.needs_route_name());
-    match e.start(Some("r"), request("/nowhere")) {
+    match e.start(|| Some("r".to_owned()), request("/nowhere")) {
         Start::Respond(reply) => assert_eq!(reply.status, 403),
         _ => panic!("unmatched request was not denied"),
     }
@@ -351,17 +350,17 @@ routes:
 #[test]
 fn unmatched_outcomes_are_configurable() {
     let allow = engine("routes: []\nunmatched: allow\n");
-    assert!(matches!(allow.start(None, request("/")), Start::Pass));
-    assert!(!allow.needs_route_name());
+    let never = || -> Option<String> { panic!("no entry matches on the route name") };
+    assert!(matches!(allow.start(never, request("/")), Start::Pass));
 
     let deny = engine("unmatched: { deny: { status: 404, body: gone } }\n");
-    match deny.start(None, request("/")) {
+    match deny.start(|| None, request("/")) {
         Start::Respond(reply) => assert_eq!((reply.status, reply.body), (404, b"gone".to_vec())),
         _ => panic!("expected a denial"),
     }
 
     let chain = engine("unmatched: { policies: [{name: probe, config: {id: d}}] }\n");
-    let Start::Run(mut x) = chain.start(None, request("/")) else {
+    let Start::Run(mut x) = chain.start(|| None, request("/")) else {
         panic!("expected the default chain")
     };
     x.on_request_headers();

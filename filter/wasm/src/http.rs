@@ -110,12 +110,7 @@ impl HttpContext for Stream {
             Ok(headers) => headers,
             Err(status) => return self.host_fault("request headers", status),
         };
-        let route_name = if self.engine.needs_route_name() {
-            route_name()
-        } else {
-            None
-        };
-        let mut exchange = match self.engine.start(route_name.as_deref(), headers) {
+        let mut exchange = match self.engine.start(route_name, headers) {
             Start::Run(exchange) => exchange,
             Start::Pass => return Action::Continue,
             Start::Respond(reply) => return self.respond(&reply),
@@ -163,9 +158,14 @@ impl HttpContext for Stream {
         if self.replied || !self.exchange.as_ref().is_some_and(|x| x.acts_on_response()) {
             return Action::Continue;
         }
-        let headers = match read_headers(MapType::HttpResponseHeaders) {
-            Ok(headers) => headers,
-            Err(status) => return self.host_fault("response headers", status),
+        let reads = self
+            .exchange
+            .as_ref()
+            .is_some_and(|x| x.reads_response_headers());
+        let headers = match reads.then(|| read_headers(MapType::HttpResponseHeaders)) {
+            None => HeaderMap::new(),
+            Some(Ok(headers)) => headers,
+            Some(Err(status)) => return self.host_fault("response headers", status),
         };
         let Some(outcome) = self
             .exchange
@@ -215,7 +215,11 @@ impl HttpContext for Stream {
 fn read_headers(map: MapType) -> Result<HeaderMap, Status> {
     let pairs = hostcalls::get_map_bytes(map)?;
     Ok(HeaderMap::from_pairs(pairs.into_iter().map(
-        |(name, value)| (name, String::from_utf8_lossy(&value).into_owned()),
+        |(name, value)| {
+            let value = String::from_utf8(value)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+            (name, value)
+        },
     )))
 }
 

@@ -6,10 +6,11 @@
 //!   `on_configure` (returning `false`, so Envoy refuses the configuration,
 //!   with one log line naming the fault) and owns the compiled [`Engine`];
 //! * each HTTP context reads the request headers in one host call, fetches
-//!   `xds.route_name` only if a route entry matches on it, runs the exchange,
+//!   `xds.route_name` only if route matching reaches an entry that needs it,
+//!   runs the exchange,
 //!   and applies its header changes or sends its local reply. Bodies are
 //!   buffered only for chains whose policies read them, and response headers
-//!   are not even read for chains that do not act on the response.
+//!   are read only for chains with a policy that inspects them.
 //!
 //! Host calls go through `proxy_wasm::hostcalls`, which return `Result`s,
 //! rather than the SDK's trait helpers, which `unwrap` (a header value that

@@ -143,6 +143,10 @@ impl Policy for SetHeaders {
         phases
     }
 
+    fn reads_response_headers(&self) -> bool {
+        false
+    }
+
     fn on_request_headers(&self, cx: &mut Context) -> Action {
         self.request.apply(cx);
         Action::Continue
@@ -217,6 +221,7 @@ mod tests {
         let engine = engine_for(FACTORY, json!({"request": {"set": {"a": "b"}}})).unwrap();
         let x = start(&engine, request("GET", "/", &[])).unwrap();
         assert!(!x.acts_on_response());
+        assert!(!x.reads_response_headers());
         assert_eq!(x.body_needs(), Default::default());
     }
 

@@ -34,9 +34,12 @@ struct Config {
 /// The policy chain of `n` set-headers instances, each editing one request
 /// and one response header, on Envoy's `echo-default` route.
 fn set_headers_chain(n: usize) -> String {
-    let mut config =
-        String::from("routes:\n  - name: bench\n    match: { route: echo-default }\n");
-    config.push_str(if n == 0 { "    policies: []\n" } else { "    policies:\n" });
+    let mut config = String::from("routes:\n  - name: bench\n    match: { route: echo-default }\n");
+    config.push_str(if n == 0 {
+        "    policies: []\n"
+    } else {
+        "    policies:\n"
+    });
     for i in 0..n {
         let _ = write!(
             config,
