@@ -236,6 +236,12 @@ impl Envoy {
         self.admin.0
     }
 
+    /// The scratch directory holding the generated bootstrap, listener and
+    /// log.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Envoy's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -79,6 +79,7 @@ fn run() -> Result<(), String> {
     println!(
         "\nEnvoy {} is serving on {base} with the policy filter ({})\n\
          plugin configuration: {}\n\
+         generated Envoy configuration and log: {}\n\
          echo upstream: http://{}   admin: http://{}\n\n\
          Try:\n\
          \x20 curl -i {base}/api/hello -H 'x-internal-debug: 1'   # request header set and removed, response header added\n\
@@ -89,6 +90,7 @@ fn run() -> Result<(), String> {
         envoy.pid(),
         wasm.display(),
         args.config.display(),
+        envoy.dir().display(),
         upstream.addr(),
         envoy.admin_addr(),
     );
