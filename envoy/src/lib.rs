@@ -214,8 +214,10 @@ impl Envoy {
                 version: 1,
             }),
             Err(e) => {
+                // The error carries the log; nothing else is worth keeping.
                 let _ = child.kill();
                 let _ = child.wait();
+                let _ = fs::remove_dir_all(&dir);
                 Err(e)
             }
         }

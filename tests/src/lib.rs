@@ -15,10 +15,10 @@ use serde_json::Value;
 
 /// Envoy running the policy filter in front of an echo upstream.
 pub struct Stack {
-    /// The upstream (dropped after Envoy).
-    pub upstream: EchoUpstream,
-    /// Envoy with the filter.
+    /// Envoy with the filter (declared first: it stops before the upstream).
     pub envoy: Envoy,
+    /// The echo upstream.
+    pub upstream: EchoUpstream,
 }
 
 /// Starts the echo upstream and Envoy with the filter on `plugin_config`.
@@ -43,7 +43,7 @@ impl Stack {
     /// Starts the stack, failing the test if Envoy does not come up.
     pub fn start(plugin_config: &str) -> Self {
         match try_start(plugin_config) {
-            Ok((upstream, envoy)) => Self { upstream, envoy },
+            Ok((upstream, envoy)) => Self { envoy, upstream },
             Err(e) => panic!("{e}"),
         }
     }
