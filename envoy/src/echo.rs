@@ -6,7 +6,9 @@
 //! {"method":"GET","path":"/api/x","headers":{"x-tenant":"demo"},"body":""}
 //! ```
 //! Repeated headers are joined with `,`. It also counts requests, so a test
-//! can prove that a short-circuited request never reached it.
+//! can prove that a short-circuited request never reached it, and a request
+//! carrying `x-echo-respond-with: TEXT` gets `TEXT` back as a `text/plain`
+//! body instead, for tests of policies that inspect responses.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -114,7 +116,18 @@ async fn serve(
     }
 }
 
+/// Asks the echo upstream to answer with the header's value as a plain body.
+pub const RESPOND_WITH: &str = "x-echo-respond-with";
+
 async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    if let Some(text) = req.headers().get(RESPOND_WITH) {
+        let mut response = Response::new(Full::new(Bytes::copy_from_slice(text.as_bytes())));
+        response.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("text/plain"),
+        );
+        return Ok(response);
+    }
     let method = req.method().to_string();
     let path = req
         .uri()

@@ -7,6 +7,10 @@ use serde_json::{json, Value};
 
 /// The policy engine's Wasm filter with this plugin configuration (YAML or
 /// JSON text), running `module` in V8.
+///
+/// `allow_on_headers_stop_iteration` lets the filter hold the headers while
+/// it waits for a body a policy must see; without it, Envoy's Proxy-Wasm
+/// 0.2 host also stops the body callbacks and such requests stall.
 pub fn policy_engine(module: &Path, plugin_configuration: &str) -> Value {
     json!({
         "name": "envoy.filters.http.wasm",
@@ -15,6 +19,7 @@ pub fn policy_engine(module: &Path, plugin_configuration: &str) -> Value {
             "config": {
                 "name": "policy-engine",
                 "root_id": "policy-engine",
+                "allow_on_headers_stop_iteration": true,
                 "configuration": {
                     "@type": "type.googleapis.com/google.protobuf.StringValue",
                     "value": plugin_configuration,

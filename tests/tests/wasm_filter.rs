@@ -37,6 +37,15 @@ routes:
         config: { status: 200, headers: { content-type: text/plain }, body: "ok\n" }
       - name: set-headers
         config: { response: { set: { x-never: "set" } } }
+  - name: public-json
+    match: { route: echo-public, path: { prefix: /public/json } }
+    policies:
+      - name: set-headers
+        config: { response: { set: { x-outer: "yes" } } }
+      - name: json-body
+        config: { request: true, response: true, max_bytes: 1024 }
+      - name: set-headers
+        config: { request: { set: { x-checked: "yes" } } }
   - name: public
     match: { route: echo-public }
     policies: []
@@ -207,4 +216,49 @@ fn malformed_and_unusual_requests_never_trap_the_filter() {
         !log.contains("panicked") && !log.contains("Function: proxy_on"),
         "{log}"
     );
+}
+
+#[test]
+fn body_phases_buffer_inspect_and_reply() {
+    let stack = Stack::start(CONFIG);
+    let url = stack.envoy.url("/public/json");
+    let post = |body: &str, headers: &[(&str, &str)]| send(&url, "POST", headers, Some(body));
+
+    // Valid JSON reaches the upstream whole, with the header edits of the
+    // policies after the body check applied while the headers were held.
+    let ok = post(r#"{"order": [1, 2, 3]}"#, &[]);
+    assert_eq!(ok.status, 200, "{ok:?}");
+    let seen = ok.upstream().unwrap();
+    assert_eq!(seen.body(), r#"{"order": [1, 2, 3]}"#);
+    assert_eq!(seen.header("x-checked"), Some("yes"));
+    assert_eq!(ok.header("x-outer"), Some("yes"));
+    let reached = stack.upstream.requests_seen();
+
+    // Malformed and oversized bodies are refused before the upstream; the
+    // outer policy still decorates the refusal.
+    let bad = post("{\"order\": ", &[]);
+    assert_eq!(bad.status, 400, "{bad:?}");
+    assert!(
+        bad.body.starts_with("request body is not valid JSON"),
+        "{bad:?}"
+    );
+    assert_eq!(bad.header("x-outer"), Some("yes"));
+    let big = post(&format!("[\"{}\"]", "x".repeat(2048)), &[]);
+    assert_eq!(big.status, 413, "{big:?}");
+    assert_eq!(stack.upstream.requests_seen(), reached);
+
+    // An upstream answer that is not JSON is replaced with 502.
+    let html = post("{}", &[("x-echo-respond-with", "<html>oops</html>")]);
+    assert_eq!(html.status, 502, "{html:?}");
+    assert_eq!(html.body, "upstream response is not valid JSON\n");
+    assert_eq!(html.header("x-outer"), Some("yes"));
+
+    // Other routes never buffer: a large non-JSON body passes /public.
+    let other = send(
+        &stack.envoy.url("/public/raw"),
+        "POST",
+        &[],
+        Some(&"y".repeat(4096)),
+    );
+    assert_eq!(other.upstream().unwrap().body().len(), 4096);
 }

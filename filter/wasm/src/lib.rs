@@ -18,7 +18,6 @@
 //! the worker).
 
 mod http;
-mod policies;
 
 use std::rc::Rc;
 
@@ -62,12 +61,13 @@ impl RootContext for PluginRoot {
                 return false;
             }
         };
-        match Engine::from_config(&text, &policies::registry()) {
+        let registry = policy_registry::registry();
+        match Engine::from_config(&text, &registry) {
             Ok(engine) => {
                 log::info!(
                     "policy engine configured: {} route entries; policies in this build: {}",
                     engine.route_count(),
-                    policies::registry().names().join(", ")
+                    registry.names().join(", ")
                 );
                 self.engine = Some(Rc::new(engine));
                 true
