@@ -10,6 +10,7 @@ WASM := target/policy-filter.wasm
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export ENVOY_BIN := $(CURDIR)/$(ENVOY)
 export POLICY_FILTER_WASM := $(CURDIR)/$(WASM)
+export POLICY_EXTPROC_BIN := $(CURDIR)/target/debug/policy-extproc
 
 .PHONY: setup run test unit integration lint fmt bench wasm clean
 
@@ -41,8 +42,10 @@ $(WASM): .make/tools $(shell find filter policies -name '*.rs' -o -name Cargo.to
 run: setup wasm
 	cargo run --quiet --release -p local-envoy -- $(RUN_ARGS)
 
-## test: formatting, lints, unit tests and the end-to-end tests in real Envoy.
+## test: formatting, lints, unit tests and the end-to-end tests in real Envoy
+## (both hosts: the Wasm filter, and the ext_proc shim behind Envoy).
 test: setup wasm lint
+	cargo build -p policy-extproc
 	cargo test --workspace
 
 lint:

@@ -1,6 +1,7 @@
 //! The HTTP filter entries `Envoy` can put before the router, as the JSON
 //! Envoy's configuration takes.
 
+use std::net::SocketAddr;
 use std::path::Path;
 
 use serde_json::{json, Value};
@@ -30,6 +31,67 @@ pub fn policy_engine(module: &Path, plugin_configuration: &str) -> Value {
                     "code": { "local": { "filename": module.display().to_string() } },
                 },
             },
+        },
+    })
+}
+
+/// The name of the cluster [`ext_proc`] sends to.
+pub const EXT_PROC_CLUSTER: &str = "policy_extproc";
+
+/// Envoy's `ext_proc` filter in front of the policy engine's shim.
+///
+/// Envoy first sends only the request headers; the shim's `mode_override`
+/// then asks for bodies and the response only when the matched chain needs
+/// them (`allow_mode_override`). `xds.route_name` is sent as a request
+/// attribute so route entries can match on Envoy's route name. Failures fail
+/// closed (`failure_mode_allow: false`): a request the shim cannot see gets
+/// a 500 rather than passing unchecked. The mutation rules give the shim the
+/// freedom the Wasm filter has (`x-envoy-*` and routing headers), so both
+/// hosts behave alike.
+pub fn ext_proc() -> Value {
+    json!({
+        "name": "envoy.filters.http.ext_proc",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+            "grpc_service": {
+                "envoy_grpc": { "cluster_name": EXT_PROC_CLUSTER },
+                "timeout": "2s",
+            },
+            "failure_mode_allow": false,
+            "message_timeout": "2s",
+            "allow_mode_override": true,
+            "request_attributes": ["xds.route_name"],
+            "mutation_rules": { "allow_envoy": true, "allow_all_routing": true },
+            "processing_mode": {
+                "request_header_mode": "SEND",
+                "response_header_mode": "SEND",
+                "request_body_mode": "NONE",
+                "response_body_mode": "NONE",
+                "request_trailer_mode": "SKIP",
+                "response_trailer_mode": "SKIP",
+            },
+        },
+    })
+}
+
+/// The HTTP/2 cluster for the shim at `address`.
+pub fn ext_proc_cluster(address: SocketAddr) -> Value {
+    json!({
+        "name": EXT_PROC_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": { "http2_protocol_options": {} },
+            },
+        },
+        "load_assignment": {
+            "cluster_name": EXT_PROC_CLUSTER,
+            "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": { "socket_address": {
+                "address": address.ip().to_string(),
+                "port_value": address.port(),
+            }}}}]}],
         },
     })
 }

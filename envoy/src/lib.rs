@@ -9,6 +9,7 @@
 
 pub mod echo;
 pub mod filters;
+pub mod shim;
 
 use std::fmt;
 use std::fs;
@@ -39,6 +40,13 @@ pub fn envoy_bin() -> PathBuf {
         .unwrap_or_else(|| repo_root().join(".venv/bin/envoy"))
 }
 
+/// The ext_proc shim: `$POLICY_EXTPROC_BIN`, else the debug build.
+pub fn extproc_bin() -> PathBuf {
+    std::env::var_os("POLICY_EXTPROC_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/debug/policy-extproc"))
+}
+
 /// The optimized filter module: `$POLICY_FILTER_WASM`, else what
 /// `make wasm` writes.
 pub fn filter_wasm() -> PathBuf {
@@ -52,6 +60,8 @@ pub fn filter_wasm() -> PathBuf {
 pub struct Options {
     /// The HTTP filters before the router (see [`filters`]).
     pub filters: Vec<Value>,
+    /// Clusters besides the echo upstream's (see [`filters::ext_proc_cluster`]).
+    pub clusters: Vec<Value>,
     /// The upstream the routes send to.
     pub upstream: SocketAddr,
     /// The listener port; 0 picks a free one.
@@ -71,6 +81,7 @@ impl Options {
     pub fn new(filters: Vec<Value>, upstream: SocketAddr) -> Self {
         Self {
             filters,
+            clusters: Vec::new(),
             upstream,
             listen_port: 0,
             admin_port: 0,
@@ -149,7 +160,8 @@ impl Envoy {
             .replace("{{ADMIN_PORT}}", &options.admin_port.to_string())
             .replace("{{LDS_PATH}}", &lds_path.display().to_string())
             .replace("{{LDS_DIR}}", &lds_dir.display().to_string())
-            .replace("{{UPSTREAM_PORT}}", &options.upstream.port().to_string());
+            .replace("{{UPSTREAM_PORT}}", &options.upstream.port().to_string())
+            .replace("{{EXTRA_CLUSTERS}}", &extra_clusters(&options.clusters));
         let bootstrap_path = dir.join("bootstrap.yaml");
         fs::write(&bootstrap_path, bootstrap).map_err(io_err("writing the bootstrap"))?;
         write_listener(&lds_path, options.listen_port, &options.filters, 1)?;
@@ -379,6 +391,13 @@ impl Drop for Envoy {
         let _ = self.child.wait();
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+fn extra_clusters(clusters: &[Value]) -> String {
+    clusters
+        .iter()
+        .map(|cluster| format!("    - {cluster}\n"))
+        .collect()
 }
 
 fn write_listener(

@@ -7,50 +7,116 @@
 )]
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use local_envoy::echo::EchoUpstream;
+use local_envoy::shim::Shim;
 use local_envoy::{filter_wasm, filters, Envoy, EnvoyError, Options};
 use serde_json::Value;
 
-/// Envoy running the policy filter in front of an echo upstream.
-pub struct Stack {
-    /// Envoy with the filter (declared first: it stops before the upstream).
-    pub envoy: Envoy,
-    /// The echo upstream.
-    pub upstream: EchoUpstream,
+/// Where the policies run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Host {
+    /// Inside Envoy, as the Proxy-Wasm filter.
+    Wasm,
+    /// Out of process, in the ext_proc shim behind Envoy's ext_proc filter.
+    ExtProc,
 }
 
-/// Starts the echo upstream and Envoy with the filter on `plugin_config`.
-pub fn try_start(plugin_config: &str) -> Result<(EchoUpstream, Envoy), EnvoyError> {
-    let upstream = EchoUpstream::start(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .map_err(|e| EnvoyError::Io("starting the echo upstream".into(), e))?;
-    let module = filter_wasm();
-    assert!(
-        module.exists(),
-        "{} is missing: build it with `make wasm` (make test does)",
-        module.display()
-    );
-    let options = Options::new(
-        vec![filters::policy_engine(&module, plugin_config)],
-        upstream.addr(),
-    );
-    let envoy = Envoy::start(&options)?;
-    Ok((upstream, envoy))
+impl Host {
+    /// Both hosts.
+    pub const ALL: [Host; 2] = [Host::Wasm, Host::ExtProc];
+}
+
+/// Envoy running the policy engine (in either host) in front of an echo
+/// upstream. Fields drop in order: Envoy, then the shim, then the upstream.
+pub struct Stack {
+    /// Envoy.
+    pub envoy: Envoy,
+    /// The ext_proc shim, when the host is [`Host::ExtProc`].
+    pub shim: Option<Shim>,
+    /// The echo upstream.
+    pub upstream: EchoUpstream,
+    scratch: PathBuf,
+}
+
+static SCRATCH: AtomicU32 = AtomicU32::new(0);
+
+fn scratch_dir() -> Result<PathBuf, EnvoyError> {
+    let dir = std::env::temp_dir().join(format!(
+        "policy-stack-{}-{}",
+        std::process::id(),
+        SCRATCH.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| EnvoyError::Io("creating a scratch dir".into(), e))?;
+    Ok(dir)
 }
 
 impl Stack {
-    /// Starts the stack, failing the test if Envoy does not come up.
+    /// Starts the Wasm host on `plugin_config`, failing the test if Envoy
+    /// does not come up.
     pub fn start(plugin_config: &str) -> Self {
-        match try_start(plugin_config) {
-            Ok((upstream, envoy)) => Self { envoy, upstream },
-            Err(e) => panic!("{e}"),
-        }
+        Self::start_on(Host::Wasm, plugin_config)
+    }
+
+    /// Starts `host` on `plugin_config`, failing the test if it does not
+    /// come up.
+    pub fn start_on(host: Host, plugin_config: &str) -> Self {
+        Self::try_start_on(host, plugin_config).unwrap_or_else(|e| panic!("{host:?}: {e}"))
+    }
+
+    /// Starts `host` on `plugin_config`.
+    pub fn try_start_on(host: Host, plugin_config: &str) -> Result<Self, EnvoyError> {
+        let upstream = EchoUpstream::start(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .map_err(|e| EnvoyError::Io("starting the echo upstream".into(), e))?;
+        let scratch = scratch_dir()?;
+        let (options, shim) = match host {
+            Host::Wasm => {
+                let module = filter_wasm();
+                assert!(
+                    module.exists(),
+                    "{} is missing: build it with `make wasm` (make test does)",
+                    module.display()
+                );
+                let filter = filters::policy_engine(&module, plugin_config);
+                (Options::new(vec![filter], upstream.addr()), None)
+            }
+            Host::ExtProc => {
+                let config = scratch.join("policies.yaml");
+                std::fs::write(&config, plugin_config)
+                    .map_err(|e| EnvoyError::Io("writing the shim config".into(), e))?;
+                let shim = Shim::start(&config, SocketAddr::from(([127, 0, 0, 1], 0)), None)?;
+                let mut options = Options::new(vec![filters::ext_proc()], upstream.addr());
+                options.clusters = vec![filters::ext_proc_cluster(shim.addr())];
+                (options, Some(shim))
+            }
+        };
+        let envoy = Envoy::start(&options)?;
+        Ok(Self {
+            envoy,
+            shim,
+            upstream,
+            scratch,
+        })
+    }
+
+    /// The shim's configuration file (ext_proc host only).
+    pub fn shim_config(&self) -> PathBuf {
+        self.scratch.join("policies.yaml")
     }
 
     /// Sends a request through Envoy.
     pub fn send(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
         send(&self.envoy.url(path), method, headers, None)
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.scratch);
     }
 }
 
@@ -66,12 +132,16 @@ pub struct Reply {
 }
 
 impl Reply {
-    /// The first value of a response header.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
+    /// A response header's values joined with `,` (as the echo upstream
+    /// reports request headers), or `None` if absent.
+    pub fn header(&self, name: &str) -> Option<String> {
+        let values: Vec<&str> = self
+            .headers
             .iter()
-            .find(|(n, _)| n == name)
+            .filter(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
+            .collect();
+        (!values.is_empty()).then(|| values.join(","))
     }
 
     /// The request the echo upstream received, if this reply came from it.

@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use integration_tests::{send, try_start, Stack};
+use integration_tests::{send, Host, Stack};
 use local_envoy::{filter_wasm, filters, EnvoyError};
 
 /// Route names refer to envoy/listener.yaml.
@@ -62,7 +62,7 @@ fn request_headers_change_on_one_route_and_not_on_another() {
     assert_eq!(seen.header("x-tenant"), Some("acme"));
     assert_eq!(seen.header("x-forwarded-by"), Some("policy-engine"));
     assert_eq!(seen.header("x-internal-debug"), None);
-    assert_eq!(api.header("x-policy-chain"), Some("api"));
+    assert_eq!(api.header("x-policy-chain").as_deref(), Some("api"));
 
     let public = stack.send("GET", "/public/items", &sent);
     assert_eq!(public.status, 200, "{public:?}");
@@ -70,7 +70,7 @@ fn request_headers_change_on_one_route_and_not_on_another() {
     assert_eq!(seen.header("x-tenant"), Some("spoofed"));
     assert_eq!(seen.header("x-internal-debug"), Some("1"));
     assert_eq!(seen.header("x-forwarded-by"), None);
-    assert_eq!(public.header("x-policy-chain"), None);
+    assert_eq!(public.header("x-policy-chain").as_deref(), None);
 }
 
 #[test]
@@ -81,8 +81,8 @@ fn respond_short_circuits_and_the_upstream_sees_nothing() {
     assert_eq!(reply.body, "ok\n");
     assert!(reply.upstream().is_none());
     // The policy before `respond` decorates its reply; the one after never ran.
-    assert_eq!(reply.header("cache-control"), Some("no-store"));
-    assert_eq!(reply.header("x-never"), None);
+    assert_eq!(reply.header("cache-control").as_deref(), Some("no-store"));
+    assert_eq!(reply.header("x-never").as_deref(), None);
     assert_eq!(stack.upstream.requests_seen(), 0);
 
     // A method the entry does not list falls through to the unmatched default.
@@ -134,7 +134,7 @@ fn json_configuration_works_like_yaml() {
 #[test]
 fn an_invalid_configuration_is_refused_and_the_log_names_the_fault() {
     let bad = CONFIG.replace("x-tenant: acme", "\"x tenant\": acme");
-    let log = match try_start(&bad) {
+    let log = match Stack::try_start_on(Host::Wasm, &bad) {
         Err(EnvoyError::Rejected { log }) => log,
         Err(other) => panic!("unexpected failure: {other}"),
         Ok(_) => panic!("Envoy accepted an invalid configuration"),
@@ -231,7 +231,7 @@ fn body_phases_buffer_inspect_and_reply() {
     let seen = ok.upstream().unwrap();
     assert_eq!(seen.body(), r#"{"order": [1, 2, 3]}"#);
     assert_eq!(seen.header("x-checked"), Some("yes"));
-    assert_eq!(ok.header("x-outer"), Some("yes"));
+    assert_eq!(ok.header("x-outer").as_deref(), Some("yes"));
     let reached = stack.upstream.requests_seen();
 
     // Malformed and oversized bodies are refused before the upstream; the
@@ -242,7 +242,7 @@ fn body_phases_buffer_inspect_and_reply() {
         bad.body.starts_with("request body is not valid JSON"),
         "{bad:?}"
     );
-    assert_eq!(bad.header("x-outer"), Some("yes"));
+    assert_eq!(bad.header("x-outer").as_deref(), Some("yes"));
     let big = post(&format!("[\"{}\"]", "x".repeat(2048)), &[]);
     assert_eq!(big.status, 413, "{big:?}");
     assert_eq!(stack.upstream.requests_seen(), reached);
@@ -251,7 +251,7 @@ fn body_phases_buffer_inspect_and_reply() {
     let html = post("{}", &[("x-echo-respond-with", "<html>oops</html>")]);
     assert_eq!(html.status, 502, "{html:?}");
     assert_eq!(html.body, "upstream response is not valid JSON\n");
-    assert_eq!(html.header("x-outer"), Some("yes"));
+    assert_eq!(html.header("x-outer").as_deref(), Some("yes"));
 
     // Other routes never buffer: a large non-JSON body passes /public.
     let other = send(

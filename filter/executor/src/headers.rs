@@ -123,6 +123,23 @@ impl HeaderMutations {
         self.changes.iter().map(|(n, c)| (n.as_str(), c))
     }
 
+    /// Adds the changes of a later phase, as if they had been made after
+    /// these: the result is the net change of both. A host that answers two
+    /// phases in one message (`ext_proc`, when the headers end the stream)
+    /// needs this.
+    pub fn merge(&mut self, later: HeaderMutations) {
+        for (name, change) in later.changes {
+            match change {
+                HeaderChange::Append(values) => {
+                    for value in &values {
+                        self.append(&name, value);
+                    }
+                }
+                replace_or_remove => self.record(&name, replace_or_remove),
+            }
+        }
+    }
+
     fn entry(&mut self, name: &str) -> Option<&mut HeaderChange> {
         self.changes
             .iter_mut()
@@ -308,6 +325,45 @@ mod tests {
                 ),
                 ("c".into(), HeaderChange::Replace(vec!["w".into()])),
                 ("d".into(), HeaderChange::Remove),
+            ]
+        );
+    }
+
+    #[test]
+    fn merging_later_changes_gives_the_net_change_of_both() {
+        let mut map = HeaderMap::new();
+        let mut first = HeaderMutations::default();
+        let mut h = HeadersMut {
+            map: &mut map,
+            changes: &mut first,
+        };
+        h.set(&name("a"), &value("1"));
+        h.append(&name("b"), &value("2"));
+        h.remove(&name("c"));
+        let mut later = HeaderMutations::default();
+        let mut h = HeadersMut {
+            map: &mut map,
+            changes: &mut later,
+        };
+        h.append(&name("a"), &value("x"));
+        h.remove(&name("b"));
+        h.append(&name("c"), &value("y"));
+        h.append(&name("d"), &value("z"));
+        first.merge(later);
+        let got: Vec<_> = first
+            .iter()
+            .map(|(n, c)| (n.to_owned(), c.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "a".into(),
+                    HeaderChange::Replace(vec!["1".into(), "x".into()])
+                ),
+                ("b".into(), HeaderChange::Remove),
+                ("c".into(), HeaderChange::Replace(vec!["y".into()])),
+                ("d".into(), HeaderChange::Append(vec!["z".into()])),
             ]
         );
     }

@@ -1,0 +1,19 @@
+//! The ext_proc shim: the same executor and the same policies as the Wasm
+//! filter, out of Envoy's process, behind Envoy's `ext_proc` filter.
+//!
+//! Like the Wasm host it only translates: `ProcessingRequest` messages
+//! become executor phases ([`stream`]), outcomes become `HeadersResponse`,
+//! `BodyResponse` or `ImmediateResponse` messages ([`translate`]). What the
+//! Wasm host saves by not making host calls, this one saves by asking Envoy
+//! (`mode_override`) to send only what the matched chain needs: no body for
+//! a headers-only chain, no response at all for a chain that does not act on
+//! it.
+//!
+//! The configuration is the Wasm filter's plugin configuration, read from a
+//! file and reloaded when it changes ([`store`]); a bad new file is refused
+//! with the same errors and the previous configuration keeps serving.
+
+pub mod service;
+pub mod store;
+pub mod stream;
+pub mod translate;

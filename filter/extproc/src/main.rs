@@ -1,0 +1,163 @@
+//! `policy-extproc`: serves the policy engine over Envoy's ext_proc API.
+//!
+//! Prints `policy-extproc listening on ADDR` once it accepts streams (with
+//! `--listen 127.0.0.1:0`, ADDR is the port it picked). SIGTERM or Ctrl-C
+//! stops accepting streams, reports NOT_SERVING on the gRPC health service,
+//! and waits up to `--shutdown-grace` seconds for streams in flight.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
+use policy_extproc::service::PolicyProcessor;
+use policy_extproc::store::{ConfigStore, Reload};
+use tokio::sync::watch;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+/// The policy engine's ext_proc server: the same policies as the Wasm
+/// filter, out of Envoy's process.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// The plugin configuration (YAML or JSON), as given to the Wasm filter.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+
+    /// Address to serve gRPC on.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:50051")]
+    listen: SocketAddr,
+
+    /// error, warn, info, debug or trace.
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    log_level: log::LevelFilter,
+
+    /// How often to check the configuration file for changes, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+    reload_interval: f64,
+
+    /// How long to wait for streams in flight on shutdown, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    shutdown_grace: f64,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    env_logger::Builder::new()
+        .filter_level(args.log_level)
+        .format_target(false)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            log::error!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            log::error!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn seconds(value: f64, flag: &str) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(value).map_err(|e| format!("--{flag}: {e}"))
+}
+
+async fn serve(args: Args) -> Result<(), String> {
+    let reload_every = seconds(args.reload_interval, "reload-interval")?;
+    let grace = seconds(args.shutdown_grace, "shutdown-grace")?;
+    let registry = policy_registry::registry();
+    let policies = registry.names().join(", ");
+    let store = Arc::new(ConfigStore::load(&args.config, registry).map_err(|e| e.to_string())?);
+    log::info!(
+        "configuration {} loaded: {} route entries; policies in this build: {policies}",
+        args.config.display(),
+        store.current().route_count()
+    );
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<ExternalProcessorServer<PolicyProcessor>>()
+        .await;
+
+    let watcher = Arc::clone(&store);
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(reload_every);
+        loop {
+            ticks.tick().await;
+            match watcher.reload_if_changed() {
+                Reload::Unchanged => {}
+                Reload::Applied => log::info!("configuration reloaded"),
+                Reload::Rejected(e) => {
+                    log::error!("{e}; the previous configuration keeps serving")
+                }
+            }
+        }
+    });
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the listening address: {e}"))?;
+
+    let (stopping, mut stop_requested) = watch::channel(false);
+    tokio::spawn(async move {
+        termination().await;
+        log::info!("shutting down: no new streams; finishing those in flight");
+        health
+            .set_not_serving::<ExternalProcessorServer<PolicyProcessor>>()
+            .await;
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        let _ = stopping.send(true);
+    });
+    let mut grace_over = stop_requested.clone();
+
+    println!("policy-extproc listening on {address}");
+    log::info!("serving ext_proc on {address}");
+    let server = Server::builder()
+        .add_service(health_service)
+        .add_service(ExternalProcessorServer::new(PolicyProcessor::new(store)))
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
+            let _ = stop_requested.wait_for(|stop| *stop).await;
+        });
+    tokio::select! {
+        served = server => served.map_err(|e| format!("server failed: {e}")),
+        () = async {
+            let _ = grace_over.wait_for(|stop| *stop).await;
+            tokio::time::sleep(grace).await;
+        } => {
+            log::warn!("shutdown grace period over; closing the streams still open");
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn termination() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut sigterm) => {
+            tokio::select! {
+                _ = sigterm.recv() => {}
+                _ = ctrl_c => {}
+            }
+        }
+        Err(e) => {
+            log::warn!("cannot watch SIGTERM ({e}); stopping on Ctrl-C only");
+            let _ = ctrl_c.await;
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! One ext_proc stream (one HTTP request): `ProcessingRequest` in,
+//! `ProcessingResponse` out, the executor deciding in between.
+//!
+//! Synchronous and free of gRPC, so the protocol logic is tested directly.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    processing_request::Request as In, processing_response::Response as Out, BodyResponse,
+    CommonResponse, HeadersResponse, HttpHeaders, ProcessingRequest, ProcessingResponse,
+    TrailersResponse,
+};
+use envoy_types::pb::google::protobuf::Struct;
+use policy_executor::{Engine, Exchange, HeaderMutations, Outcome, Start};
+
+use crate::translate;
+
+/// A protocol fault that ends the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtocolError(pub String);
+
+/// The state of one stream.
+pub struct StreamState {
+    engine: Arc<Engine>,
+    exchange: Option<Exchange>,
+}
+
+#[derive(Clone, Copy)]
+enum Direction {
+    Request,
+    Response,
+}
+
+impl StreamState {
+    /// A stream served by `engine` (a snapshot: a configuration reload does
+    /// not change a request already in flight).
+    pub fn new(engine: Arc<Engine>) -> Self {
+        Self {
+            engine,
+            exchange: None,
+        }
+    }
+
+    /// Answers one message.
+    pub fn process(
+        &mut self,
+        request: ProcessingRequest,
+    ) -> Result<ProcessingResponse, ProtocolError> {
+        let ProcessingRequest {
+            request,
+            attributes,
+            ..
+        } = request;
+        let Some(message) = request else {
+            return Err(ProtocolError(
+                "a ProcessingRequest without a request".into(),
+            ));
+        };
+        Ok(match message {
+            In::RequestHeaders(headers) => self.request_headers(&headers, &attributes),
+            In::RequestBody(body) => self.body(Direction::Request, &body.body),
+            In::ResponseHeaders(headers) => self.response_headers(&headers),
+            In::ResponseBody(body) => self.body(Direction::Response, &body.body),
+            In::RequestTrailers(_) => respond(Out::RequestTrailers(TrailersResponse::default())),
+            In::ResponseTrailers(_) => respond(Out::ResponseTrailers(TrailersResponse::default())),
+        })
+    }
+
+    fn request_headers(
+        &mut self,
+        message: &HttpHeaders,
+        attributes: &HashMap<String, Struct>,
+    ) -> ProcessingResponse {
+        let headers = translate::headers(message);
+        let mut exchange = match self
+            .engine
+            .start(|| translate::route_name(attributes), headers)
+        {
+            Start::Run(exchange) => exchange,
+            Start::Pass => {
+                let mut response = headers_response(Direction::Request, None);
+                response.mode_override = Some(translate::mode_done());
+                return response;
+            }
+            Start::Respond(reply) => return immediate(reply),
+        };
+        let mut changes = match exchange.on_request_headers() {
+            Outcome::Continue(changes) => changes,
+            Outcome::Respond(reply) => return immediate(reply),
+        };
+        if exchange.body_needs().request && message.end_of_stream {
+            // No body will follow: run the body phase over the empty body now.
+            match exchange.on_request_body(&[]) {
+                Outcome::Continue(later) => changes.merge(later),
+                Outcome::Respond(reply) => return immediate(reply),
+            }
+        }
+        let mode = translate::mode_for(exchange.body_needs(), exchange.acts_on_response());
+        self.exchange = Some(exchange);
+        let mut response = headers_response(Direction::Request, Some(&changes));
+        response.mode_override = Some(mode);
+        response
+    }
+
+    fn response_headers(&mut self, message: &HttpHeaders) -> ProcessingResponse {
+        let Some(exchange) = self.exchange.as_mut() else {
+            return headers_response(Direction::Response, None);
+        };
+        let mut changes = match exchange.on_response_headers(translate::headers(message)) {
+            Outcome::Continue(changes) => changes,
+            Outcome::Respond(reply) => return immediate(reply),
+        };
+        if exchange.body_needs().response && message.end_of_stream {
+            match exchange.on_response_body(&[]) {
+                Outcome::Continue(later) => changes.merge(later),
+                Outcome::Respond(reply) => return immediate(reply),
+            }
+        }
+        headers_response(Direction::Response, Some(&changes))
+    }
+
+    fn body(&mut self, direction: Direction, body: &[u8]) -> ProcessingResponse {
+        let outcome = match (self.exchange.as_mut(), direction) {
+            (Some(exchange), Direction::Request) => exchange.on_request_body(body),
+            (Some(exchange), Direction::Response) => exchange.on_response_body(body),
+            (None, _) => Outcome::Continue(HeaderMutations::default()),
+        };
+        match outcome {
+            Outcome::Continue(changes) => {
+                let common = common_response(Some(&changes));
+                respond(match direction {
+                    Direction::Request => Out::RequestBody(BodyResponse { response: common }),
+                    Direction::Response => Out::ResponseBody(BodyResponse { response: common }),
+                })
+            }
+            Outcome::Respond(reply) => immediate(reply),
+        }
+    }
+}
+
+fn respond(response: Out) -> ProcessingResponse {
+    ProcessingResponse {
+        response: Some(response),
+        ..Default::default()
+    }
+}
+
+fn common_response(changes: Option<&HeaderMutations>) -> Option<CommonResponse> {
+    let header_mutation = translate::header_mutation(changes?)?;
+    Some(CommonResponse {
+        header_mutation: Some(header_mutation),
+        ..Default::default()
+    })
+}
+
+fn headers_response(direction: Direction, changes: Option<&HeaderMutations>) -> ProcessingResponse {
+    let headers = HeadersResponse {
+        response: common_response(changes),
+    };
+    respond(match direction {
+        Direction::Request => Out::RequestHeaders(headers),
+        Direction::Response => Out::ResponseHeaders(headers),
+    })
+}
+
+fn immediate(reply: policy_executor::LocalReply) -> ProcessingResponse {
+    respond(Out::ImmediateResponse(translate::immediate_response(reply)))
+}

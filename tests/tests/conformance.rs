@@ -1,0 +1,192 @@
+//! One conformance suite, two hosts: every case in `tests/conformance/*.yaml`
+//! runs against the Wasm filter in Envoy and against the ext_proc shim behind
+//! Envoy, with the same expectations.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test crate: a failed step must fail the test"
+)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use integration_tests::{send, Host, Stack};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Suite {
+    config: String,
+    cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    name: String,
+    request: Request,
+    expect: Expect,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Request {
+    #[serde(default = "get")]
+    method: String,
+    path: String,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    body: Option<String>,
+}
+
+fn get() -> String {
+    "GET".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Expect {
+    status: u16,
+    body: Option<String>,
+    body_starts_with: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, Option<String>>,
+    #[serde(default = "yes")]
+    reaches_upstream: bool,
+    #[serde(default)]
+    upstream_headers: BTreeMap<String, Option<String>>,
+    upstream_body: Option<String>,
+}
+
+fn suites() -> Vec<(String, Suite)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("conformance");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no suites in {}", dir.display());
+    files
+        .into_iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let suite =
+                serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            (
+                path.file_name().unwrap().to_string_lossy().into_owned(),
+                suite,
+            )
+        })
+        .collect()
+}
+
+/// Runs one case; returns what differed from the expectation.
+fn run_case(stack: &Stack, case: &Case) -> Vec<String> {
+    let request = &case.request;
+    let headers: Vec<(&str, &str)> = request
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    let before = stack.upstream.requests_seen();
+    let reply = send(
+        &stack.envoy.url(&request.path),
+        &request.method,
+        &headers,
+        request.body.as_deref(),
+    );
+    let reached = stack.upstream.requests_seen() > before;
+    let expect = &case.expect;
+    let mut faults = Vec::new();
+    let mut check = |ok: bool, what: String| {
+        if !ok {
+            faults.push(what);
+        }
+    };
+    check(
+        reply.status == expect.status,
+        format!("status {} (want {})", reply.status, expect.status),
+    );
+    if let Some(body) = &expect.body {
+        check(
+            &reply.body == body,
+            format!("body {:?} (want {body:?})", reply.body),
+        );
+    }
+    if let Some(prefix) = &expect.body_starts_with {
+        check(
+            reply.body.starts_with(prefix.as_str()),
+            format!("body {:?} (want it to start with {prefix:?})", reply.body),
+        );
+    }
+    for (name, want) in &expect.headers {
+        let got = reply.header(name);
+        check(
+            got.as_deref() == want.as_deref(),
+            format!("response header {name}: {got:?} (want {want:?})"),
+        );
+    }
+    check(
+        reached == expect.reaches_upstream,
+        format!(
+            "reached upstream: {reached} (want {})",
+            expect.reaches_upstream
+        ),
+    );
+    if reached {
+        let seen = reply.upstream();
+        for (name, want) in &expect.upstream_headers {
+            let got = seen.as_ref().and_then(|s| s.header(name));
+            check(
+                got == want.as_deref(),
+                format!("upstream header {name}: {got:?} (want {want:?})"),
+            );
+        }
+        if let Some(want) = &expect.upstream_body {
+            let got = seen.as_ref().map(|s| s.body());
+            check(
+                got == Some(want.as_str()),
+                format!("upstream body {got:?} (want {want:?})"),
+            );
+        }
+    }
+    faults
+}
+
+fn conforms(host: Host) {
+    let mut failures = Vec::new();
+    let mut ran = 0;
+    for (file, suite) in suites() {
+        let stack = Stack::start_on(host, &suite.config);
+        for case in &suite.cases {
+            ran += 1;
+            for fault in run_case(&stack, case) {
+                failures.push(format!("{file} / {}: {fault}", case.name));
+            }
+        }
+    }
+    assert!(ran >= 10, "only {ran} cases ran");
+    assert!(
+        failures.is_empty(),
+        "{host:?} host failed {} check(s):\n  {}",
+        failures.len(),
+        failures.join("\n  ")
+    );
+}
+
+#[test]
+fn the_wasm_filter_conforms() {
+    conforms(Host::Wasm);
+}
+
+#[test]
+fn the_ext_proc_shim_conforms() {
+    conforms(Host::ExtProc);
+}
