@@ -88,13 +88,16 @@ impl Shim {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Sends SIGTERM and waits for it to exit; returns its log.
-    pub fn terminate(mut self) -> String {
+    /// Sends SIGTERM: the shim stops taking streams and drains.
+    pub fn signal_terminate(&self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
-        let _ = self.child.wait();
-        self.log()
+    }
+
+    /// Waits for the shim to exit; returns whether it exited successfully.
+    pub fn wait(&mut self) -> bool {
+        self.child.wait().is_ok_and(|status| status.success())
     }
 }
 
