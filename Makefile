@@ -59,7 +59,8 @@ fmt:
 ## bench: throughput and latency of the filter against baseline Envoy and Lua.
 bench: setup wasm
 	cargo build --quiet --release -p integration-tests --bin bench
-	taskset -c 1 target/release/bench
+	cargo build --quiet --release -p policy-extproc
+	POLICY_EXTPROC_BIN=$(CURDIR)/target/release/policy-extproc taskset -c 1 target/release/bench
 
 clean:
 	cargo clean

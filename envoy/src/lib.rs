@@ -97,8 +97,11 @@ impl Options {
 pub enum EnvoyError {
     /// A file or process operation failed.
     Io(String, io::Error),
-    /// Envoy exited while starting; its log is attached.
+    /// The process (Envoy or the shim) exited while starting; its log is
+    /// attached.
     Exited {
+        /// Which process.
+        process: &'static str,
         /// The exit status.
         status: String,
         /// Envoy's log.
@@ -118,7 +121,11 @@ impl fmt::Display for EnvoyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Io(what, e) => write!(f, "{what}: {e}"),
-            Self::Exited { status, log } => write!(f, "envoy exited ({status}):\n{log}"),
+            Self::Exited {
+                process,
+                status,
+                log,
+            } => write!(f, "{process} exited ({status}):\n{log}"),
             Self::Timeout(what) => write!(f, "timed out waiting for {what}"),
             Self::Rejected { .. } => write!(f, "envoy rejected the listener update"),
         }
@@ -374,6 +381,7 @@ fn wait_for<T>(
         }
         if let Ok(Some(status)) = child.try_wait() {
             return Err(EnvoyError::Exited {
+                process: "envoy",
                 status: status.to_string(),
                 log: read_log(dir),
             });

@@ -66,6 +66,7 @@ impl Shim {
                     .map(|s| s.to_string())
                     .unwrap_or_else(|e| e.to_string());
                 Err(EnvoyError::Exited {
+                    process: "policy-extproc",
                     status,
                     log: std::fs::read_to_string(&log).unwrap_or_default(),
                 })

@@ -130,9 +130,14 @@ async fn serve(args: Args) -> Result<(), String> {
     let server = Server::builder()
         .add_service(health_service)
         .add_service(ExternalProcessorServer::new(PolicyProcessor::new(store)))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
-            let _ = stop_requested.wait_for(|stop| *stop).await;
-        });
+        // Every ext_proc message is a small frame waiting on a reply: Nagle's
+        // algorithm would hold it for the peer's delayed ACK (tens of ms).
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async move {
+                let _ = stop_requested.wait_for(|stop| *stop).await;
+            },
+        );
     tokio::select! {
         served = server => served.map_err(|e| format!("server failed: {e}")),
         () = async {

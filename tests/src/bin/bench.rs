@@ -10,6 +10,10 @@
 //! with their interquartile range. A second, identical baseline (A/A) must
 //! come out within 3 % of 1.00 or the run is void.
 //!
+//! The ext_proc configurations run the shim on core 1 too (there is no third
+//! core): its CPU is reported in its own column and is not charged to the
+//! Envoy core, so their ratios show Envoy's side of the cost only.
+//!
 //! Environment: `BENCH_CYCLES` (default 15), `BENCH_BURST_SECS` (2),
 //! `BENCH_CONNECTIONS` (16), `BENCH_OUT` (target/bench/results.md).
 
@@ -19,6 +23,7 @@ use std::process::{Command, ExitCode};
 use std::time::Instant;
 
 use local_envoy::echo::EchoUpstream;
+use local_envoy::shim::Shim;
 use local_envoy::{filter_wasm, filters, repo_root, Envoy, Options};
 use serde_json::Value;
 
@@ -29,6 +34,8 @@ struct Config {
     name: &'static str,
     what: String,
     filters: Vec<Value>,
+    /// The shim's plugin configuration, for ext_proc configurations.
+    shim: Option<String>,
 }
 
 /// The policy chain of `n` set-headers instances, each editing one request
@@ -67,31 +74,49 @@ fn configs() -> Vec<Config> {
             name: "baseline",
             what: "Envoy, router only".into(),
             filters: vec![],
+            shim: None,
         },
         Config {
             name: "baseline-aa",
             what: "a second, identical baseline (A/A control)".into(),
             filters: vec![],
+            shim: None,
         },
         Config {
             name: "wasm-0",
             what: "Wasm filter, empty chain (the host's own cost)".into(),
             filters: vec![filters::policy_engine(&module, &set_headers_chain(0))],
+            shim: None,
         },
         Config {
             name: "wasm-1",
             what: "Wasm filter, 1 policy (set-headers: 1 request + 1 response header)".into(),
             filters: vec![filters::policy_engine(&module, &set_headers_chain(1))],
+            shim: None,
         },
         Config {
             name: format!("wasm-{longest}").leak(),
             what: format!("Wasm filter, {longest} policies (set-headers x{longest})"),
             filters: vec![filters::policy_engine(&module, &set_headers_chain(longest))],
+            shim: None,
+        },
+        Config {
+            name: "extproc-1",
+            what: "ext_proc shim, the wasm-1 chain".into(),
+            filters: vec![filters::ext_proc()],
+            shim: Some(set_headers_chain(1)),
+        },
+        Config {
+            name: format!("extproc-{longest}").leak(),
+            what: format!("ext_proc shim, the wasm-{longest} chain"),
+            filters: vec![filters::ext_proc()],
+            shim: Some(set_headers_chain(longest)),
         },
         Config {
             name: "lua-1",
             what: "Lua filter doing the 1-policy header work".into(),
             filters: vec![filters::lua(LUA_SET_HEADERS)],
+            shim: None,
         },
     ]
 }
@@ -103,6 +128,13 @@ struct Burst {
     p50_ms: f64,
     p99_ms: f64,
     cpu: f64,
+    shim_cpu: Option<f64>,
+}
+
+/// One configuration under test.
+struct Target {
+    envoy: Envoy,
+    shim: Option<Shim>,
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -134,8 +166,11 @@ fn parse_duration_ms(text: &str) -> Option<f64> {
     }
 }
 
-fn wrk(envoy: &Envoy, seconds: u32, connections: u32) -> Result<Burst, String> {
+fn wrk(target: &Target, seconds: u32, connections: u32) -> Result<Burst, String> {
+    let envoy = &target.envoy;
+    let shim_pid = target.shim.as_ref().map(Shim::pid);
     let before = cpu_seconds(envoy.pid()).unwrap_or(0.0);
+    let shim_before = shim_pid.and_then(cpu_seconds);
     let started = Instant::now();
     let output = Command::new("taskset")
         .args(["-c", "1", "wrk", "-t1", "--latency"])
@@ -145,6 +180,7 @@ fn wrk(envoy: &Envoy, seconds: u32, connections: u32) -> Result<Burst, String> {
         .output()
         .map_err(|e| format!("running wrk: {e}"))?;
     let after = cpu_seconds(envoy.pid()).unwrap_or(0.0);
+    let shim_after = shim_pid.and_then(cpu_seconds);
     let wall = started.elapsed().as_secs_f64();
     let text = String::from_utf8_lossy(&output.stdout);
     if text.contains("Non-2xx") || text.contains("Socket errors") {
@@ -165,6 +201,7 @@ fn wrk(envoy: &Envoy, seconds: u32, connections: u32) -> Result<Burst, String> {
             p50_ms,
             p99_ms,
             cpu: (after - before) / wall,
+            shim_cpu: shim_before.zip(shim_after).map(|(b, a)| (a - b) / wall),
         }),
         _ => Err(format!("cannot read wrk's output:\n{text}")),
     }
@@ -204,20 +241,35 @@ fn run() -> Result<bool, String> {
     let upstream = EchoUpstream::start(SocketAddr::from(([127, 0, 0, 1], 0)))
         .map_err(|e| format!("starting the echo upstream: {e}"))?;
     let configs = configs();
-    let mut envoys = Vec::new();
+    let scratch = std::env::temp_dir().join(format!("policy-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)
+        .map_err(|e| format!("creating {}: {e}", scratch.display()))?;
+    let mut targets = Vec::new();
     for config in &configs {
         let mut options = Options::new(config.filters.clone(), upstream.addr());
         options.cpu = Some(0);
         options.wasm_log_level = "warn";
+        let shim = match &config.shim {
+            Some(plugin_config) => {
+                let file = scratch.join(format!("{}.yaml", config.name));
+                std::fs::write(&file, plugin_config)
+                    .map_err(|e| format!("writing {}: {e}", file.display()))?;
+                let shim = Shim::start(&file, SocketAddr::from(([127, 0, 0, 1], 0)), Some(1))
+                    .map_err(|e| format!("{}: {e}", config.name))?;
+                options.clusters = vec![filters::ext_proc_cluster(shim.addr())];
+                Some(shim)
+            }
+            None => None,
+        };
         let envoy = Envoy::start(&options).map_err(|e| format!("{}: {e}", config.name))?;
-        envoys.push(envoy);
+        targets.push(Target { envoy, shim });
     }
     eprintln!(
         "bench: {} configurations, {cycles} cycles of {burst}s bursts, {connections} connections",
         configs.len()
     );
-    for envoy in &envoys {
-        wrk(envoy, 1, connections)?; // warm-up
+    for target in &targets {
+        wrk(target, 1, connections)?; // warm-up
     }
 
     let n = configs.len();
@@ -227,7 +279,7 @@ fn run() -> Result<bool, String> {
         let mut this_cycle = vec![None; n];
         for step in 0..n {
             let i = (cycle + step) % n;
-            this_cycle[i] = Some(wrk(&envoys[i], burst, connections)?);
+            this_cycle[i] = Some(wrk(&targets[i], burst, connections)?);
         }
         let baseline = this_cycle[0].map_or(f64::NAN, |b| b.rps);
         for (i, burst) in this_cycle.into_iter().enumerate() {
@@ -246,8 +298,8 @@ fn run() -> Result<bool, String> {
         table,
         "# Policy filter benchmark\n\n\
          {cycles} cycles x {burst}s bursts per configuration, order rotated each cycle; \
-         every Envoy `--concurrency 1` pinned to core 0; `wrk -t1 -c{connections}` and the \
-         echo upstream on core 1. Filter module: {} ({} bytes).\n\n\
+         every Envoy `--concurrency 1` pinned to core 0; `wrk -t1 -c{connections}`, the \
+         echo upstream and the ext_proc shim on core 1. Filter module: {} ({} bytes).\n\n\
          Ratio = throughput / baseline throughput in the same cycle: median [p25, p75] over cycles. \
          Latency and Envoy CPU = median over cycles (CPU 100 % = core 0 saturated, i.e. Envoy-bound).\n",
         filter_wasm().display(),
@@ -255,18 +307,27 @@ fn run() -> Result<bool, String> {
     );
     let _ = writeln!(
         table,
-        "| configuration | ratio to baseline | req/s | p50 ms | p99 ms | Envoy CPU | RSS MiB | what |\n\
-         |---|---|---|---|---|---|---|---|"
+        "| configuration | ratio to baseline | req/s | p50 ms | p99 ms | Envoy CPU | shim CPU | Envoy RSS MiB | what |\n\
+         |---|---|---|---|---|---|---|---|---|"
     );
     for (i, config) in configs.iter().enumerate() {
         let pick = |f: fn(&Burst) -> f64| {
             let values: Vec<f64> = bursts[i].iter().map(f).collect();
             quantile(&values, 0.5)
         };
-        let rss = envoys[i].rss_kib().map_or(f64::NAN, |k| k as f64 / 1024.0);
+        let rss = targets[i]
+            .envoy
+            .rss_kib()
+            .map_or(f64::NAN, |k| k as f64 / 1024.0);
+        let shim_cpus: Vec<f64> = bursts[i].iter().filter_map(|b| b.shim_cpu).collect();
+        let shim_cpu = if shim_cpus.is_empty() {
+            "-".to_owned()
+        } else {
+            format!("{:.0} %", quantile(&shim_cpus, 0.5) * 100.0)
+        };
         let _ = writeln!(
             table,
-            "| {} | {:.3} [{:.3}, {:.3}] | {:.0} | {:.3} | {:.3} | {:.0} % | {:.1} | {} |",
+            "| {} | {:.3} [{:.3}, {:.3}] | {:.0} | {:.3} | {:.3} | {:.0} % | {} | {:.1} | {} |",
             config.name,
             quantile(&ratios[i], 0.5),
             quantile(&ratios[i], 0.25),
@@ -275,6 +336,7 @@ fn run() -> Result<bool, String> {
             pick(|b| b.p50_ms),
             pick(|b| b.p99_ms),
             pick(|b| b.cpu) * 100.0,
+            shim_cpu,
             rss,
             config.what,
         );
@@ -292,6 +354,7 @@ fn run() -> Result<bool, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     }
     std::fs::write(&out, &table).map_err(|e| format!("writing {}: {e}", out.display()))?;
+    let _ = std::fs::remove_dir_all(&scratch);
     println!("{table}\nwritten to {}", out.display());
     Ok(valid)
 }
