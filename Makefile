@@ -39,8 +39,12 @@ $(WASM): .make/tools $(shell find filter policies -name '*.rs' -o -name Cargo.to
 	@ls -l $(WASM_BUILD) $@ | awk '{print $$5, $$9}'
 
 ## run: Envoy + the filter + the echo upstream on envoy/demo-policies.yaml.
+## HOST=extproc runs the same policies in the ext_proc shim instead.
+HOST ?= wasm
 run: setup wasm
-	cargo run --quiet --release -p local-envoy -- $(RUN_ARGS)
+	cargo build --quiet --release -p policy-extproc -p local-envoy
+	POLICY_EXTPROC_BIN=$(CURDIR)/target/release/policy-extproc \
+	  target/release/local-envoy --host $(HOST) $(RUN_ARGS)
 
 ## test: formatting, lints, unit tests and the end-to-end tests in real Envoy
 ## (both hosts: the Wasm filter, and the ext_proc shim behind Envoy).

@@ -1,20 +1,26 @@
 //! `local-envoy`: starts the echo upstream and the real Envoy with the policy
-//! filter on a plugin configuration, prints what to try, and serves until
+//! engine on a plugin configuration, prints what to try, and serves until
 //! interrupted. This is what `make run` runs.
 //!
 //! ```text
-//! local-envoy [--config envoy/demo-policies.yaml] [--port 10000]
-//!             [--admin-port 9901] [--upstream-port 8081]
+//! local-envoy [--host wasm|extproc] [--config envoy/demo-policies.yaml]
+//!             [--port 10000] [--admin-port 9901] [--upstream-port 8081]
 //! ```
+//!
+//! `--host wasm` (the default) runs the policies inside Envoy as the Wasm
+//! filter; `--host extproc` runs them in the ext_proc shim behind Envoy's
+//! `ext_proc` filter, on the same configuration.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use local_envoy::echo::EchoUpstream;
+use local_envoy::shim::Shim;
 use local_envoy::{filter_wasm, filters, repo_root, Envoy, Options};
 
 struct Args {
+    host: String,
     config: PathBuf,
     port: u16,
     admin_port: u16,
@@ -23,6 +29,7 @@ struct Args {
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
+        host: "wasm".into(),
         config: repo_root().join("envoy/demo-policies.yaml"),
         port: 10000,
         admin_port: 9901,
@@ -33,12 +40,13 @@ fn parse_args() -> Result<Args, String> {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
         let port = |v: String| v.parse::<u16>().map_err(|e| format!("{flag}: {e}"));
         match flag.as_str() {
+            "--host" => args.host = value()?,
             "--config" => args.config = PathBuf::from(value()?),
             "--port" => args.port = port(value()?)?,
             "--admin-port" => args.admin_port = port(value()?)?,
             "--upstream-port" => args.upstream_port = port(value()?)?,
             "-h" | "--help" => {
-                println!("usage: local-envoy [--config FILE] [--port N] [--admin-port N] [--upstream-port N]");
+                println!("usage: local-envoy [--host wasm|extproc] [--config FILE] [--port N] [--admin-port N] [--upstream-port N]");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other:?} (try --help)")),
@@ -61,23 +69,39 @@ fn run() -> Result<(), String> {
     let args = parse_args()?;
     let config = std::fs::read_to_string(&args.config)
         .map_err(|e| format!("reading {}: {e}", args.config.display()))?;
-    let wasm = filter_wasm();
-    if !wasm.exists() {
-        return Err(format!("{} is missing: run `make wasm`", wasm.display()));
-    }
     let upstream = EchoUpstream::start(SocketAddr::from(([127, 0, 0, 1], args.upstream_port)))
         .map_err(|e| format!("starting the echo upstream: {e}"))?;
-    let mut options = Options::new(
-        vec![filters::policy_engine(&wasm, &config)],
-        upstream.addr(),
-    );
+    let (mut options, shim, engine) = match args.host.as_str() {
+        "wasm" => {
+            let wasm = filter_wasm();
+            if !wasm.exists() {
+                return Err(format!("{} is missing: run `make wasm`", wasm.display()));
+            }
+            let filter = filters::policy_engine(&wasm, &config);
+            let engine = format!("the Wasm filter ({})", wasm.display());
+            (Options::new(vec![filter], upstream.addr()), None, engine)
+        }
+        "extproc" => {
+            let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+            let shim = Shim::start(&args.config, any_port, None).map_err(|e| e.to_string())?;
+            let mut options = Options::new(vec![filters::ext_proc()], upstream.addr());
+            options.clusters = vec![filters::ext_proc_cluster(shim.addr())];
+            let engine = format!(
+                "the ext_proc shim on {} (pid {}; edit the configuration file and it reloads)",
+                shim.addr(),
+                shim.pid()
+            );
+            (options, Some(shim), engine)
+        }
+        other => return Err(format!("--host {other:?}: expected wasm or extproc")),
+    };
     options.listen_port = args.port;
     options.admin_port = args.admin_port;
     options.wasm_log_level = "info";
     let envoy = Envoy::start(&options).map_err(|e| e.to_string())?;
     let base = envoy.url("");
     println!(
-        "\nEnvoy {} is serving on {base} with the policy filter ({})\n\
+        "\nEnvoy {} is serving on {base} with the policy engine in {}\n\
          plugin configuration: {}\n\
          generated Envoy configuration and log: {}\n\
          echo upstream: http://{}   admin: http://{}\n\n\
@@ -88,7 +112,7 @@ fn run() -> Result<(), String> {
          \x20 curl -i {base}/anything-else                        # no chain matches: denied (fail closed)\n\n\
          Ctrl-C stops everything.",
         envoy.pid(),
-        wasm.display(),
+        engine,
         args.config.display(),
         envoy.dir().display(),
         upstream.addr(),
@@ -96,5 +120,6 @@ fn run() -> Result<(), String> {
     );
     let log = envoy.wait().map_err(|e| e.to_string())?;
     eprintln!("{log}");
+    drop(shim);
     Ok(())
 }
