@@ -32,7 +32,12 @@ fn documents(path: &Path) -> Vec<Value> {
 
 /// (group/version, kind) → the CRD's schema for that version.
 fn crd_schemas() -> Vec<(String, String, Value)> {
-    let dir = repo().join("../shared/crds");
+    // CI and every developer checkout have the project's shared files
+    // beside the repository; SHARED_DIR points elsewhere.
+    let shared = std::env::var_os("SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("../shared"));
+    let dir = shared.join("crds");
     let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| {
         panic!(
             "{}: {e} (the CRDs come with the project's shared files)",

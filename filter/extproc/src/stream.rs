@@ -12,7 +12,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
     TrailersResponse,
 };
 use envoy_types::pb::google::protobuf::Struct;
-use policy_executor::{Engine, Exchange, HeaderMutations, Outcome, Start};
+use policy_executor::{Engine, Exchange, HeaderMutations, LocalReply, Outcome, Start};
 
 use crate::translate;
 
@@ -85,17 +85,12 @@ impl StreamState {
             }
             Start::Respond(reply) => return immediate(reply),
         };
-        let mut changes = match exchange.on_request_headers() {
-            Outcome::Continue(changes) => changes,
-            Outcome::Respond(reply) => return immediate(reply),
+        let outcome = exchange.on_request_headers();
+        let changes = match with_body_if_ended(&mut exchange, Direction::Request, message, outcome)
+        {
+            Ok(changes) => changes,
+            Err(reply) => return immediate(reply),
         };
-        if exchange.body_needs().request && message.end_of_stream {
-            // No body will follow: run the body phase over the empty body now.
-            match exchange.on_request_body(&[]) {
-                Outcome::Continue(later) => changes.merge(later),
-                Outcome::Respond(reply) => return immediate(reply),
-            }
-        }
         let mode = translate::mode_for(exchange.body_needs(), exchange.acts_on_response());
         self.exchange = Some(exchange);
         let mut response = headers_response(Direction::Request, Some(&changes));
@@ -107,17 +102,11 @@ impl StreamState {
         let Some(exchange) = self.exchange.as_mut() else {
             return headers_response(Direction::Response, None);
         };
-        let mut changes = match exchange.on_response_headers(translate::headers(message)) {
-            Outcome::Continue(changes) => changes,
-            Outcome::Respond(reply) => return immediate(reply),
-        };
-        if exchange.body_needs().response && message.end_of_stream {
-            match exchange.on_response_body(&[]) {
-                Outcome::Continue(later) => changes.merge(later),
-                Outcome::Respond(reply) => return immediate(reply),
-            }
+        let outcome = exchange.on_response_headers(translate::headers(message));
+        match with_body_if_ended(exchange, Direction::Response, message, outcome) {
+            Ok(changes) => headers_response(Direction::Response, Some(&changes)),
+            Err(reply) => immediate(reply),
         }
-        headers_response(Direction::Response, Some(&changes))
     }
 
     fn body(&mut self, direction: Direction, body: &[u8]) -> ProcessingResponse {
@@ -137,6 +126,35 @@ impl StreamState {
             Outcome::Respond(reply) => immediate(reply),
         }
     }
+}
+
+/// The outcome of a headers phase, followed by the body phase over an empty
+/// body when the headers end the stream and the chain reads that body: no
+/// body message will come, and both phases are answered in one response.
+fn with_body_if_ended(
+    exchange: &mut Exchange,
+    direction: Direction,
+    message: &HttpHeaders,
+    outcome: Outcome,
+) -> Result<HeaderMutations, LocalReply> {
+    let mut changes = match outcome {
+        Outcome::Continue(changes) => changes,
+        Outcome::Respond(reply) => return Err(reply),
+    };
+    if !message.end_of_stream {
+        return Ok(changes);
+    }
+    let needs = exchange.body_needs();
+    let body_phase = match direction {
+        Direction::Request if needs.request => exchange.on_request_body(&[]),
+        Direction::Response if needs.response => exchange.on_response_body(&[]),
+        _ => return Ok(changes),
+    };
+    match body_phase {
+        Outcome::Continue(later) => changes.merge(later),
+        Outcome::Respond(reply) => return Err(reply),
+    }
+    Ok(changes)
 }
 
 fn respond(response: Out) -> ProcessingResponse {

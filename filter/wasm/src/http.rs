@@ -66,39 +66,105 @@ impl Stream {
         self.respond(&LocalReply::text(500, "policy engine error\n"))
     }
 
-    fn finish_request_body(&mut self, body: &[u8]) -> Action {
-        self.request_body_done = true;
-        match self.exchange.as_mut().map(|x| x.on_request_body(body)) {
-            Some(outcome) => self.settle(MapType::HttpRequestHeaders, outcome),
-            None => Action::Continue,
+    /// Runs the body phase of `direction` over the whole body.
+    fn finish_body(&mut self, direction: Direction, body: &[u8]) -> Action {
+        let outcome = match (self.exchange.as_mut(), direction) {
+            (Some(x), Direction::Request) => x.on_request_body(body),
+            (Some(x), Direction::Response) => x.on_response_body(body),
+            (None, _) => return Action::Continue,
+        };
+        match direction {
+            Direction::Request => self.request_body_done = true,
+            Direction::Response => self.response_body_done = true,
         }
+        self.settle(direction.headers(), outcome)
     }
 
-    fn finish_response_body(&mut self, body: &[u8]) -> Action {
-        self.response_body_done = true;
-        match self.exchange.as_mut().map(|x| x.on_response_body(body)) {
-            Some(outcome) => self.settle(MapType::HttpResponseHeaders, outcome),
-            None => Action::Continue,
-        }
-    }
-
-    /// The exchange, if it still has a body phase to run in this direction.
-    fn awaiting_body(&self, request: bool) -> bool {
-        let done = if request {
-            self.request_body_done
-        } else {
-            self.response_body_done
+    /// Whether the exchange still has a body phase to run in `direction`.
+    fn awaiting_body(&self, direction: Direction) -> bool {
+        let done = match direction {
+            Direction::Request => self.request_body_done,
+            Direction::Response => self.response_body_done,
         };
         !self.replied
             && !done
             && self.exchange.as_ref().is_some_and(|x| {
                 let needs = x.body_needs();
-                if request {
-                    needs.request
-                } else {
-                    needs.response && x.acts_on_response()
+                match direction {
+                    Direction::Request => needs.request,
+                    Direction::Response => needs.response && x.acts_on_response(),
                 }
             })
+    }
+
+    /// After a headers phase that let the message go on: hold the headers
+    /// until the body is complete if the chain reads it, so the body phase
+    /// can still edit them or reply before they go further.
+    fn after_headers(&mut self, direction: Direction, end_of_stream: bool) -> Action {
+        if !self.awaiting_body(direction) {
+            Action::Continue
+        } else if end_of_stream {
+            self.finish_body(direction, &[])
+        } else {
+            Action::Pause
+        }
+    }
+
+    /// A body chunk: buffered by Envoy until the last one.
+    fn on_body(&mut self, direction: Direction, body_size: usize, end_of_stream: bool) -> Action {
+        if !self.awaiting_body(direction) {
+            Action::Continue
+        } else if !end_of_stream {
+            Action::Pause
+        } else {
+            self.read_and_finish_body(direction, body_size)
+        }
+    }
+
+    /// Trailers end the stream: the buffered body is complete.
+    fn on_trailers(&mut self, direction: Direction) -> Action {
+        if self.awaiting_body(direction) {
+            self.read_and_finish_body(direction, usize::MAX)
+        } else {
+            Action::Continue
+        }
+    }
+
+    fn read_and_finish_body(&mut self, direction: Direction, size: usize) -> Action {
+        match read_body(direction.body(), size) {
+            Ok(body) => self.finish_body(direction, &body),
+            Err(status) => self.host_fault(direction.body_name(), status),
+        }
+    }
+}
+
+/// Which message of the exchange a callback is about.
+#[derive(Clone, Copy)]
+enum Direction {
+    Request,
+    Response,
+}
+
+impl Direction {
+    fn headers(self) -> MapType {
+        match self {
+            Self::Request => MapType::HttpRequestHeaders,
+            Self::Response => MapType::HttpResponseHeaders,
+        }
+    }
+
+    fn body(self) -> BufferType {
+        match self {
+            Self::Request => BufferType::HttpRequestBody,
+            Self::Response => BufferType::HttpResponseBody,
+        }
+    }
+
+    fn body_name(self) -> &'static str {
+        match self {
+            Self::Request => "request body",
+            Self::Response => "response body",
+        }
     }
 }
 
@@ -117,55 +183,34 @@ impl HttpContext for Stream {
         };
         let outcome = exchange.on_request_headers();
         self.exchange = Some(exchange);
-        if let Action::Pause = self.settle(MapType::HttpRequestHeaders, outcome) {
-            return Action::Pause;
+        match self.settle(MapType::HttpRequestHeaders, outcome) {
+            Action::Continue => self.after_headers(Direction::Request, end_of_stream),
+            paused => paused,
         }
-        if !self.awaiting_body(true) {
-            return Action::Continue;
-        }
-        if end_of_stream {
-            return self.finish_request_body(&[]);
-        }
-        // Hold the headers until the body is complete, so the body phase can
-        // still edit them or reply before the upstream sees anything.
-        Action::Pause
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if !self.awaiting_body(true) {
-            return Action::Continue;
-        }
-        if !end_of_stream {
-            return Action::Pause; // Envoy buffers until the end.
-        }
-        match read_body(BufferType::HttpRequestBody, body_size) {
-            Ok(body) => self.finish_request_body(&body),
-            Err(status) => self.host_fault("request body", status),
-        }
+        self.on_body(Direction::Request, body_size, end_of_stream)
     }
 
     fn on_http_request_trailers(&mut self, _trailers: usize) -> Action {
-        if !self.awaiting_body(true) {
-            return Action::Continue;
-        }
-        match read_body(BufferType::HttpRequestBody, usize::MAX) {
-            Ok(body) => self.finish_request_body(&body),
-            Err(status) => self.host_fault("request body", status),
-        }
+        self.on_trailers(Direction::Request)
     }
 
     fn on_http_response_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
-        if self.replied || !self.exchange.as_ref().is_some_and(|x| x.acts_on_response()) {
+        let Some(exchange) = self.exchange.as_ref() else {
+            return Action::Continue;
+        };
+        if self.replied || !exchange.acts_on_response() {
             return Action::Continue;
         }
-        let reads = self
-            .exchange
-            .as_ref()
-            .is_some_and(|x| x.reads_response_headers());
-        let headers = match reads.then(|| read_headers(MapType::HttpResponseHeaders)) {
-            None => HeaderMap::new(),
-            Some(Ok(headers)) => headers,
-            Some(Err(status)) => return self.host_fault("response headers", status),
+        let headers = if exchange.reads_response_headers() {
+            match read_headers(MapType::HttpResponseHeaders) {
+                Ok(headers) => headers,
+                Err(status) => return self.host_fault("response headers", status),
+            }
+        } else {
+            HeaderMap::new()
         };
         let Some(outcome) = self
             .exchange
@@ -174,39 +219,18 @@ impl HttpContext for Stream {
         else {
             return Action::Continue;
         };
-        if let Action::Pause = self.settle(MapType::HttpResponseHeaders, outcome) {
-            return Action::Pause;
+        match self.settle(MapType::HttpResponseHeaders, outcome) {
+            Action::Continue => self.after_headers(Direction::Response, end_of_stream),
+            paused => paused,
         }
-        if !self.awaiting_body(false) {
-            return Action::Continue;
-        }
-        if end_of_stream {
-            return self.finish_response_body(&[]);
-        }
-        Action::Pause
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if !self.awaiting_body(false) {
-            return Action::Continue;
-        }
-        if !end_of_stream {
-            return Action::Pause;
-        }
-        match read_body(BufferType::HttpResponseBody, body_size) {
-            Ok(body) => self.finish_response_body(&body),
-            Err(status) => self.host_fault("response body", status),
-        }
+        self.on_body(Direction::Response, body_size, end_of_stream)
     }
 
     fn on_http_response_trailers(&mut self, _trailers: usize) -> Action {
-        if !self.awaiting_body(false) {
-            return Action::Continue;
-        }
-        match read_body(BufferType::HttpResponseBody, usize::MAX) {
-            Ok(body) => self.finish_response_body(&body),
-            Err(status) => self.host_fault("response body", status),
-        }
+        self.on_trailers(Direction::Response)
     }
 }
 
