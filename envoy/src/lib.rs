@@ -40,19 +40,23 @@ pub fn envoy_bin() -> PathBuf {
         .unwrap_or_else(|| repo_root().join(".venv/bin/envoy"))
 }
 
-/// The ext_proc shim: `$POLICY_EXTPROC_BIN`, else the debug build.
+/// Where `make build` puts the default build (see `build.yaml`).
+pub fn default_build() -> PathBuf {
+    repo_root().join("target/builds/default")
+}
+
+/// The ext_proc shim: `$POLICY_EXTPROC_BIN`, else the default build's.
 pub fn extproc_bin() -> PathBuf {
     std::env::var_os("POLICY_EXTPROC_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target/debug/policy-extproc"))
+        .unwrap_or_else(|| default_build().join("policy-extproc"))
 }
 
-/// The optimized filter module: `$POLICY_FILTER_WASM`, else what
-/// `make wasm` writes.
+/// The filter module: `$POLICY_FILTER_WASM`, else the default build's.
 pub fn filter_wasm() -> PathBuf {
     std::env::var_os("POLICY_FILTER_WASM")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target/policy-filter.wasm"))
+        .unwrap_or_else(|| default_build().join("plugin.wasm"))
 }
 
 /// How to start an Envoy.

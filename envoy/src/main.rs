@@ -75,7 +75,7 @@ fn run() -> Result<(), String> {
         "wasm" => {
             let wasm = filter_wasm();
             if !wasm.exists() {
-                return Err(format!("{} is missing: run `make wasm`", wasm.display()));
+                return Err(format!("{} is missing: run `make build`", wasm.display()));
             }
             let filter = filters::policy_engine(&wasm, &config);
             let engine = format!("the Wasm filter ({})", wasm.display());

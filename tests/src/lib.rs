@@ -7,7 +7,7 @@
 )]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -68,17 +68,30 @@ impl Stack {
         Self::try_start_on(host, plugin_config).unwrap_or_else(|e| panic!("{host:?}: {e}"))
     }
 
+    /// Starts the Wasm host from another build's `module`.
+    pub fn try_start_wasm_module(module: &Path, plugin_config: &str) -> Result<Self, EnvoyError> {
+        Self::try_start_with(Host::Wasm, Some(module), plugin_config)
+    }
+
     /// Starts `host` on `plugin_config`.
     pub fn try_start_on(host: Host, plugin_config: &str) -> Result<Self, EnvoyError> {
+        Self::try_start_with(host, None, plugin_config)
+    }
+
+    fn try_start_with(
+        host: Host,
+        module: Option<&Path>,
+        plugin_config: &str,
+    ) -> Result<Self, EnvoyError> {
         let upstream = EchoUpstream::start(SocketAddr::from(([127, 0, 0, 1], 0)))
             .map_err(|e| EnvoyError::Io("starting the echo upstream".into(), e))?;
         let scratch = scratch_dir()?;
         let (options, shim) = match host {
             Host::Wasm => {
-                let module = filter_wasm();
+                let module = module.map_or_else(filter_wasm, Path::to_path_buf);
                 assert!(
                     module.exists(),
-                    "{} is missing: build it with `make wasm` (make test does)",
+                    "{} is missing: build it with `make build` (make test does)",
                     module.display()
                 );
                 let filter = filters::policy_engine(&module, plugin_config);

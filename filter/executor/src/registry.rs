@@ -118,3 +118,15 @@ impl Registry {
         }
     }
 }
+
+/// What a build compiled in: its policies, and a one-line description
+/// (name, policies and versions, source commit) that the hosts log at start.
+/// The builder generates one per build and hands it to the host's entry
+/// point.
+#[derive(Clone, Copy)]
+pub struct Build {
+    /// The policies in the build.
+    pub registry: fn() -> Registry,
+    /// The build's description, for logs.
+    pub description: &'static str,
+}

@@ -12,7 +12,12 @@
 //! The configuration is the Wasm filter's plugin configuration, read from a
 //! file and reloaded when it changes ([`store`]); a bad new file is refused
 //! with the same errors and the previous configuration keeps serving.
+//!
+//! This crate is a library: the builder (`filter/builder`) generates the
+//! `policy-extproc` binary for each build, whose `main` calls [`cli::main`]
+//! with the build's policies.
 
+pub mod cli;
 pub mod service;
 pub mod store;
 pub mod stream;

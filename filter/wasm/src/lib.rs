@@ -17,27 +17,32 @@
 //! is not UTF-8 would otherwise trap the VM and fail every later request on
 //! the worker).
 
+//!
+//! This crate is a library: the module itself is a tiny `cdylib` that the
+//! builder (`filter/builder`) generates for each build, whose entry point
+//! calls [`install`] with the build's policies.
+
 mod http;
 
 use std::rc::Rc;
+use std::sync::OnceLock;
 
-use policy_executor::Engine;
+use policy_executor::{Build, Engine};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, LogLevel};
 
-/// The module's entry point (`_initialize`), exported by the macro.
-mod entry {
-    use super::*;
+/// The build this module was compiled as; set once by [`install`].
+static BUILD: OnceLock<Build> = OnceLock::new();
 
-    proxy_wasm::main! {{
-        // Installs the logger and a panic hook that reports to Envoy's log.
-        // Host calls are not allowed yet; `on_configure` adopts Envoy's level.
-        proxy_wasm::set_log_level(LogLevel::Info);
-        proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
-            Box::new(PluginRoot::default())
-        });
-    }}
+/// Installs the policy engine as the module's root context. Call it from the
+/// module's `proxy_wasm::main!` entry point.
+pub fn install(build: Build) {
+    let _ = BUILD.set(build);
+    // Installs the logger and a panic hook that reports to Envoy's log.
+    // Host calls are not allowed yet; `on_configure` adopts Envoy's level.
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(PluginRoot::default()) });
 }
 
 /// The per-VM root context: owns the compiled configuration.
@@ -49,6 +54,13 @@ struct PluginRoot {
 impl Context for PluginRoot {}
 
 impl RootContext for PluginRoot {
+    fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
+        if let Some(build) = BUILD.get() {
+            log::info!("policy engine {}", build.description);
+        }
+        true
+    }
+
     fn on_configure(&mut self, _configuration_size: usize) -> bool {
         // Formatting a message Envoy would drop is wasted work per request.
         if let Ok(level) = hostcalls::get_log_level() {
@@ -61,7 +73,11 @@ impl RootContext for PluginRoot {
                 return false;
             }
         };
-        let registry = policy_registry::registry();
+        let Some(build) = BUILD.get() else {
+            log::error!("the module's entry point did not install a build");
+            return false;
+        };
+        let registry = (build.registry)();
         match Engine::from_config(&text, &registry) {
             Ok(engine) => {
                 log::info!(

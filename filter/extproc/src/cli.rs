@@ -1,9 +1,12 @@
-//! `policy-extproc`: serves the policy engine over Envoy's ext_proc API.
+//! The `policy-extproc` command: serves the policy engine over Envoy's
+//! ext_proc API. The builder generates the binary's `main`, which calls
+//! [`main`] with the build's policies.
 //!
 //! Prints `policy-extproc listening on ADDR` once it accepts streams (with
 //! `--listen 127.0.0.1:0`, ADDR is the port it picked). SIGTERM or Ctrl-C
 //! stops accepting streams, reports NOT_SERVING on the gRPC health service,
 //! and waits up to `--shutdown-grace` seconds for streams in flight.
+//! `--check` only validates the configuration and exits.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,17 +16,19 @@ use std::time::Duration;
 
 use clap::Parser;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
-use policy_extproc::service::PolicyProcessor;
-use policy_extproc::store::{ConfigStore, Reload};
+use policy_executor::Build;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
+use crate::service::PolicyProcessor;
+use crate::store::{ConfigStore, Reload};
+
 /// The policy engine's ext_proc server: the same policies as the Wasm
 /// filter, out of Envoy's process.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(name = "policy-extproc", version, about)]
 struct Args {
     /// The plugin configuration (YAML or JSON), as given to the Wasm filter.
     #[arg(long, value_name = "FILE")]
@@ -44,14 +49,36 @@ struct Args {
     /// How long to wait for streams in flight on shutdown, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
     shutdown_grace: f64,
+
+    /// Only check the configuration against this build's policies, print
+    /// the verdict, and exit (0 when valid).
+    #[arg(long)]
+    check: bool,
 }
 
-fn main() -> ExitCode {
+/// Runs the command with `build`'s policies.
+pub fn main(build: Build) -> ExitCode {
     let args = Args::parse();
     env_logger::Builder::new()
         .filter_level(args.log_level)
         .format_target(false)
         .init();
+    if args.check {
+        return match ConfigStore::load(&args.config, (build.registry)()) {
+            Ok(store) => {
+                println!(
+                    "{}: valid, {} route entries",
+                    args.config.display(),
+                    store.current().route_count()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                println!("{e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -59,7 +86,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(args)) {
+    match runtime.block_on(serve(args, build)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             log::error!("{message}");
@@ -72,14 +99,14 @@ fn seconds(value: f64, flag: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(value).map_err(|e| format!("--{flag}: {e}"))
 }
 
-async fn serve(args: Args) -> Result<(), String> {
+async fn serve(args: Args, build: Build) -> Result<(), String> {
     let reload_every = seconds(args.reload_interval, "reload-interval")?;
     let grace = seconds(args.shutdown_grace, "shutdown-grace")?;
-    let registry = policy_registry::registry();
-    let policies = registry.names().join(", ");
-    let store = Arc::new(ConfigStore::load(&args.config, registry).map_err(|e| e.to_string())?);
+    log::info!("policy engine {}", build.description);
+    let store =
+        Arc::new(ConfigStore::load(&args.config, (build.registry)()).map_err(|e| e.to_string())?);
     log::info!(
-        "configuration {} loaded: {} route entries; policies in this build: {policies}",
+        "configuration {} loaded: {} route entries",
         args.config.display(),
         store.current().route_count()
     );

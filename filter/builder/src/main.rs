@@ -1,0 +1,256 @@
+//! `policy-builder`: builds the Wasm filter and the ext_proc shim with the
+//! policies a manifest chooses, and nothing else.
+//!
+//! ```text
+//! policy-builder build --manifest build.yaml [--out target/builds/<name>]
+//! policy-builder new-policy NAME [--dir policies]
+//! ```
+//!
+//! `build` validates every policy directory (policy.yaml well-formed,
+//! name@version unique, crate present), generates the build's crates
+//! ([`generate`]), compiles the module for wasm32-wasip1 and the shim
+//! natively, optimizes the module with wasm-opt, and writes into the output
+//! directory: `plugin.wasm`, `policy-extproc`, `build-info.json` (policies,
+//! versions, source commit, sha256 of each artifact) and
+//! `config.schema.json` (the JSON Schema of the plugin configuration).
+
+mod definition;
+mod generate;
+mod manifest;
+mod scaffold;
+mod schema;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+#[derive(Parser)]
+#[command(name = "policy-builder", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Build the filter and the shim with a manifest's policies.
+    Build {
+        /// The build manifest.
+        #[arg(long, default_value = "build.yaml")]
+        manifest: PathBuf,
+        /// Where to put the artifacts (default: target/builds/<name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Only validate the manifest and its policies.
+        #[arg(long)]
+        check: bool,
+        /// Build only the Wasm module, not the ext_proc shim.
+        #[arg(long)]
+        wasm_only: bool,
+    },
+    /// Scaffold a new policy that builds and passes its test as generated.
+    NewPolicy {
+        /// The policy's name (lower-case letters, digits, '-').
+        name: String,
+        /// The directory to create it in.
+        #[arg(long, default_value = "policies")]
+        dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Commands::Build {
+            manifest,
+            out,
+            check,
+            wasm_only,
+        } => build(&manifest, out, check, wasm_only),
+        Commands::NewPolicy { name, dir } => scaffold::new_policy(&name, &dir, &repo_root()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("policy-builder: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn repo_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.join("../..")
+        .canonicalize()
+        .unwrap_or_else(|_| here.join("../.."))
+}
+
+fn run(command: &mut Command, what: &str) -> Result<(), String> {
+    let status = command
+        .status()
+        .map_err(|e| format!("{what}: cannot run: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{what} failed ({status})"))
+    }
+}
+
+fn source_commit(repo: &Path) -> String {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(repo)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    match git(&["rev-parse", "--short=12", "HEAD"]) {
+        Some(commit) => {
+            let dirty = git(&["status", "--porcelain"]).is_some_and(|s| !s.is_empty());
+            if dirty {
+                format!("{commit}-dirty")
+            } else {
+                commit
+            }
+        }
+        None => "unknown".into(),
+    }
+}
+
+fn sha256_hex(path: &Path) -> Result<String, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+fn build(
+    manifest_path: &Path,
+    out: Option<PathBuf>,
+    check: bool,
+    wasm_only: bool,
+) -> Result<(), String> {
+    let manifest = manifest::load(manifest_path)?;
+    let ids: Vec<String> = manifest.policies.iter().map(|p| p.id()).collect();
+    if check {
+        println!(
+            "{}: build {:?} with {} policies: {}",
+            manifest_path.display(),
+            manifest.name,
+            ids.len(),
+            ids.join(", ")
+        );
+        return Ok(());
+    }
+    let repo = repo_root();
+    let commit = source_commit(&repo);
+    let description = format!(
+        "build {} (source {commit}): {}",
+        manifest.name,
+        if ids.is_empty() {
+            "no policies".to_owned()
+        } else {
+            ids.join(", ")
+        }
+    );
+    let out = out.unwrap_or_else(|| repo.join("target/builds").join(&manifest.name));
+    let workspace = out.join("workspace");
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    generate::workspace(&workspace, &repo, &manifest, &description)
+        .map_err(|e| format!("generating {}: {e}", workspace.display()))?;
+
+    // Builds share one target directory, so only what differs recompiles.
+    let target = repo.join("target/builder");
+    let cargo = |args: &[&str]| {
+        let mut command = Command::new(env!("CARGO"));
+        command
+            .current_dir(&workspace)
+            .env("CARGO_TARGET_DIR", &target)
+            .args(args);
+        command
+    };
+    // Checking the registry first turns "this crate is not a policy" into
+    // an error that names the policy.
+    if let Err(e) = run(
+        &mut cargo(&["check", "-q", "-p", "build-registry"]),
+        "cargo check",
+    ) {
+        let names: Vec<String> = manifest
+            .policies
+            .iter()
+            .map(|p| format!("{} ({})", p.id(), p.package))
+            .collect();
+        return Err(format!(
+            "{e}: every policy crate must export `pub const FACTORY: policy_executor::PolicyFactory`; see cargo's message above (policies: {})",
+            names.join(", ")
+        ));
+    }
+    run(
+        &mut cargo(&[
+            "build",
+            "-q",
+            "--release",
+            "--target",
+            "wasm32-wasip1",
+            "-p",
+            "build-wasm",
+        ]),
+        "building the Wasm module",
+    )?;
+
+    let module = out.join("plugin.wasm");
+    run(
+        Command::new("wasm-opt")
+            .args(["-O3", "--strip-debug"])
+            .arg(target.join("wasm32-wasip1/release/plugin.wasm"))
+            .arg("-o")
+            .arg(&module),
+        "wasm-opt",
+    )?;
+    let module_bytes = std::fs::metadata(&module).map(|m| m.len()).unwrap_or(0);
+    let extproc = if wasm_only {
+        serde_json::Value::Null
+    } else {
+        run(
+            &mut cargo(&["build", "-q", "--release", "-p", "build-extproc"]),
+            "building the ext_proc shim",
+        )?;
+        let shim = out.join("policy-extproc");
+        std::fs::copy(target.join("release/policy-extproc"), &shim)
+            .map_err(|e| format!("copying the shim: {e}"))?;
+        json!({ "file": "policy-extproc", "sha256": sha256_hex(&shim)? })
+    };
+    let info = json!({
+        "name": manifest.name,
+        "source_commit": commit,
+        "description": description,
+        "policies": manifest.policies.iter().map(|p| json!({
+            "name": p.name,
+            "version": p.version.to_string(),
+            "crate": p.package,
+            "path": p.dir.strip_prefix(&repo).unwrap_or(&p.dir).display().to_string(),
+        })).collect::<Vec<_>>(),
+        "module": { "file": "plugin.wasm", "sha256": sha256_hex(&module)?, "bytes": module_bytes },
+        "extproc": extproc,
+    });
+    let write_json = |name: &str, value: &serde_json::Value| {
+        let text = serde_json::to_string_pretty(value).unwrap_or_default() + "\n";
+        std::fs::write(out.join(name), text).map_err(|e| format!("writing {name}: {e}"))
+    };
+    write_json("build-info.json", &info)?;
+    write_json(
+        "config.schema.json",
+        &schema::plugin_configuration(&manifest.name, &manifest.policies),
+    )?;
+    println!(
+        "{description}\n  -> {} ({module_bytes} bytes)",
+        out.display()
+    );
+    Ok(())
+}
