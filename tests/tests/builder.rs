@@ -286,7 +286,8 @@ fn the_configuration_schema_accepts_the_examples_and_rejects_bad_configurations(
     for bad in [
         "routes: [{ policies: [{ name: set-headers, config: { request: { rename: {} } } }] }]",
         "routes: [{ policies: [{ name: no-such-policy }] }]",
-        "routes: [{ policies: [{ name: respond, config: { status: 99 } }] }]",
+        "routes: [{ policies: [{ name: respond, version: 0.1.0, config: { status: 99 } }] }]",
+        "routes: [{ policies: [{ name: respond, version: 0.2.0, config: { status: 200, body: a, json: 1 } }] }]",
         "routes: [{ policies: [{ name: json-body, version: 9.9.9 }] }]",
         "routes: [{ match: { path: { prefix: api } } }]",
         "unmatched: maybe",

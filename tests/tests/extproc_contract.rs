@@ -47,6 +47,7 @@ routes:
     match: { path: { exact: /healthz } }
     policies:
       - name: respond
+        version: 0.1.0
         config: { status: 204, headers: { x-served-by: policy-engine } }
 "#;
 
@@ -412,7 +413,7 @@ async fn an_invalid_configuration_is_refused_at_start_with_its_location() {
         Ok(_) => panic!("the shim accepted an invalid configuration"),
     };
     assert!(
-        error.contains(r#"route routes[1] "orders", policy policies[1] json-body, field config.max_bytes: invalid type"#),
+        error.contains(r#"route routes[1] "orders", policy policies[1] json-body@0.1.0, field config.max_bytes: invalid type"#),
         "{error}"
     );
 }
@@ -466,8 +467,9 @@ async fn a_changed_file_is_reloaded_and_a_bad_one_refused() {
     }
     assert!(logged, "{}", shim.log());
     assert!(
-        shim.log()
-            .contains(r#"policy policies[0] responder, field name: unknown policy "responder""#),
+        shim.log().contains(
+            r#"policy policies[0] responder@0.1.0, field name: unknown policy "responder""#
+        ),
         "{}",
         shim.log()
     );

@@ -34,6 +34,7 @@ routes:
       - name: set-headers
         config: { response: { set: { cache-control: no-store } } }
       - name: respond
+        version: 0.1.0
         config: { status: 200, headers: { content-type: text/plain }, body: "ok\n" }
       - name: set-headers
         config: { response: { set: { x-never: "set" } } }
@@ -139,7 +140,7 @@ fn an_invalid_configuration_is_refused_and_the_log_names_the_fault() {
         Err(other) => panic!("unexpected failure: {other}"),
         Ok(_) => panic!("Envoy accepted an invalid configuration"),
     };
-    let expected = r#"invalid plugin configuration: route routes[0] "api", policy policies[0] set-headers, field config.request.set.x tenant: invalid header name "x tenant""#;
+    let expected = r#"invalid plugin configuration: route routes[0] "api", policy policies[0] set-headers@0.1.0, field config.request.set.x tenant: invalid header name "x tenant""#;
     assert!(
         log.contains(expected),
         "log does not name the fault:\n{log}"
@@ -153,7 +154,9 @@ fn a_rejected_update_leaves_the_previous_configuration_serving() {
     let bad = CONFIG.replace("name: respond", "name: responder");
     match stack.envoy.reload(&[filters::policy_engine(&module, &bad)]) {
         Err(EnvoyError::Rejected { log }) => assert!(
-            log.contains(r#"policy policies[1] responder, field name: unknown policy "responder""#),
+            log.contains(
+                r#"policy policies[1] responder@0.1.0, field name: unknown policy "responder""#
+            ),
             "{log}"
         ),
         other => panic!("expected a rejection, got {other:?}"),

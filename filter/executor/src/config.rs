@@ -296,21 +296,31 @@ fn compile_chain(
 ) -> Result<Chain, ConfigError> {
     let mut entries = Vec::with_capacity(policies.len());
     for (position, raw) in policies.into_iter().enumerate() {
-        let fault = |field: Option<String>, reason: String| ConfigError {
+        let fault = |policy: String, field: &str, reason: String| ConfigError {
             route: Some(route_label.to_owned()),
-            policy: Some(format!("policies[{position}] {}", raw.name)),
-            field,
+            policy: Some(format!("policies[{position}] {policy}")),
+            field: Some(field.to_owned()),
             reason,
         };
         let factory = registry
             .find(&raw.name, raw.version.as_deref())
-            .map_err(|reason| fault(Some("name".into()), reason))?;
+            .map_err(|reason| {
+                let asked = match &raw.version {
+                    Some(version) => format!("{}@{version}", raw.name),
+                    None => raw.name.clone(),
+                };
+                fault(asked, "name", reason)
+            })?;
         let policy = (factory.build)(&raw.config).map_err(|e| {
             let field = match e.field.as_str() {
                 "" | "." => "config".to_owned(),
                 path => format!("config.{path}"),
             };
-            fault(Some(field), e.reason)
+            fault(
+                format!("{}@{}", factory.name, factory.version),
+                &field,
+                e.reason,
+            )
         })?;
         entries.push(ChainEntry {
             label: format!("{}@{}", factory.name, factory.version),

@@ -386,7 +386,7 @@ fn configuration_errors_name_route_policy_and_field() {
     let cases = [
         (
             "routes:\n  - name: api\n    policies: [{name: probe, config: {id: a, colour: red}}]\n",
-            r#"invalid plugin configuration: route routes[0] "api", policy policies[0] probe, field config.colour: unknown field `colour`"#,
+            r#"invalid plugin configuration: route routes[0] "api", policy policies[0] probe@1.0.0, field config.colour: unknown field `colour`"#,
         ),
         (
             "routes:\n  - name: api\n    policies: [{name: probe, config: {id: a}}, {name: nope}]\n",
