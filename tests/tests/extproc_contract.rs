@@ -413,7 +413,7 @@ async fn an_invalid_configuration_is_refused_at_start_with_its_location() {
         Ok(_) => panic!("the shim accepted an invalid configuration"),
     };
     assert!(
-        error.contains(r#"route routes[1] "orders", policy policies[1] json-body@0.1.0, field config.max_bytes: invalid type"#),
+        error.contains(r#"route routes[1] "orders", policy policies[1] json-body@0.1.0, field config.max_bytes: expected integer, found string"#),
         "{error}"
     );
 }

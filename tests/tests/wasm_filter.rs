@@ -145,6 +145,20 @@ fn an_invalid_configuration_is_refused_and_the_log_names_the_fault() {
         log.contains(expected),
         "log does not name the fault:\n{log}"
     );
+
+    // Parameters are checked against the policy's schema (policy.yaml)
+    // inside the module, in the schema's own words.
+    let both_off = CONFIG.replace(
+        "config: { request: true, response: true, max_bytes: 1024 }",
+        "config: { request: false, response: false }",
+    );
+    assert_ne!(both_off, CONFIG);
+    let log = match Stack::try_start_on(Host::Wasm, &both_off) {
+        Err(EnvoyError::Rejected { log }) => log,
+        other => panic!("expected a refusal, got {:?}", other.err()),
+    };
+    let expected = r#"route routes[2] "public-json", policy policies[1] json-body@0.1.0, field config: checks nothing: enable `request`, `response` or both"#;
+    assert!(log.contains(expected), "{log}");
 }
 
 #[test]

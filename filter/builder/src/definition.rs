@@ -39,6 +39,10 @@ struct RawDefinition {
     phases: Vec<String>,
     body: BodyNeeds,
     parameters: Value,
+    /// Checked by the policy's own unit test (`testing::check_definition`).
+    #[serde(default)]
+    #[allow(dead_code, reason = "validated as present; used by the policy's tests")]
+    examples: Option<Value>,
 }
 
 /// A validated policy definition.
@@ -148,6 +152,9 @@ pub fn load(dir: &Path) -> Result<Definition, DefinitionError> {
             "policy.yaml: parameters must be a JSON Schema with `type: object`".into(),
         ));
     }
+    // The module checks parameters with this validator at configure time.
+    policy_executor::schema::Schema::parse(&raw.parameters.to_string())
+        .map_err(|e| fault(format!("policy.yaml: parameters: {e}")))?;
 
     let cargo_toml = dir.join("Cargo.toml");
     let manifest = std::fs::read_to_string(&cargo_toml)

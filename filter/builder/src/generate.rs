@@ -2,7 +2,8 @@
 //!
 //! * `registry`: the build's [`policy_executor::Build`]: one factory per
 //!   policy, with the name and version from `policy.yaml` (so the two cannot
-//!   disagree), and the build's description.
+//!   disagree) and its parameters schema, which the module checks every
+//!   instance against; and the build's description.
 //! * `wasm`: the module, a `cdylib` whose entry point installs the Wasm host
 //!   with that build.
 //! * `extproc`: the `policy-extproc` binary, whose `main` runs the shim with
@@ -66,10 +67,11 @@ strip = "debuginfo"
             toml_path(&policy.dir)
         ));
         factories.push_str(&format!(
-            "        PolicyFactory {{ name: {:?}, version: {:?}, ..{}::FACTORY }},\n",
+            "        (\n            PolicyFactory {{ name: {:?}, version: {:?}, ..{}::FACTORY }},\n            {:?},\n        ),\n",
             policy.name,
             policy.version.to_string(),
-            policy.lib_name()
+            policy.lib_name(),
+            policy.parameters.to_string(),
         ));
     }
     write(
@@ -86,7 +88,7 @@ strip = "debuginfo"
              #[allow(unused_imports)]\n\
              use policy_executor::{{Build, PolicyFactory, Registry}};\n\n\
              pub const BUILD: Build = Build {{ registry, description: {description:?} }};\n\n\
-             fn registry() -> Registry {{\n    Registry::new([\n{factories}    ])\n}}\n"
+             fn registry() -> Registry {{\n    Registry::with_schemas([\n{factories}    ])\n}}\n"
         ),
     )?;
 

@@ -33,7 +33,7 @@ use serde_json::Value;
 
 use crate::chain::{Chain, ChainEntry};
 use crate::policy::LocalReply;
-use crate::registry::Registry;
+use crate::registry::{ParamError, Registry};
 use crate::route::{Conditions, HostMatch, PathMatch, RouteEntry, RouteTable, Unmatched};
 
 /// A configuration that cannot be used, and where the fault is.
@@ -302,7 +302,7 @@ fn compile_chain(
             field: Some(field.to_owned()),
             reason,
         };
-        let factory = registry
+        let entry = registry
             .find(&raw.name, raw.version.as_deref())
             .map_err(|reason| {
                 let asked = match &raw.version {
@@ -311,7 +311,8 @@ fn compile_chain(
                 };
                 fault(asked, "name", reason)
             })?;
-        let policy = (factory.build)(&raw.config).map_err(|e| {
+        let factory = entry.factory;
+        let parameter_fault = |e: ParamError| {
             let field = match e.field.as_str() {
                 "" | "." => "config".to_owned(),
                 path => format!("config.{path}"),
@@ -321,7 +322,13 @@ fn compile_chain(
                 &field,
                 e.reason,
             )
-        })?;
+        };
+        // The schema first, so the verdict is the one editors and CI see;
+        // then the policy's own parsing and checks.
+        entry
+            .check_parameters(&raw.config)
+            .map_err(parameter_fault)?;
+        let policy = (factory.build)(&raw.config).map_err(parameter_fault)?;
         entries.push(ChainEntry {
             label: format!("{}@{}", factory.name, factory.version),
             phases: policy.phases(),

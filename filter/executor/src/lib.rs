@@ -13,6 +13,7 @@
 //! * [`route`]: which chain a request gets, and the fail-closed default.
 //! * [`config`]: the plugin configuration and its precise errors.
 //! * [`registry`]: the policies a build contains.
+//! * [`schema`]: the check of each instance's parameters against its schema.
 
 pub mod chain;
 pub mod config;
@@ -20,6 +21,7 @@ pub mod headers;
 pub mod policy;
 pub mod registry;
 pub mod route;
+pub mod schema;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
@@ -29,7 +31,7 @@ pub use chain::{BodyNeeds, Chain, Exchange, Outcome};
 pub use config::ConfigError;
 pub use headers::{HeaderChange, HeaderMap, HeaderMutations, HeaderName, HeaderValue, HeadersMut};
 pub use policy::{Action, Context, LocalReply, Metadata, Phases, Policy, RouteInfo};
-pub use registry::{parse_params, Build, ParamError, PolicyFactory, Registry};
+pub use registry::{parse_params, Build, Entry, ParamError, PolicyFactory, Registry};
 pub use route::{LazyRouteName, RouteInput, RouteTable, Selection};
 
 /// A compiled plugin configuration, ready to serve requests.

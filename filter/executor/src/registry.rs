@@ -4,10 +4,13 @@
 //! ext_proc shim) builds a [`Registry`] from the policy crates it links, and
 //! configurations can only name what is in it.
 
+use std::sync::Arc;
+
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::policy::Policy;
+use crate::schema::Schema;
 
 /// How to build instances of one version of one policy.
 #[derive(Clone, Copy)]
@@ -50,42 +53,96 @@ pub fn parse_params<T: DeserializeOwned>(config: &Value) -> Result<T, ParamError
     })
 }
 
+/// One policy of a build: how to build it, and the schema its parameters
+/// are checked against first.
+#[derive(Clone)]
+pub struct Entry {
+    /// How to build instances.
+    pub factory: PolicyFactory,
+    /// The `parameters` schema of its `policy.yaml`, if the build gave one
+    /// (an error if it does not parse).
+    parameters: Option<Result<Arc<Schema>, String>>,
+}
+
+impl Entry {
+    /// Checks an instance's `config` against the parameters schema.
+    pub fn check_parameters(&self, config: &Value) -> Result<(), ParamError> {
+        match &self.parameters {
+            None => Ok(()),
+            Some(Err(e)) => Err(ParamError::at(
+                ".",
+                format!(
+                    "this build's parameters schema for {}@{} is unusable: {e}",
+                    self.factory.name, self.factory.version
+                ),
+            )),
+            Some(Ok(schema)) => {
+                let empty = Value::Object(serde_json::Map::new());
+                let config = if config.is_null() { &empty } else { config };
+                schema
+                    .validate(config)
+                    .map_err(|v| ParamError::at(v.path, v.reason))
+            }
+        }
+    }
+}
+
 /// The policies available to configurations.
 #[derive(Clone, Default)]
 pub struct Registry {
-    factories: Vec<PolicyFactory>,
+    entries: Vec<Entry>,
 }
 
 impl Registry {
-    /// A registry of these factories.
+    /// A registry of these factories, without parameter schemas (tests).
     pub fn new(factories: impl IntoIterator<Item = PolicyFactory>) -> Self {
         Self {
-            factories: factories.into_iter().collect(),
+            entries: factories
+                .into_iter()
+                .map(|factory| Entry {
+                    factory,
+                    parameters: None,
+                })
+                .collect(),
+        }
+    }
+
+    /// A registry of factories, each with the JSON text of its parameters
+    /// schema: what the builder generates.
+    pub fn with_schemas(entries: impl IntoIterator<Item = (PolicyFactory, &'static str)>) -> Self {
+        Self {
+            entries: entries
+                .into_iter()
+                .map(|(factory, schema)| Entry {
+                    factory,
+                    parameters: Some(Schema::parse(schema).map(Arc::new)),
+                })
+                .collect(),
         }
     }
 
     /// `name@version` of every registered policy.
     pub fn names(&self) -> Vec<String> {
-        self.factories
+        self.entries
             .iter()
-            .map(|f| format!("{}@{}", f.name, f.version))
+            .map(|e| format!("{}@{}", e.factory.name, e.factory.version))
             .collect()
     }
 
     /// Finds `name` at `version`; without a version, the only version of
     /// `name` there is.
-    pub fn find(&self, name: &str, version: Option<&str>) -> Result<&PolicyFactory, String> {
-        let mut candidates = self.factories.iter().filter(|f| f.name == name);
+    pub fn find(&self, name: &str, version: Option<&str>) -> Result<&Entry, String> {
+        let mut candidates = self.entries.iter().filter(|e| e.factory.name == name);
         let versions = || {
-            self.factories
+            self.entries
                 .iter()
-                .filter(|f| f.name == name)
-                .map(|f| f.version)
+                .filter(|e| e.factory.name == name)
+                .map(|e| e.factory.version)
                 .collect::<Vec<_>>()
                 .join(", ")
         };
         match version {
-            Some(v) => candidates.find(|f| f.version == v).ok_or_else(|| {
+            Some(v) => candidates.find(|e| e.factory.version == v).ok_or_else(|| {
                 if versions().is_empty() {
                     self.unknown(name)
                 } else {

@@ -437,3 +437,23 @@ fn a_build_without_policies_rejects_every_policy() {
     assert!(error.contains("this build contains no policies"), "{error}");
     assert!(Engine::from_config(b"routes: [{policies: []}]", &empty).is_ok());
 }
+
+#[test]
+fn a_schema_that_drifted_from_the_typed_parameters_is_caught() {
+    use policy_executor::testing::check_definition;
+    let factory = PolicyFactory {
+        name: "probe",
+        version: "1.0.0",
+        build: build_probe,
+    };
+    let agreeing = "name: probe\nversion: 1.0.0\nparameters: { type: object, required: [id], properties: { id: { type: string } } }\nexamples: { valid: [{ id: a }], invalid: [{}] }\n";
+    check_definition(factory, agreeing).unwrap();
+    // The schema allows a field the typed parameters refuse: that is drift.
+    let drifted = agreeing.replace(
+        "examples: { valid: [{ id: a }], invalid: [{}] }",
+        "examples: { valid: [{ id: a, colour: red }], invalid: [{}] }",
+    );
+    let error = check_definition(factory, &drifted).unwrap_err();
+    assert!(error.contains("the schema says Ok(())"), "{error}");
+    assert!(error.contains("unknown field `colour`"), "{error}");
+}

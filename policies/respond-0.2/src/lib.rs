@@ -96,6 +96,12 @@ impl Policy for Respond {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_typed_parameters_and_policy_yaml_agree() {
+        policy_executor::testing::check_definition(FACTORY, include_str!("../policy.yaml"))
+            .unwrap();
+    }
     use policy_executor::testing::{engine_for, request, start};
     use policy_executor::Outcome;
     use serde_json::json;
