@@ -328,7 +328,7 @@ fn a_scaffolded_policy_builds_and_passes_its_test() {
         .unwrap();
     let output = String::from_utf8_lossy(&test.stdout);
     assert!(
-        test.status.success() && output.contains("2 passed"),
+        test.status.success() && output.contains("3 passed"),
         "{output}{}",
         String::from_utf8_lossy(&test.stderr)
     );
