@@ -56,6 +56,10 @@ enum Commands {
         /// The image reference the rendered deployment manifests point at.
         #[arg(long, default_value = "registry.example.com/policy-engine/filter")]
         image: String,
+        /// Cargo's target directory (default: target/builder, shared by
+        /// builds so only what differs recompiles).
+        #[arg(long)]
+        target_dir: Option<PathBuf>,
     },
     /// Scaffold a new policy that builds and passes its test as generated.
     NewPolicy {
@@ -75,7 +79,8 @@ fn main() -> ExitCode {
             check,
             wasm_only,
             image,
-        } => build(&manifest, out, check, wasm_only, &image),
+            target_dir,
+        } => build(&manifest, out, check, wasm_only, &image, target_dir),
         Commands::NewPolicy { name, dir } => scaffold::new_policy(&name, &dir, &repo_root()),
     };
     match result {
@@ -143,6 +148,7 @@ fn build(
     check: bool,
     wasm_only: bool,
     image_ref: &str,
+    target_dir: Option<PathBuf>,
 ) -> Result<(), String> {
     let manifest = manifest::load(manifest_path)?;
     let ids: Vec<String> = manifest.policies.iter().map(|p| p.id()).collect();
@@ -174,7 +180,7 @@ fn build(
         .map_err(|e| format!("generating {}: {e}", workspace.display()))?;
 
     // Builds share one target directory, so only what differs recompiles.
-    let target = repo.join("target/builder");
+    let target = target_dir.unwrap_or_else(|| repo.join("target/builder"));
     let cargo = |args: &[&str]| {
         let mut command = Command::new(env!("CARGO"));
         command

@@ -10,6 +10,11 @@
 //! with their interquartile range. A second, identical baseline (A/A) must
 //! come out within 3 % of 1.00 or the run is void.
 //!
+//! A second part times the builder: a full build of `build.yaml` from an
+//! empty target directory, then the rebuild after one policy's source
+//! changed, with the sizes of the module and the shim (`BENCH_BUILD=0`
+//! skips it).
+//!
 //! The ext_proc configurations run the shim on core 1 too (there is no third
 //! core): its CPU is reported in its own column and is not charged to the
 //! Envoy core, so their ratios show Envoy's side of the cost only.
@@ -219,6 +224,60 @@ fn quantile(values: &[f64], q: f64) -> f64 {
     sorted[low] * (1.0 - weight) + sorted[high] * weight
 }
 
+/// Times the builder; returns the report's "Build" section.
+fn measure_builds() -> Result<String, String> {
+    let repo = repo_root();
+    let builder = repo.join("target/debug/policy-builder");
+    let target = repo.join("target/bench/builder-target");
+    let out = repo.join("target/bench/build");
+    let _ = std::fs::remove_dir_all(&target);
+    let build = || -> Result<f64, String> {
+        let started = Instant::now();
+        // The bench itself is pinned to one core; a build gets them all.
+        let status = Command::new("taskset")
+            .args(["-c", "0-1023"])
+            .arg(&builder)
+            .args(["build", "--manifest"])
+            .arg(repo.join("build.yaml"))
+            .arg("--out")
+            .arg(&out)
+            .arg("--target-dir")
+            .arg(&target)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .map_err(|e| format!("running {}: {e}", builder.display()))?;
+        if !status.success() {
+            return Err(format!("the builder failed ({status})"));
+        }
+        Ok(started.elapsed().as_secs_f64())
+    };
+    eprintln!("bench: timing a full build (every dependency, both targets)");
+    let full = build()?;
+    // Changing one policy: its crate, the registry and both artifacts rebuild.
+    let changed = repo.join("policies/set-headers/src/lib.rs");
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&changed)
+        .map_err(|e| format!("{}: {e}", changed.display()))?;
+    file.set_modified(std::time::SystemTime::now())
+        .map_err(|e| format!("touching {}: {e}", changed.display()))?;
+    eprintln!("bench: timing the rebuild after one policy changed");
+    let incremental = build()?;
+    let size = |name: &str| std::fs::metadata(out.join(name)).map_or(0, |m| m.len());
+    let raw_module =
+        std::fs::metadata(target.join("wasm32-wasip1/release/plugin.wasm")).map_or(0, |m| m.len());
+    Ok(format!(
+        "\n## Build (build.yaml, {} policies)\n\n         | what | value |\n|---|---|\n         | full build, empty target dir (module + shim, release, LTO) | {full:.0} s |\n         | rebuild after one policy changed | {incremental:.0} s ({:.2} of full) |\n         | plugin.wasm after wasm-opt | {} bytes (before: {raw_module}) |\n         | policy-extproc | {} bytes |\n",
+        std::fs::read_to_string(repo.join("build.yaml"))
+            .unwrap_or_default()
+            .matches("- path:")
+            .count(),
+        incremental / full,
+        size("plugin.wasm"),
+        size("policy-extproc"),
+    ))
+}
+
 fn main() -> ExitCode {
     match run() {
         Ok(true) => ExitCode::SUCCESS,
@@ -341,6 +400,13 @@ fn run() -> Result<bool, String> {
             config.what,
         );
     }
+    let builds = if env_or("BENCH_BUILD", 1) == 0 {
+        String::new()
+    } else {
+        // Measured after the throughput runs: builds load both cores.
+        drop(targets);
+        measure_builds()?
+    };
     let _ = writeln!(
         table,
         "\nA/A control: {aa:.3} ({})",
@@ -350,6 +416,7 @@ fn run() -> Result<bool, String> {
             "outside ±3 %: this run is VOID, rerun it on a quieter machine"
         }
     );
+    table.push_str(&builds);
     if let Some(dir) = std::path::Path::new(&out).parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     }
