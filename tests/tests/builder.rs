@@ -346,3 +346,57 @@ fn a_scaffolded_policy_builds_and_passes_its_test() {
     );
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[test]
+fn a_policy_from_a_git_repository_is_fetched_and_validated() {
+    let root = scratch("git-source");
+    let repo = root.join("acme-policies");
+    policy_dir(&repo, "acme-good", Some(GOOD_YAML), "");
+    let git = |args: &[&str]| {
+        let status = Command::new("git")
+            .arg("-C")
+            .arg(&repo)
+            .args(["-c", "user.email=t@example.com", "-c", "user.name=t"])
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "git {args:?}");
+    };
+    git(&["init", "-q"]);
+    git(&["add", "."]);
+    git(&["commit", "-q", "-m", "a policy"]);
+
+    let manifest = root.join("build.yaml");
+    write(
+        &manifest,
+        &format!(
+            "name: external\npolicies:\n  - git: file://{}\n    package: acme-good\n    version: 1.0.0\n",
+            repo.display()
+        ),
+    );
+    let out = run_builder(&["build", "--check"], &manifest);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("good@1.0.0"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    for (entry, expected) in [
+        ("  - crate: acme-good\n", "needs `crate_version`"),
+        ("  - git: file:///nowhere\n", "needs `package`"),
+        (
+            "  - path: x\n    git: file:///nowhere\n",
+            "exactly one of `path`, `git` or `crate`",
+        ),
+    ] {
+        write(&manifest, &format!("name: bad\npolicies:\n{entry}"));
+        let out = run_builder(&["build", "--check"], &manifest);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(expected),
+            "{entry}: {stderr}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}

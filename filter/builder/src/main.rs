@@ -150,7 +150,15 @@ fn build(
     image_ref: &str,
     target_dir: Option<PathBuf>,
 ) -> Result<(), String> {
-    let manifest = manifest::load(manifest_path)?;
+    let repo = repo_root();
+    // Where Cargo is asked to fetch the manifest's external crates.
+    let fetch_scratch = repo.join("target/builder-fetch").join(
+        manifest_path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    );
+    let manifest = manifest::load(manifest_path, &fetch_scratch)?;
     let ids: Vec<String> = manifest.policies.iter().map(|p| p.id()).collect();
     if check {
         println!(
@@ -162,7 +170,6 @@ fn build(
         );
         return Ok(());
     }
-    let repo = repo_root();
     let commit = source_commit(&repo);
     let description = format!(
         "build {} (source {commit}): {}",
