@@ -33,7 +33,7 @@ use serde_json::Value;
 
 use crate::chain::{Chain, ChainEntry};
 use crate::policy::LocalReply;
-use crate::registry::{ParamError, Registry};
+use crate::registry::{check_reply_status, ParamError, Registry};
 use crate::route::{Conditions, HostMatch, PathMatch, RouteEntry, RouteTable, Unmatched};
 
 /// A configuration that cannot be used, and where the fault is.
@@ -220,13 +220,9 @@ fn compile_raw(raw: RawConfig, registry: &Registry) -> Result<RouteTable, Config
         }
         Some(RawUnmatched::Keyword(UnmatchedKeyword::Allow)) => Unmatched::Allow,
         Some(RawUnmatched::Detailed(RawUnmatchedDetailed::Deny(deny))) => {
-            if !(200..=599).contains(&deny.status) {
-                return Err(ConfigError::document(
-                    Some("unmatched.deny.status".into()),
-                    format!("{} is not an HTTP status between 200 and 599", deny.status),
-                ));
-            }
-            Unmatched::Deny(LocalReply::text(deny.status, deny.body))
+            let status = check_reply_status("unmatched.deny.status", deny.status)
+                .map_err(|e| ConfigError::document(Some(e.field), e.reason))?;
+            Unmatched::Deny(LocalReply::text(status, deny.body))
         }
         Some(RawUnmatched::Detailed(RawUnmatchedDetailed::Policies(policies))) => {
             let chain = compile_chain("unmatched", "unmatched", policies, registry)?;

@@ -31,7 +31,10 @@ pub use chain::{BodyNeeds, Chain, Exchange, Outcome};
 pub use config::ConfigError;
 pub use headers::{HeaderChange, HeaderMap, HeaderMutations, HeaderName, HeaderValue, HeadersMut};
 pub use policy::{Action, Context, LocalReply, Metadata, Phases, Policy, RouteInfo};
-pub use registry::{parse_params, Build, Entry, ParamError, PolicyFactory, Registry};
+pub use registry::{
+    check_reply_status, parse_header_map, parse_params, Build, Entry, ParamError, PolicyFactory,
+    Registry,
+};
 pub use route::{LazyRouteName, RouteInput, RouteTable, Selection};
 
 /// A compiled plugin configuration, ready to serve requests.

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::headers::{HeaderName, HeaderValue};
 use crate::policy::Policy;
 use crate::schema::Schema;
 
@@ -84,6 +85,35 @@ impl Entry {
                     .map_err(|v| ParamError::at(v.path, v.reason))
             }
         }
+    }
+}
+
+/// Validates a `name: value` header map from a policy's parameters (found
+/// at `field`): names become lower-case [`HeaderName`]s, values
+/// [`HeaderValue`]s; an error names `<field>.<name>`.
+pub fn parse_header_map<'a>(
+    field: &str,
+    map: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> Result<Vec<(HeaderName, HeaderValue)>, ParamError> {
+    map.into_iter()
+        .map(|(name, value)| {
+            let at = || format!("{field}.{name}");
+            let name = HeaderName::parse(name).map_err(|e| ParamError::at(at(), e))?;
+            let value = HeaderValue::parse(value).map_err(|e| ParamError::at(at(), e))?;
+            Ok((name, value))
+        })
+        .collect()
+}
+
+/// Checks that `status` (found at `field`) is a status a reply may carry.
+pub fn check_reply_status(field: &str, status: u16) -> Result<u16, ParamError> {
+    if (200..=599).contains(&status) {
+        Ok(status)
+    } else {
+        Err(ParamError::at(
+            field,
+            format!("{status} is not an HTTP status between 200 and 599"),
+        ))
     }
 }
 

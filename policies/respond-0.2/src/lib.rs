@@ -17,8 +17,8 @@
 use std::collections::BTreeMap;
 
 use policy_executor::{
-    parse_params, Action, Context, HeaderName, HeaderValue, LocalReply, ParamError, Phases, Policy,
-    PolicyFactory,
+    check_reply_status, parse_header_map, parse_params, Action, Context, HeaderValue, LocalReply,
+    ParamError, Phases, Policy, PolicyFactory,
 };
 use serde::Deserialize;
 
@@ -46,15 +46,7 @@ struct Respond {
 
 fn build(config: &serde_json::Value) -> Result<Box<dyn Policy>, ParamError> {
     let params: Params = parse_params(config)?;
-    if !(200..=599).contains(&params.status) {
-        return Err(ParamError::at(
-            "status",
-            format!(
-                "{} is not an HTTP status between 200 and 599",
-                params.status
-            ),
-        ));
-    }
+    let status = check_reply_status("status", params.status)?;
     let (body, default_type) = match (params.body, params.json) {
         (Some(_), Some(_)) => {
             return Err(ParamError::at("json", "give `body` or `json`, not both"));
@@ -67,16 +59,13 @@ fn build(config: &serde_json::Value) -> Result<Box<dyn Policy>, ParamError> {
     let content_type =
         HeaderValue::parse(content_type).map_err(|e| ParamError::at("content_type", e))?;
     let mut headers = vec![("content-type".to_owned(), content_type.as_str().to_owned())];
-    for (name, value) in &params.headers {
-        let field = || format!("headers.{name}");
-        let name = HeaderName::parse(name).map_err(|e| ParamError::at(field(), e))?;
-        let value = HeaderValue::parse(value).map_err(|e| ParamError::at(field(), e))?;
+    for (name, value) in parse_header_map("headers", &params.headers)? {
         headers.retain(|(n, _)| n != name.as_str());
         headers.push((name.as_str().to_owned(), value.as_str().to_owned()));
     }
     Ok(Box::new(Respond {
         reply: LocalReply {
-            status: params.status,
+            status,
             headers,
             body,
         },
