@@ -133,6 +133,17 @@ impl Drop for Stack {
     }
 }
 
+/// The `.yaml` files directly in `dir`, sorted.
+pub fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
 /// What the client got back.
 #[derive(Debug)]
 pub struct Reply {
@@ -173,11 +184,6 @@ impl Echoed {
     /// A request header the upstream received (repeats joined with `,`).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.0.get("headers")?.get(name)?.as_str()
-    }
-
-    /// The path (and query) the upstream received.
-    pub fn path(&self) -> &str {
-        self.0.get("path").and_then(Value::as_str).unwrap_or("")
     }
 
     /// The body the upstream received.

@@ -265,9 +265,9 @@ fn the_configuration_schema_accepts_the_examples_and_rejects_bad_configurations(
     let yaml = |text: &str| -> Value { serde_yaml::from_str(text).unwrap() };
 
     let mut examples = vec![repo_root().join("envoy/demo-policies.yaml")];
-    for entry in std::fs::read_dir(repo_root().join("tests/conformance")).unwrap() {
-        examples.push(entry.unwrap().path());
-    }
+    examples.extend(integration_tests::yaml_files(
+        &repo_root().join("tests/conformance"),
+    ));
     for path in examples {
         let text = std::fs::read_to_string(&path).unwrap();
         let document = yaml(&text);

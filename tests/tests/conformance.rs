@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use integration_tests::{send, Host, Stack};
+use integration_tests::{send, yaml_files, Host, Stack};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -66,12 +66,7 @@ struct Expect {
 
 fn suites() -> Vec<(String, Suite)> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("conformance");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    files.sort();
+    let files = yaml_files(&dir);
     assert!(!files.is_empty(), "no suites in {}", dir.display());
     files
         .into_iter()

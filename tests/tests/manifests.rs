@@ -73,13 +73,7 @@ fn manifests() -> Vec<(PathBuf, Value)> {
         local_envoy::default_build().join("deploy"),
     ];
     for dir in dirs {
-        let mut files: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-            .collect();
-        files.sort();
-        for file in files {
+        for file in integration_tests::yaml_files(&dir) {
             for doc in documents(&file) {
                 all.push((file.clone(), doc));
             }

@@ -36,7 +36,9 @@ pub(crate) struct ChainEntry {
 /// A compiled, immutable chain of policy instances, shared by all requests
 /// that match its route entry.
 pub struct Chain {
-    name: String,
+    /// Shared with every request's [`RouteInfo`], so starting an exchange
+    /// does not copy it.
+    name: Arc<str>,
     entries: Vec<ChainEntry>,
     phases: Phases,
     reads_response_headers: bool,
@@ -53,32 +55,17 @@ pub struct BodyNeeds {
 }
 
 impl Chain {
-    pub(crate) fn new(name: String, entries: Vec<ChainEntry>) -> Self {
+    pub(crate) fn new(name: &str, entries: Vec<ChainEntry>) -> Self {
         let phases = entries.iter().fold(Phases::NONE, |all, e| all | e.phases);
         let reads_response_headers = entries.iter().any(|e| {
             e.phases.contains(Phases::RESPONSE_HEADERS) && e.policy.reads_response_headers()
         });
         Self {
-            name,
+            name: Arc::from(name),
             entries,
             phases,
             reads_response_headers,
         }
-    }
-
-    /// The name of the route entry the chain belongs to.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The number of policy instances.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// Whether the chain has no policies.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 
     /// The bodies this chain needs buffered.
@@ -124,7 +111,7 @@ impl Exchange {
     /// Starts an exchange over `chain` for a request with these headers.
     pub fn new(chain: Arc<Chain>, route_name: Option<String>, request: HeaderMap) -> Self {
         let route = RouteInfo {
-            chain: chain.name.clone(),
+            chain: Arc::clone(&chain.name),
             route_name,
         };
         let passed = chain.entries.len();

@@ -331,5 +331,5 @@ fn compile_chain(
             policy,
         });
     }
-    Ok(Chain::new(name.to_owned(), entries))
+    Ok(Chain::new(name, entries))
 }

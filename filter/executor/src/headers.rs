@@ -65,16 +65,6 @@ impl HeaderMap {
         self.entries.iter().map(|(n, v)| (n.as_str(), v.as_str()))
     }
 
-    /// The number of entries (a header with two values counts twice).
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// Whether the map has no entries.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     fn set(&mut self, name: &str, value: &str) {
         self.remove(name);
         self.append(name, value);

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::BitOr;
+use std::sync::Arc;
 
 use crate::headers::{HeaderMap, HeaderMutations, HeadersMut};
 
@@ -83,7 +84,7 @@ pub type Metadata = BTreeMap<String, serde_json::Value>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteInfo {
     /// The name of the matched entry of the plugin configuration.
-    pub chain: String,
+    pub chain: Arc<str>,
     /// Envoy's route name (`xds.route_name`), when route matching needed it.
     pub route_name: Option<String>,
 }

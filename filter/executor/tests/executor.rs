@@ -331,8 +331,14 @@ routes:
     policies: [{name: probe, config: {id: rest}}]
 "#,
     );
-    assert_eq!(exchange(&e, "/zen?x").context().route().chain, "zen");
-    assert_eq!(exchange(&e, "/api/v1").context().route().chain, "rest");
+    assert_eq!(
+        exchange(&e, "/zen?x").context().route().chain.as_ref(),
+        "zen"
+    );
+    assert_eq!(
+        exchange(&e, "/api/v1").context().route().chain.as_ref(),
+        "rest"
+    );
     assert_eq!(
         exchange(&e, "/api/v1")
             .context()
@@ -364,7 +370,7 @@ fn unmatched_outcomes_are_configurable() {
         panic!("expected the default chain")
     };
     x.on_request_headers();
-    assert_eq!(x.context().route().chain, "unmatched");
+    assert_eq!(x.context().route().chain.as_ref(), "unmatched");
     assert_eq!(trace(&x), ["d:request_headers"]);
 }
 

@@ -36,7 +36,7 @@ use serde_json::Value;
 const AA_TOLERANCE: f64 = 0.03;
 
 struct Config {
-    name: &'static str,
+    name: String,
     what: String,
     filters: Vec<Value>,
     /// The shim's plugin configuration, for ext_proc configurations.
@@ -76,49 +76,49 @@ fn configs() -> Vec<Config> {
     let longest = 8;
     vec![
         Config {
-            name: "baseline",
+            name: "baseline".into(),
             what: "Envoy, router only".into(),
             filters: vec![],
             shim: None,
         },
         Config {
-            name: "baseline-aa",
+            name: "baseline-aa".into(),
             what: "a second, identical baseline (A/A control)".into(),
             filters: vec![],
             shim: None,
         },
         Config {
-            name: "wasm-0",
+            name: "wasm-0".into(),
             what: "Wasm filter, empty chain (the host's own cost)".into(),
             filters: vec![filters::policy_engine(&module, &set_headers_chain(0))],
             shim: None,
         },
         Config {
-            name: "wasm-1",
+            name: "wasm-1".into(),
             what: "Wasm filter, 1 policy (set-headers: 1 request + 1 response header)".into(),
             filters: vec![filters::policy_engine(&module, &set_headers_chain(1))],
             shim: None,
         },
         Config {
-            name: format!("wasm-{longest}").leak(),
+            name: format!("wasm-{longest}"),
             what: format!("Wasm filter, {longest} policies (set-headers x{longest})"),
             filters: vec![filters::policy_engine(&module, &set_headers_chain(longest))],
             shim: None,
         },
         Config {
-            name: "extproc-1",
+            name: "extproc-1".into(),
             what: "ext_proc shim, the wasm-1 chain".into(),
             filters: vec![filters::ext_proc()],
             shim: Some(set_headers_chain(1)),
         },
         Config {
-            name: format!("extproc-{longest}").leak(),
+            name: format!("extproc-{longest}"),
             what: format!("ext_proc shim, the wasm-{longest} chain"),
             filters: vec![filters::ext_proc()],
             shim: Some(set_headers_chain(longest)),
         },
         Config {
-            name: "lua-1",
+            name: "lua-1".into(),
             what: "Lua filter doing the 1-policy header work".into(),
             filters: vec![filters::lua(LUA_SET_HEADERS)],
             shim: None,
