@@ -17,11 +17,23 @@
 //! * A response phase may also reply; its reply replaces the response and
 //!   goes on through the layers outside it.
 //!
+//!
+//! # Guards
+//!
+//! An entry with a `when:` guard runs only for requests where the guard is
+//! true. Guards are evaluated in chain order during the request-headers
+//! phase, just before the entry's turn, so they see the metadata earlier
+//! policies wrote; the verdict holds for every phase of that request. A
+//! guard that cannot be evaluated (a missing attribute) does not hold: the
+//! policy is skipped, and the debug log says why.
+//!
 //! Once a reply is made the exchange is finished: later calls from the host
 //! return an empty [`Outcome::Continue`].
 
 use std::sync::Arc;
 
+use crate::attributes::{AttributeSet, Connection};
+use crate::expr::Expression;
 use crate::headers::{HeaderMap, HeaderMutations};
 use crate::policy::{Action, Context, LocalReply, Phases, Policy, RouteInfo};
 
@@ -31,6 +43,8 @@ pub(crate) struct ChainEntry {
     pub(crate) label: String,
     pub(crate) policy: Box<dyn Policy>,
     pub(crate) phases: Phases,
+    /// The `when:` guard.
+    pub(crate) guard: Option<Expression>,
 }
 
 /// A compiled, immutable chain of policy instances, shared by all requests
@@ -42,6 +56,8 @@ pub struct Chain {
     entries: Vec<ChainEntry>,
     phases: Phases,
     reads_response_headers: bool,
+    attributes: AttributeSet,
+    has_guards: bool,
 }
 
 /// Which bodies a chain must see whole. A headers-only chain needs neither,
@@ -60,11 +76,21 @@ impl Chain {
         let reads_response_headers = entries.iter().any(|e| {
             e.phases.contains(Phases::RESPONSE_HEADERS) && e.policy.reads_response_headers()
         });
+        let attributes = entries.iter().fold(AttributeSet::NONE, |all, e| {
+            let guard = e
+                .guard
+                .as_ref()
+                .map_or(AttributeSet::NONE, |g| g.attributes());
+            all | e.policy.attributes() | guard
+        });
+        let has_guards = entries.iter().any(|e| e.guard.is_some());
         Self {
             name: Arc::from(name),
             entries,
             phases,
             reads_response_headers,
+            attributes,
+            has_guards,
         }
     }
 
@@ -104,6 +130,9 @@ pub struct Exchange {
     /// How many policies, from the start of the chain, let the request
     /// through: those are the ones whose response phases run.
     passed: usize,
+    /// Per entry, whether its guard failed; empty when the chain has no
+    /// guards.
+    skipped: Vec<bool>,
     finished: bool,
 }
 
@@ -119,6 +148,7 @@ impl Exchange {
             chain,
             cx: Context::new(route, request),
             passed,
+            skipped: Vec::new(),
             finished: false,
         }
     }
@@ -137,6 +167,20 @@ impl Exchange {
     /// headers; if not, hosts may pass an empty map and skip reading them.
     pub fn reads_response_headers(&self) -> bool {
         self.chain.reads_response_headers
+    }
+
+    /// The connection attributes the chain's expressions read. A host
+    /// fetches these and hands them over with [`Exchange::set_connection`]
+    /// before the request-headers phase; when the set is empty it does
+    /// nothing.
+    pub fn attributes(&self) -> AttributeSet {
+        self.chain.attributes
+    }
+
+    /// Provides the connection attributes asked for by
+    /// [`Exchange::attributes`].
+    pub fn set_connection(&mut self, connection: Connection) {
+        self.cx.set_connection(connection);
     }
 
     /// The request context, for hosts that log decisions.
@@ -164,6 +208,7 @@ impl Exchange {
         let replied = run_response_phase(
             &self.chain,
             &mut self.cx,
+            &self.skipped,
             self.passed,
             Phases::RESPONSE_HEADERS,
             |p, cx| p.on_response_headers(cx),
@@ -179,6 +224,7 @@ impl Exchange {
         let replied = run_response_phase(
             &self.chain,
             &mut self.cx,
+            &self.skipped,
             self.passed,
             Phases::RESPONSE_BODY,
             |p, cx| p.on_response_body(cx, body),
@@ -195,8 +241,17 @@ impl Exchange {
             return Outcome::Continue(HeaderMutations::default());
         }
         let chain = Arc::clone(&self.chain);
+        let judge_guards = phase == Phases::REQUEST_HEADERS && chain.has_guards;
+        if judge_guards {
+            self.skipped = vec![false; chain.entries.len()];
+        }
         for (position, entry) in chain.entries.iter().enumerate() {
-            if !entry.phases.contains(phase) {
+            if judge_guards {
+                if let Some(guard) = &entry.guard {
+                    self.skipped[position] = !guard_holds(&chain.name, entry, guard, &self.cx);
+                }
+            }
+            if !entry.phases.contains(phase) || self.is_skipped(position) {
                 continue;
             }
             if let Action::Respond(reply) = run(entry.policy.as_ref(), &mut self.cx) {
@@ -213,6 +268,10 @@ impl Exchange {
         Outcome::Continue(self.cx.take_pending())
     }
 
+    fn is_skipped(&self, position: usize) -> bool {
+        self.skipped.get(position).copied().unwrap_or(false)
+    }
+
     /// Turns the result of a phase into an outcome; a reply first goes
     /// through the response phases of the policies outside the one that made
     /// it.
@@ -227,6 +286,7 @@ impl Exchange {
             let again = run_response_phase(
                 &self.chain,
                 &mut self.cx,
+                &self.skipped,
                 outer,
                 Phases::RESPONSE_HEADERS,
                 |p, cx| p.on_response_headers(cx),
@@ -235,6 +295,7 @@ impl Exchange {
                 run_response_phase(
                     &self.chain,
                     &mut self.cx,
+                    &self.skipped,
                     outer,
                     Phases::RESPONSE_BODY,
                     |p, cx| p.on_response_body(cx, &body),
@@ -261,13 +322,14 @@ impl Exchange {
 fn run_response_phase(
     chain: &Chain,
     cx: &mut Context,
+    skipped: &[bool],
     outer: usize,
     phase: Phases,
     run: impl Fn(&dyn Policy, &mut Context) -> Action,
 ) -> Option<(usize, LocalReply)> {
     let entries = chain.entries.get(..outer).unwrap_or(&chain.entries);
     for (position, entry) in entries.iter().enumerate().rev() {
-        if !entry.phases.contains(phase) {
+        if !entry.phases.contains(phase) || skipped.get(position).copied().unwrap_or(false) {
             continue;
         }
         if let Action::Respond(reply) = run(entry.policy.as_ref(), cx) {
@@ -281,6 +343,25 @@ fn run_response_phase(
         }
     }
     None
+}
+
+/// Evaluates an entry's guard; an evaluation error counts as false.
+fn guard_holds(chain: &str, entry: &ChainEntry, guard: &Expression, cx: &Context) -> bool {
+    match guard.evaluate_bool(cx) {
+        Ok(true) => true,
+        Ok(false) => {
+            log::debug!("chain {chain:?}: {} skipped: `when` is false", entry.label);
+            false
+        }
+        Err(error) => {
+            log::debug!(
+                "chain {chain:?}: {} skipped: `when` {:?} failed: {error}",
+                entry.label,
+                guard.source()
+            );
+            false
+        }
+    }
 }
 
 fn reply_headers(reply: &LocalReply) -> HeaderMap {

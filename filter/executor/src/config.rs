@@ -20,6 +20,7 @@
 //!       - name: set-headers
 //!         version: 0.1.0            # optional while a build has one version
 //!         config: { request: { set: { x-tenant: acme } } }
+//!         when: 'request.method != "OPTIONS"'   # optional CEL guard
 //! unmatched: deny                   # deny (default, 403) | allow
 //!                                   # | { deny: { status, body } }
 //!                                   # | { policies: [...] }
@@ -32,6 +33,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::chain::{Chain, ChainEntry};
+use crate::expr::{Expression, Phase};
 use crate::policy::LocalReply;
 use crate::registry::{check_reply_status, ParamError, Registry};
 use crate::route::{Conditions, HostMatch, PathMatch, RouteEntry, RouteTable, Unmatched};
@@ -124,6 +126,8 @@ enum RawPath {
 struct RawPolicy {
     name: String,
     version: Option<String>,
+    /// A CEL guard: the policy runs only when it is true.
+    when: Option<String>,
     #[serde(default)]
     config: Value,
 }
@@ -325,10 +329,19 @@ fn compile_chain(
             .check_parameters(&raw.config)
             .map_err(parameter_fault)?;
         let policy = (factory.build)(&raw.config).map_err(parameter_fault)?;
+        let label = format!("{}@{}", factory.name, factory.version);
+        let guard = match raw.when {
+            Some(when) => Some(
+                Expression::compile(&when, Phase::Request)
+                    .map_err(|e| fault(label.clone(), "when", e.to_string()))?,
+            ),
+            None => None,
+        };
         entries.push(ChainEntry {
-            label: format!("{}@{}", factory.name, factory.version),
+            label,
             phases: policy.phases(),
             policy,
+            guard,
         });
     }
     Ok(Chain::new(name, entries))

@@ -197,6 +197,33 @@ impl HeadersMut<'_> {
         self.map.remove(name.as_str());
         self.changes.remove(name.as_str());
     }
+
+    /// Rewrites where the request goes. Only meaningful in request phases;
+    /// Envoy picks the upstream cluster before filters run, so this changes
+    /// what the upstream sees, not which upstream it is.
+    pub fn rewrite(&mut self, target: RequestTarget, value: &HeaderValue) {
+        let name = target.pseudo_header();
+        self.map.set(name, value.as_str());
+        self.changes.set(name, value.as_str());
+    }
+}
+
+/// The request pseudo-headers a policy may rewrite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestTarget {
+    /// `:path`, query included.
+    Path,
+    /// `:authority` (the `Host`).
+    Authority,
+}
+
+impl RequestTarget {
+    fn pseudo_header(self) -> &'static str {
+        match self {
+            Self::Path => ":path",
+            Self::Authority => ":authority",
+        }
+    }
 }
 
 /// Why a header name or value from a configuration is unusable.

@@ -12,11 +12,17 @@
 //! * [`chain`]: the order phases run in and what a short-circuit skips.
 //! * [`route`]: which chain a request gets, and the fail-closed default.
 //! * [`config`]: the plugin configuration and its precise errors.
+//! * [`expr`]: CEL expressions over request attributes, checked when the
+//!   configuration is compiled.
+//! * [`attributes`]: the connection attributes (peer address, SPIFFE ID,
+//!   TLS) hosts fetch for the expressions that read them.
 //! * [`registry`]: the policies a build contains.
 //! * [`schema`]: the check of each instance's parameters against its schema.
 
+pub mod attributes;
 pub mod chain;
 pub mod config;
+pub mod expr;
 pub mod headers;
 pub mod policy;
 pub mod registry;
@@ -27,9 +33,15 @@ pub mod testing;
 
 use std::sync::Arc;
 
+pub use attributes::{
+    Attribute, AttributeKind, AttributeSet, AttributeValue, Connection, SpiffeId,
+};
 pub use chain::{BodyNeeds, Chain, Exchange, Outcome};
 pub use config::ConfigError;
-pub use headers::{HeaderChange, HeaderMap, HeaderMutations, HeaderName, HeaderValue, HeadersMut};
+pub use expr::{EvalError, Expression, ExpressionError, Phase};
+pub use headers::{
+    HeaderChange, HeaderMap, HeaderMutations, HeaderName, HeaderValue, HeadersMut, RequestTarget,
+};
 pub use policy::{Action, Context, LocalReply, Metadata, Phases, Policy, RouteInfo};
 pub use registry::{
     check_reply_status, parse_header_map, parse_params, Build, Entry, ParamError, PolicyFactory,

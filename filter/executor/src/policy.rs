@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::ops::BitOr;
 use std::sync::Arc;
 
+use crate::attributes::{AttributeSet, Connection};
 use crate::headers::{HeaderMap, HeaderMutations, HeadersMut};
 
 /// The phases of an HTTP exchange a policy can act in.
@@ -102,6 +103,8 @@ pub struct Context {
     route: RouteInfo,
     request: HeaderMap,
     response: HeaderMap,
+    /// Boxed and optional: most chains read no connection attribute.
+    connection: Option<Box<Connection>>,
     metadata: Metadata,
     direction: Direction,
     pending: HeaderMutations,
@@ -113,6 +116,7 @@ impl Context {
             route,
             request,
             response: HeaderMap::new(),
+            connection: None,
             metadata: Metadata::new(),
             direction: Direction::Request,
             pending: HeaderMutations::default(),
@@ -136,6 +140,23 @@ impl Context {
         &self.response
     }
 
+    /// The connection attributes the host provided: those the chain's
+    /// expressions read (see [`Policy::attributes`]), nothing else.
+    pub fn connection(&self) -> &Connection {
+        self.connection.as_deref().unwrap_or(&Connection::EMPTY)
+    }
+
+    /// Who is calling, for decision logs: the peer's SPIFFE ID, else its
+    /// address, when the host provided them; `-` otherwise.
+    pub fn caller(&self) -> &str {
+        let connection = self.connection();
+        connection
+            .spiffe_id()
+            .map(|id| id.uri)
+            .or_else(|| connection.source_ip())
+            .unwrap_or("-")
+    }
+
     /// Edits the headers of the message in the current phase: the request in
     /// request phases, the response in response phases.
     pub fn headers_mut(&mut self) -> HeadersMut<'_> {
@@ -157,6 +178,10 @@ impl Context {
     /// Metadata for later policies to read.
     pub fn metadata_mut(&mut self) -> &mut Metadata {
         &mut self.metadata
+    }
+
+    pub(crate) fn set_connection(&mut self, connection: Connection) {
+        self.connection = Some(Box::new(connection));
     }
 
     pub(crate) fn begin_response(&mut self, headers: HeaderMap) {
@@ -227,6 +252,13 @@ pub trait Policy: Send + Sync {
     /// are always seen in full.
     fn reads_response_headers(&self) -> bool {
         true
+    }
+
+    /// The connection attributes this instance reads (through
+    /// [`crate::Expression`]s); the host fetches only what the chain's
+    /// policies ask for.
+    fn attributes(&self) -> AttributeSet {
+        AttributeSet::NONE
     }
 
     /// Runs when the request headers arrive.

@@ -463,3 +463,70 @@ fn a_schema_that_drifted_from_the_typed_parameters_is_caught() {
     assert!(error.contains("the schema says Ok(())"), "{error}");
     assert!(error.contains("unknown field `colour`"), "{error}");
 }
+
+#[test]
+fn a_guard_runs_its_policy_only_when_true_and_for_every_phase() {
+    let e = chain(
+        r#"[{name: probe, config: {id: a}, when: 'request.path.startsWith("/admin")'},
+            {name: probe, config: {id: b}}]"#,
+    );
+    let mut x = exchange(&e, "/admin/users");
+    x.on_request_headers();
+    x.on_response_headers(response("200"));
+    assert_eq!(
+        trace(&x),
+        [
+            "a:request_headers",
+            "b:request_headers",
+            "b:response_headers",
+            "a:response_headers"
+        ]
+    );
+    let mut x = exchange(&e, "/public");
+    x.on_request_headers();
+    x.on_response_headers(response("200"));
+    assert_eq!(trace(&x), ["b:request_headers", "b:response_headers"]);
+}
+
+#[test]
+fn a_guard_sees_metadata_from_earlier_policies_and_fails_as_false() {
+    let e = chain(
+        r#"[{name: probe, config: {id: a}},
+            {name: probe, config: {id: b}, when: '"a:request_headers" in metadata.trace'},
+            {name: probe, config: {id: c}, when: 'request.headers["x-missing"] == "1"'}]"#,
+    );
+    let mut x = exchange(&e, "/");
+    x.on_request_headers();
+    assert_eq!(trace(&x), ["a:request_headers", "b:request_headers"]);
+}
+
+#[test]
+fn a_bad_guard_is_refused_with_route_policy_and_expression() {
+    let error = config_error(
+        r#"routes: [{name: api, policies: [{name: probe, config: {id: a}, when: 'request.pth == "/"'}]}]"#,
+    );
+    assert_eq!(
+        error,
+        r#"invalid plugin configuration: route routes[0] "api", policy policies[0] probe@1.0.0, field when: expression "request.pth == \"/\"": unknown attribute `request.pth`; `request` has method, path, query, host, scheme, headers"#
+    );
+    let error = config_error(
+        r#"routes: [{policies: [{name: probe, config: {id: a}, when: 'request.path =='}]}]"#,
+    );
+    assert!(
+        error.contains("field when: expression \"request.path ==\": syntax error"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_chain_asks_the_host_only_for_the_attributes_its_expressions_read() {
+    use policy_executor::{Attribute, AttributeSet};
+    let e = chain(r#"[{name: probe, config: {id: a}, when: 'request.method == "GET"'}]"#);
+    assert_eq!(exchange(&e, "/").attributes(), AttributeSet::NONE);
+    let e =
+        chain(r#"[{name: probe, config: {id: a}, when: 'source.identity.namespace == "team-a"'}]"#);
+    assert_eq!(
+        exchange(&e, "/").attributes(),
+        AttributeSet::of(Attribute::PeerUriSan)
+    );
+}

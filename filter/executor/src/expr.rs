@@ -1,0 +1,750 @@
+//! CEL expressions over a request: the attribute vocabulary, compilation
+//! with a static check, and evaluation.
+//!
+//! The interpreter is the `cel` crate (the renamed successor of
+//! `cel-interpreter`), built without its default features: `regex` alone
+//! would double the Wasm module with Unicode tables, and `chrono` brings
+//! time zones no policy here needs. So `matches()`, `duration()` and
+//! `timestamp()` are not available, and the static check says so.
+//!
+//! # Compile once, check everything
+//!
+//! [`Expression::compile`] parses the text and then walks it: every
+//! variable must be an attribute root below, every field of `request`,
+//! `source`, `connection` and `route` must exist, and every function must
+//! be one this build evaluates. CEL as implemented here has no type checker,
+//! so this walk is what turns `request.methd` or `startWith(...)` into a
+//! configuration error instead of a policy that fails every request. The
+//! walk also records which attributes the expression reads, so a host
+//! fetches only those and evaluation builds only those.
+//!
+//! # Attributes
+//!
+//! | attribute | type | |
+//! |---|---|---|
+//! | `request.method` | string | |
+//! | `request.path` | string | without the query |
+//! | `request.query` | map(string, string) | first value of each parameter, not decoded |
+//! | `request.host` | string | `:authority` without the port |
+//! | `request.scheme` | string | |
+//! | `request.headers` | map(string, string) | lower-case names; repeated headers joined with `,` |
+//! | `source.address` | string | the peer's IP |
+//! | `source.port` | int | |
+//! | `source.spiffeId` | string | the peer certificate's URI SAN, if a SPIFFE ID |
+//! | `source.identity` | map | `trustDomain`, `namespace`, `serviceAccount` from the SPIFFE ID |
+//! | `connection.mtls` | bool | |
+//! | `connection.sni` | string | |
+//! | `connection.tlsVersion` | string | |
+//! | `route.name` | string | the matched route entry of the plugin configuration |
+//! | `metadata` | map | values written by earlier policies in the chain |
+//! | `response.code` | int | response expressions only |
+//! | `response.headers` | map(string, string) | response expressions only |
+//!
+//! An attribute the request does not have (no client certificate, a header
+//! that was not sent) is absent: reading it is an evaluation error, which
+//! each policy turns into a documented outcome. `has(source.identity)` and
+//! `"x-tenant" in request.headers` test for presence.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+use cel::common::ast::{Expr, IdedExpr};
+use cel::objects::{Key, Map};
+use cel::Value;
+
+use crate::attributes::{Attribute, AttributeSet};
+use crate::headers::HeaderMap;
+use crate::policy::Context;
+
+/// Which message an expression is evaluated on. Request expressions cannot
+/// read `response`: it does not exist yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Evaluated in request phases (and `when:` guards).
+    Request,
+    /// Evaluated in response phases.
+    Response,
+}
+
+/// A compiled, checked CEL expression.
+pub struct Expression {
+    source: String,
+    program: cel::Program,
+    fields: Fields,
+}
+
+impl fmt::Debug for Expression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Expression").field(&self.source).finish()
+    }
+}
+
+/// Why an expression was refused at configuration time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpressionError {
+    /// The expression as written.
+    pub expression: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl fmt::Display for ExpressionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "expression {:?}: {}", self.expression, self.reason)
+    }
+}
+
+impl std::error::Error for ExpressionError {}
+
+/// Why an evaluation produced no usable value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvalError(pub String);
+
+impl fmt::Display for EvalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Expression {
+    /// Parses and checks `source` for evaluation in `phase`.
+    pub fn compile(source: &str, phase: Phase) -> Result<Self, ExpressionError> {
+        let fault = |reason: String| ExpressionError {
+            expression: source.to_owned(),
+            reason,
+        };
+        if source.trim().is_empty() {
+            return Err(fault("the expression is empty".into()));
+        }
+        let program = env().compile(source).map_err(|errors| {
+            let reason = errors.to_string();
+            fault(format!("syntax error: {}", reason.trim()))
+        })?;
+        let mut check = Check {
+            phase,
+            fields: Fields::NONE,
+            bound: Vec::new(),
+        };
+        check.visit(program.expression()).map_err(fault)?;
+        Ok(Self {
+            source: source.to_owned(),
+            program,
+            fields: check.fields,
+        })
+    }
+
+    /// The expression as written.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The connection attributes this expression reads, for the host to
+    /// fetch.
+    pub fn attributes(&self) -> AttributeSet {
+        self.fields.attributes()
+    }
+
+    /// Evaluates to a boolean; any other result is an error.
+    pub fn evaluate_bool(&self, cx: &Context) -> Result<bool, EvalError> {
+        match self.evaluate(cx)? {
+            Value::Bool(b) => Ok(b),
+            other => Err(EvalError(format!(
+                "expected a bool, got {}",
+                other.type_of()
+            ))),
+        }
+    }
+
+    /// Evaluates to text: strings as they are, numbers and booleans
+    /// formatted. `Ok(None)` for `null`; other types are errors.
+    pub fn evaluate_text(&self, cx: &Context) -> Result<Option<String>, EvalError> {
+        Ok(Some(match self.evaluate(cx)? {
+            Value::String(s) => s.as_ref().clone(),
+            Value::Int(i) => i.to_string(),
+            Value::UInt(u) => u.to_string(),
+            Value::Float(f) => f.to_string(),
+            Value::Bool(b) => b.to_string(),
+            Value::Null => return Ok(None),
+            other => {
+                return Err(EvalError(format!(
+                    "expected a string, got {}",
+                    other.type_of()
+                )))
+            }
+        }))
+    }
+
+    fn evaluate(&self, cx: &Context) -> Result<Value, EvalError> {
+        let mut activation = cel::Context::with_env(Arc::clone(env()));
+        for (name, value) in bind(self.fields, cx) {
+            activation.add_variable_from_value(name, value);
+        }
+        self.program
+            .execute(&activation)
+            .map_err(|e| EvalError(e.to_string()))
+    }
+}
+
+/// The environment every expression is compiled and run with: the standard
+/// library plus the strings extension (`lowerAscii`, `replace`, `split`...).
+fn env() -> &'static Arc<cel::Env> {
+    static ENV: OnceLock<Arc<cel::Env>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let mut env = cel::Env::stdlib();
+        // Cannot fail: the strings extension declares no stdlib name.
+        let _ = env.add_extension(cel::extensions::strings);
+        Arc::new(env)
+    })
+}
+
+/// The functions expressions may call: the CEL standard library without
+/// time and regex, and the strings extension. Operators are checked apart.
+pub const FUNCTIONS: &[&str] = &[
+    // standard
+    "size",
+    "contains",
+    "startsWith",
+    "endsWith",
+    "int",
+    "uint",
+    "double",
+    "string",
+    "bytes",
+    "bool",
+    "type",
+    "dyn",
+    // strings extension
+    "charAt",
+    "indexOf",
+    "lastIndexOf",
+    "join",
+    "lowerAscii",
+    "upperAscii",
+    "trim",
+    "replace",
+    "split",
+    "substring",
+    "format",
+    "reverse",
+];
+
+/// Functions people reach for that this build leaves out, with the reason.
+const LEFT_OUT: &[(&str, &str)] = &[
+    (
+        "matches",
+        "regular expressions are not built in (they would double the module); use startsWith, endsWith or contains",
+    ),
+    ("duration", "time values are not built in"),
+    ("timestamp", "time values are not built in"),
+];
+
+/// Bits for the attribute fields an expression reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fields(u32);
+
+impl Fields {
+    const NONE: Self = Self(0);
+    const REQUEST_METHOD: Self = Self(1);
+    const REQUEST_PATH: Self = Self(1 << 1);
+    const REQUEST_QUERY: Self = Self(1 << 2);
+    const REQUEST_HOST: Self = Self(1 << 3);
+    const REQUEST_SCHEME: Self = Self(1 << 4);
+    const REQUEST_HEADERS: Self = Self(1 << 5);
+    const SOURCE_ADDRESS: Self = Self(1 << 6);
+    const SOURCE_PORT: Self = Self(1 << 7);
+    const SOURCE_SPIFFE_ID: Self = Self(1 << 8);
+    const SOURCE_IDENTITY: Self = Self(1 << 9);
+    const CONNECTION_MTLS: Self = Self(1 << 10);
+    const CONNECTION_SNI: Self = Self(1 << 11);
+    const CONNECTION_TLS_VERSION: Self = Self(1 << 12);
+    const ROUTE_NAME: Self = Self(1 << 13);
+    const METADATA: Self = Self(1 << 14);
+    const RESPONSE_CODE: Self = Self(1 << 15);
+    const RESPONSE_HEADERS: Self = Self(1 << 16);
+    // Each root is bound when an expression names it, even if none of its
+    // fields are present: `has(source.identity)` must be false, not an
+    // undeclared variable.
+    const REQUEST: Self = Self(1 << 20);
+    const SOURCE: Self = Self(1 << 21);
+    const CONNECTION: Self = Self(1 << 22);
+    const ROUTE: Self = Self(1 << 23);
+    const RESPONSE: Self = Self(1 << 24);
+
+    const fn has(self, other: Self) -> bool {
+        self.0 & other.0 != 0
+    }
+
+    const fn with(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+
+    fn attributes(self) -> AttributeSet {
+        let mut set = AttributeSet::NONE;
+        for (fields, attribute) in [
+            (
+                Self::SOURCE_ADDRESS.with(Self::SOURCE_PORT),
+                Attribute::SourceAddress,
+            ),
+            (
+                Self::SOURCE_SPIFFE_ID.with(Self::SOURCE_IDENTITY),
+                Attribute::PeerUriSan,
+            ),
+            (Self::CONNECTION_MTLS, Attribute::Mtls),
+            (Self::CONNECTION_SNI, Attribute::RequestedServerName),
+            (Self::CONNECTION_TLS_VERSION, Attribute::TlsVersion),
+        ] {
+            if self.has(fields) {
+                set = set | AttributeSet::of(attribute);
+            }
+        }
+        set
+    }
+}
+
+/// What is below an attribute path.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// Named fields, listed in [`VOCABULARY`].
+    Record,
+    /// A map with keys known only at run time.
+    Map,
+    /// A string, number or bool.
+    Scalar,
+}
+
+/// Every attribute path. A record's fields are the paths one segment
+/// longer.
+const VOCABULARY: &[(&str, Shape, Fields)] = &[
+    ("request", Shape::Record, Fields::REQUEST),
+    ("request.method", Shape::Scalar, Fields::REQUEST_METHOD),
+    ("request.path", Shape::Scalar, Fields::REQUEST_PATH),
+    ("request.query", Shape::Map, Fields::REQUEST_QUERY),
+    ("request.host", Shape::Scalar, Fields::REQUEST_HOST),
+    ("request.scheme", Shape::Scalar, Fields::REQUEST_SCHEME),
+    ("request.headers", Shape::Map, Fields::REQUEST_HEADERS),
+    ("source", Shape::Record, Fields::SOURCE),
+    ("source.address", Shape::Scalar, Fields::SOURCE_ADDRESS),
+    ("source.port", Shape::Scalar, Fields::SOURCE_PORT),
+    ("source.spiffeId", Shape::Scalar, Fields::SOURCE_SPIFFE_ID),
+    ("source.identity", Shape::Record, Fields::SOURCE_IDENTITY),
+    (
+        "source.identity.trustDomain",
+        Shape::Scalar,
+        Fields::SOURCE_IDENTITY,
+    ),
+    (
+        "source.identity.namespace",
+        Shape::Scalar,
+        Fields::SOURCE_IDENTITY,
+    ),
+    (
+        "source.identity.serviceAccount",
+        Shape::Scalar,
+        Fields::SOURCE_IDENTITY,
+    ),
+    ("connection", Shape::Record, Fields::CONNECTION),
+    ("connection.mtls", Shape::Scalar, Fields::CONNECTION_MTLS),
+    ("connection.sni", Shape::Scalar, Fields::CONNECTION_SNI),
+    (
+        "connection.tlsVersion",
+        Shape::Scalar,
+        Fields::CONNECTION_TLS_VERSION,
+    ),
+    ("route", Shape::Record, Fields::ROUTE),
+    ("route.name", Shape::Scalar, Fields::ROUTE_NAME),
+    ("metadata", Shape::Map, Fields::METADATA),
+    ("response", Shape::Record, Fields::RESPONSE),
+    ("response.code", Shape::Scalar, Fields::RESPONSE_CODE),
+    ("response.headers", Shape::Map, Fields::RESPONSE_HEADERS),
+];
+
+fn lookup(path: &str) -> Option<Shape> {
+    VOCABULARY
+        .iter()
+        .find(|(p, _, _)| *p == path)
+        .map(|(_, shape, _)| *shape)
+}
+
+/// The fields read by using `path` whole: its own and everything below.
+fn fields_under(path: &str) -> Fields {
+    VOCABULARY
+        .iter()
+        .filter(|(p, _, _)| {
+            p.strip_prefix(path)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+        })
+        .fold(Fields::NONE, |all, (_, _, f)| all.with(*f))
+}
+
+fn fields_under_children(path: &str) -> Fields {
+    VOCABULARY
+        .iter()
+        .filter(|(p, _, _)| {
+            p.strip_prefix(path)
+                .is_some_and(|rest| rest.starts_with('.'))
+        })
+        .fold(Fields::NONE, |all, (_, _, f)| all.with(*f))
+}
+
+fn fields_of_record(path: &str) -> Vec<&'static str> {
+    VOCABULARY
+        .iter()
+        .filter_map(|(p, _, _)| p.strip_prefix(path)?.strip_prefix('.'))
+        .filter(|rest| !rest.contains('.'))
+        .collect()
+}
+
+const ROOTS: [&str; 6] = [
+    "request",
+    "source",
+    "connection",
+    "route",
+    "metadata",
+    "response",
+];
+
+/// Type names, usable as values (`type(x) == string`).
+const TYPE_NAMES: [&str; 11] = [
+    "int",
+    "uint",
+    "double",
+    "bool",
+    "string",
+    "bytes",
+    "list",
+    "map",
+    "null_type",
+    "type",
+    "dyn",
+];
+
+/// The static check: a walk over the parsed expression.
+struct Check {
+    phase: Phase,
+    fields: Fields,
+    /// Variables bound by comprehensions (`all(x, ...)`) around this point.
+    bound: Vec<String>,
+}
+
+impl Check {
+    fn visit(&mut self, expr: &IdedExpr) -> Result<(), String> {
+        match &expr.expr {
+            Expr::Ident(name) => self.attribute(name, &[]),
+            Expr::Select(_) => match select_path(expr) {
+                Some((root, path)) => self.attribute(root, &path),
+                None => match &expr.expr {
+                    Expr::Select(select) => self.visit(&select.operand),
+                    _ => Ok(()),
+                },
+            },
+            Expr::Call(call) => {
+                check_function(&call.func_name)?;
+                if let Some(target) = &call.target {
+                    self.visit(target)?;
+                }
+                call.args.iter().try_for_each(|arg| self.visit(arg))
+            }
+            Expr::Comprehension(c) => {
+                self.visit(&c.iter_range)?;
+                self.visit(&c.accu_init)?;
+                let outer = self.bound.len();
+                self.bound.push(c.iter_var.clone());
+                self.bound.extend(c.iter_var2.clone());
+                self.bound.push(c.accu_var.clone());
+                let inner = [&c.loop_cond, &c.loop_step, &c.result]
+                    .into_iter()
+                    .try_for_each(|e| self.visit(e));
+                self.bound.truncate(outer);
+                inner
+            }
+            Expr::List(list) => list.elements.iter().try_for_each(|e| self.visit(e)),
+            Expr::Map(map) => map.entries.iter().try_for_each(|entry| match &entry.expr {
+                cel::common::ast::EntryExpr::MapEntry(e) => {
+                    self.visit(&e.key)?;
+                    self.visit(&e.value)
+                }
+                cel::common::ast::EntryExpr::StructField(f) => self.visit(&f.value),
+            }),
+            Expr::Struct(s) => Err(format!(
+                "message literals ({}) are not supported",
+                s.type_name
+            )),
+            Expr::Literal(_) | Expr::Unspecified => Ok(()),
+        }
+    }
+
+    /// Checks a reference to `root.path...` and records what it reads.
+    fn attribute(&mut self, root: &str, path: &[&str]) -> Result<(), String> {
+        if self.bound.iter().any(|b| b == root) {
+            return Ok(());
+        }
+        if TYPE_NAMES.contains(&root) {
+            return Ok(());
+        }
+        if !ROOTS.contains(&root) {
+            return Err(format!(
+                "unknown variable `{root}`; the attributes are {}",
+                ROOTS.join(", ")
+            ));
+        }
+        if root == "response" && self.phase == Phase::Request {
+            return Err(
+                "`response` is not available here: this expression runs on the request".into(),
+            );
+        }
+        let root_fields = fields_under(root).0 & !fields_under_children(root).0;
+        self.fields = self.fields.with(Fields(root_fields));
+        let mut current = root.to_owned();
+        for field in path {
+            match lookup(&current) {
+                Some(Shape::Map) => break,
+                Some(Shape::Scalar) => {
+                    return Err(format!("`{current}` has no field `{field}`"));
+                }
+                Some(Shape::Record) | None => {
+                    let next = format!("{current}.{field}");
+                    if lookup(&next).is_none() {
+                        return Err(format!(
+                            "unknown attribute `{next}`; `{current}` has {}",
+                            fields_of_record(&current).join(", ")
+                        ));
+                    }
+                    current = next;
+                }
+            }
+        }
+        self.fields = self.fields.with(fields_under(&current));
+        Ok(())
+    }
+}
+
+/// `a.b.c` as (`a`, [`b`, `c`]) when the select chain ends in a variable.
+fn select_path(expr: &IdedExpr) -> Option<(&str, Vec<&str>)> {
+    let mut path = Vec::new();
+    let mut current = expr;
+    loop {
+        match &current.expr {
+            Expr::Select(select) => {
+                path.push(select.field.as_str());
+                current = &select.operand;
+            }
+            Expr::Ident(root) => {
+                path.reverse();
+                return Some((root, path));
+            }
+            _ => return None,
+        }
+    }
+}
+
+fn check_function(name: &str) -> Result<(), String> {
+    let is_operator = name.starts_with('_') || name.starts_with('@') || name.ends_with('_');
+    if is_operator || FUNCTIONS.contains(&name) {
+        return Ok(());
+    }
+    match LEFT_OUT.iter().find(|(n, _)| *n == name) {
+        Some((_, why)) => Err(format!("function `{name}` is not available: {why}")),
+        None => Err(format!("unknown function `{name}`")),
+    }
+}
+
+/// The variables for one evaluation, holding only the fields it reads.
+type Vars = Vec<(&'static str, Value)>;
+
+fn bind(fields: Fields, cx: &Context) -> Vars {
+    let mut vars = Vec::with_capacity(4);
+    let request = cx.request_headers();
+    let mut record = Record::default();
+    record.put(fields, Fields::REQUEST_METHOD, "method", || {
+        text(request.get(":method"))
+    });
+    let path = request.get(":path").unwrap_or("/");
+    let (path_only, query) = path.split_once('?').unwrap_or((path, ""));
+    record.put(fields, Fields::REQUEST_PATH, "path", || {
+        text(Some(path_only))
+    });
+    record.put(fields, Fields::REQUEST_QUERY, "query", || query_map(query));
+    record.put(fields, Fields::REQUEST_HOST, "host", || {
+        text(
+            request
+                .get(":authority")
+                .or(request.get("host"))
+                .map(strip_port),
+        )
+    });
+    record.put(fields, Fields::REQUEST_SCHEME, "scheme", || {
+        text(request.get(":scheme"))
+    });
+    record.put(fields, Fields::REQUEST_HEADERS, "headers", || {
+        header_map(request)
+    });
+    record.bind(fields, Fields::REQUEST, "request", &mut vars);
+
+    let connection = cx.connection();
+    let spiffe = connection.spiffe_id();
+    let mut record = Record::default();
+    record.put(fields, Fields::SOURCE_ADDRESS, "address", || {
+        text(connection.source_ip())
+    });
+    record.put(fields, Fields::SOURCE_PORT, "port", || {
+        connection.source_port().map(|p| Value::Int(p.into()))
+    });
+    record.put(fields, Fields::SOURCE_SPIFFE_ID, "spiffeId", || {
+        text(spiffe.map(|id| id.uri))
+    });
+    record.put(fields, Fields::SOURCE_IDENTITY, "identity", || {
+        let id = spiffe?;
+        let mut identity = Record::default();
+        identity
+            .0
+            .insert(key("trustDomain"), id.trust_domain.into());
+        for (name, value) in [
+            ("namespace", id.namespace),
+            ("serviceAccount", id.service_account),
+        ] {
+            if let Some(value) = value {
+                identity.0.insert(key(name), value.into());
+            }
+        }
+        Some(identity.into_value())
+    });
+    record.bind(fields, Fields::SOURCE, "source", &mut vars);
+
+    let mut record = Record::default();
+    record.put(fields, Fields::CONNECTION_MTLS, "mtls", || {
+        connection.mtls().map(Value::Bool)
+    });
+    record.put(fields, Fields::CONNECTION_SNI, "sni", || {
+        text(connection.requested_server_name())
+    });
+    record.put(fields, Fields::CONNECTION_TLS_VERSION, "tlsVersion", || {
+        text(connection.tls_version())
+    });
+    record.bind(fields, Fields::CONNECTION, "connection", &mut vars);
+
+    let mut record = Record::default();
+    record.put(fields, Fields::ROUTE_NAME, "name", || {
+        text(Some(&cx.route().chain))
+    });
+    record.bind(fields, Fields::ROUTE, "route", &mut vars);
+
+    if fields.has(Fields::METADATA) {
+        let metadata: HashMap<Key, Value> = cx
+            .metadata()
+            .iter()
+            .map(|(k, v)| (key(k), json_to_cel(v)))
+            .collect();
+        vars.push(("metadata", map_value(metadata)));
+    }
+
+    let response = cx.response_headers();
+    let mut record = Record::default();
+    record.put(fields, Fields::RESPONSE_CODE, "code", || {
+        let code: i64 = response.get(":status")?.parse().ok()?;
+        Some(Value::Int(code))
+    });
+    record.put(fields, Fields::RESPONSE_HEADERS, "headers", || {
+        header_map(response)
+    });
+    record.bind(fields, Fields::RESPONSE, "response", &mut vars);
+    vars
+}
+
+/// A record under construction; absent values are left out, so reading
+/// them is a "no such key" error.
+#[derive(Default)]
+struct Record(HashMap<Key, Value>);
+
+impl Record {
+    fn put(
+        &mut self,
+        wanted: Fields,
+        field: Fields,
+        name: &'static str,
+        value: impl FnOnce() -> Option<Value>,
+    ) {
+        if wanted.has(field) {
+            if let Some(value) = value() {
+                self.0.insert(key(name), value);
+            }
+        }
+    }
+
+    fn bind(self, wanted: Fields, root: Fields, name: &'static str, vars: &mut Vars) {
+        if wanted.has(root) {
+            vars.push((name, self.into_value()));
+        }
+    }
+
+    fn into_value(self) -> Value {
+        map_value(self.0)
+    }
+}
+
+fn key(name: &str) -> Key {
+    Key::String(Arc::new(name.to_owned()))
+}
+
+fn map_value(map: HashMap<Key, Value>) -> Value {
+    Value::Map(Map { map: Arc::new(map) })
+}
+
+fn text(value: Option<&str>) -> Option<Value> {
+    value.map(Value::from)
+}
+
+/// `host:port` or `[v6]:port` without the port.
+fn strip_port(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split_once(']').map_or(authority, |(host, _)| host);
+    }
+    authority
+        .split_once(':')
+        .map_or(authority, |(host, _)| host)
+}
+
+fn header_map(headers: &HeaderMap) -> Option<Value> {
+    let mut map: HashMap<Key, Value> = HashMap::new();
+    for (name, value) in headers.iter().filter(|(n, _)| !n.starts_with(':')) {
+        let joined = match map.remove(&key(name)) {
+            Some(Value::String(earlier)) => format!("{earlier},{value}"),
+            _ => value.to_owned(),
+        };
+        map.insert(key(name), joined.into());
+    }
+    Some(map_value(map))
+}
+
+fn query_map(query: &str) -> Option<Value> {
+    let mut map: HashMap<Key, Value> = HashMap::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        map.entry(key(name)).or_insert_with(|| value.into());
+    }
+    Some(map_value(map))
+}
+
+fn json_to_cel(value: &serde_json::Value) -> Value {
+    use serde_json::Value as Json;
+    match value {
+        Json::Null => Value::Null,
+        Json::Bool(b) => Value::Bool(*b),
+        Json::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => Value::Int(i),
+            (None, Some(u)) => Value::UInt(u),
+            _ => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Json::String(s) => s.as_str().into(),
+        Json::Array(items) => Value::List(Arc::new(items.iter().map(json_to_cel).collect())),
+        Json::Object(fields) => map_value(
+            fields
+                .iter()
+                .map(|(k, v)| (key(k), json_to_cel(v)))
+                .collect(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,234 @@
+use super::*;
+use crate::attributes::{AttributeValue, Connection};
+use crate::policy::RouteInfo;
+
+fn context(headers: &[(&str, &str)]) -> Context {
+    let route = RouteInfo {
+        chain: Arc::from("egress"),
+        route_name: None,
+    };
+    Context::new(route, HeaderMap::from_pairs(headers.iter().copied()))
+}
+
+fn with_client_certificate(mut cx: Context, uri_san: &str) -> Context {
+    let mut connection = Connection::default();
+    connection.insert(
+        Attribute::SourceAddress,
+        AttributeValue::Text("10.1.2.3:40000".into()),
+    );
+    connection.insert(Attribute::PeerUriSan, AttributeValue::Text(uri_san.into()));
+    connection.insert(Attribute::Mtls, AttributeValue::Bool(true));
+    cx.set_connection(connection);
+    cx
+}
+
+fn request() -> Context {
+    context(&[
+        (":method", "GET"),
+        (":path", "/repos/envoy?page=2&page=3&q"),
+        (":authority", "api.github.com:443"),
+        (":scheme", "https"),
+        ("x-tenant", "acme"),
+        ("accept", "text/html"),
+        ("accept", "application/json"),
+    ])
+}
+
+fn eval(source: &str, cx: &Context) -> Result<bool, EvalError> {
+    Expression::compile(source, Phase::Request)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .evaluate_bool(cx)
+}
+
+fn refused(source: &str, phase: Phase) -> String {
+    match Expression::compile(source, phase) {
+        Ok(_) => panic!("{source:?} compiled"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn request_attributes() {
+    let cx = request();
+    for source in [
+        r#"request.method == "GET""#,
+        r#"request.path == "/repos/envoy""#,
+        r#"request.path.startsWith("/repos/")"#,
+        r#"request.query["page"] == "2" && request.query["q"] == """#,
+        r#"request.host == "api.github.com""#,
+        r#"request.scheme == "https""#,
+        r#"request.headers["x-tenant"] == "acme""#,
+        r#"request.headers.accept == "text/html,application/json""#,
+        r#"!("x-debug" in request.headers)"#,
+        r#"!(":path" in request.headers)"#,
+        r#"route.name == "egress""#,
+        r#"request.path.split("/").size() == 3"#,
+        r#"request.headers["x-tenant"].upperAscii() == "ACME""#,
+        r#"["a", "b"].all(x, x.size() == 1)"#,
+    ] {
+        assert_eq!(eval(source, &cx), Ok(true), "{source}");
+    }
+}
+
+#[test]
+fn caller_identity_comes_from_the_spiffe_id() {
+    let cx = with_client_certificate(request(), "spiffe://corp.example/ns/team-a/sa/builder");
+    for source in [
+        r#"source.spiffeId == "spiffe://corp.example/ns/team-a/sa/builder""#,
+        r#"source.identity.trustDomain == "corp.example""#,
+        r#"source.identity.namespace == "team-a" && source.identity.serviceAccount == "builder""#,
+        r#"source.address == "10.1.2.3" && source.port == 40000"#,
+        "connection.mtls",
+        "has(source.identity)",
+    ] {
+        assert_eq!(eval(source, &cx), Ok(true), "{source}");
+    }
+    assert_eq!(cx.caller(), "spiffe://corp.example/ns/team-a/sa/builder");
+}
+
+#[test]
+fn missing_attributes_are_errors_not_values() {
+    let cx = request();
+    assert!(eval(r#"source.identity.namespace == "team-a""#, &cx).is_err());
+    assert!(eval("connection.mtls", &cx).is_err());
+    assert!(eval(r#"request.headers["x-debug"] == "1""#, &cx).is_err());
+    assert_eq!(eval("has(source.identity)", &cx), Ok(false));
+    // A certificate whose URI SAN is not a SPIFFE ID gives no identity.
+    let cx = with_client_certificate(request(), "https://corp.example/robot");
+    assert_eq!(eval("has(source.identity)", &cx), Ok(false));
+    assert!(eval(r#"request.method"#, &cx).is_err(), "not a bool");
+}
+
+#[test]
+fn metadata_written_earlier_is_readable() {
+    let mut cx = request();
+    cx.metadata_mut().insert(
+        "jwt.claims".into(),
+        serde_json::json!({"sub": "alice", "n": 3, "roles": ["admin"]}),
+    );
+    assert_eq!(
+        eval(
+            r#"metadata["jwt.claims"].sub == "alice" && metadata["jwt.claims"].n == 3 && "admin" in metadata["jwt.claims"].roles"#,
+            &cx
+        ),
+        Ok(true)
+    );
+}
+
+#[test]
+fn response_attributes_in_response_expressions() {
+    let mut cx = request();
+    cx.begin_response(HeaderMap::from_pairs([
+        (":status", "404"),
+        ("server", "echo"),
+    ]));
+    let e = Expression::compile(
+        r#"response.code == 404 && response.headers.server == "echo""#,
+        Phase::Response,
+    )
+    .unwrap();
+    assert_eq!(e.evaluate_bool(&cx), Ok(true));
+    let text = Expression::compile(
+        r#"string(response.code) + "/" + request.method"#,
+        Phase::Response,
+    )
+    .unwrap();
+    assert_eq!(text.evaluate_text(&cx), Ok(Some("404/GET".into())));
+}
+
+#[test]
+fn text_results() {
+    let cx = with_client_certificate(request(), "spiffe://td/ns/team-a/sa/team-a");
+    let text = |s: &str| {
+        Expression::compile(s, Phase::Request)
+            .unwrap()
+            .evaluate_text(&cx)
+    };
+    assert_eq!(
+        text(r#"source.identity.namespace + "/" + source.identity.serviceAccount"#),
+        Ok(Some("team-a/team-a".into()))
+    );
+    assert_eq!(text("source.port"), Ok(Some("40000".into())));
+    assert_eq!(text("null"), Ok(None));
+    assert!(text("[1]").is_err());
+}
+
+#[test]
+fn bad_expressions_are_refused_with_the_reason() {
+    let cases = [
+        ("request.method ==", "syntax error"),
+        ("", "empty"),
+        ("requst.method == 'GET'", "unknown variable `requst`"),
+        ("request.methd == 'GET'", "unknown attribute `request.methd`; `request` has method, path, query, host, scheme, headers"),
+        ("source.identity.name == 'a'", "unknown attribute `source.identity.name`"),
+        ("request.method.x == 'GET'", "`request.method` has no field `x`"),
+        ("request.path.startWith('/a')", "unknown function `startWith`"),
+        ("request.path.matches('^/a')", "function `matches` is not available"),
+        ("response.code == 200", "`response` is not available here"),
+    ];
+    for (source, expected) in cases {
+        let error = refused(source, Phase::Request);
+        assert!(error.contains(expected), "{source:?}: {error}");
+    }
+}
+
+#[test]
+fn only_the_connection_attributes_read_are_asked_for() {
+    let attributes = |s: &str| Expression::compile(s, Phase::Request).unwrap().attributes();
+    assert_eq!(attributes(r#"request.path == "/""#), AttributeSet::NONE);
+    assert_eq!(
+        attributes(r#"source.identity.namespace == "a""#),
+        AttributeSet::of(Attribute::PeerUriSan)
+    );
+    assert_eq!(
+        attributes("source.port > 1024 || connection.mtls"),
+        AttributeSet::of(Attribute::SourceAddress) | AttributeSet::of(Attribute::Mtls)
+    );
+    let everything = attributes("size(source) > 0 && size(connection) > 0");
+    assert_eq!(everything.iter().count(), Attribute::ALL.len());
+    // A comprehension variable shadows nothing and reads nothing.
+    assert_eq!(
+        attributes("[1].all(source, source > 0)"),
+        AttributeSet::NONE
+    );
+}
+
+#[test]
+fn every_listed_function_evaluates() {
+    let cx = request();
+    let samples = [
+        "size('ab') == 2",
+        "'abc'.contains('b')",
+        "'abc'.startsWith('a')",
+        "'abc'.endsWith('c')",
+        "int('7') == 7",
+        "uint(7) == 7u",
+        "double(1) == 1.0",
+        "string(1) == '1'",
+        "bytes('a') == b'a'",
+        "bool('true')",
+        "type(1) == int",
+        "dyn(1) == 1",
+        "'abc'.charAt(1) == 'b'",
+        "'abc'.indexOf('c') == 2",
+        "'abca'.lastIndexOf('a') == 3",
+        "['a', 'b'].join('-') == 'a-b'",
+        "'AB'.lowerAscii() == 'ab'",
+        "'ab'.upperAscii() == 'AB'",
+        "' a '.trim() == 'a'",
+        "'aa'.replace('a', 'b') == 'bb'",
+        "'a,b'.split(',') == ['a', 'b']",
+        "'abc'.substring(1) == 'bc'",
+        "'%s!'.format(['hi']) == 'hi!'",
+        "'ab'.reverse() == 'ba'",
+    ];
+    for name in FUNCTIONS {
+        assert!(
+            samples.iter().any(|s| s.contains(&format!("{name}("))),
+            "no sample calls {name}"
+        );
+    }
+    for sample in samples {
+        assert_eq!(eval(sample, &cx), Ok(true), "{sample}");
+    }
+}
