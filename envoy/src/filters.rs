@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
+use policy_executor::Attribute;
 use serde_json::{json, Value};
 
 /// The policy engine's Wasm filter with this plugin configuration (YAML or
@@ -43,7 +44,9 @@ pub const EXT_PROC_CLUSTER: &str = "policy_extproc";
 /// Envoy first sends only the request headers; the shim's `mode_override`
 /// then asks for bodies and the response only when the matched chain needs
 /// them (`allow_mode_override`). `xds.route_name` is sent as a request
-/// attribute so route entries can match on Envoy's route name. Failures fail
+/// attribute so route entries can match on Envoy's route name, and so are
+/// the connection attributes expressions can read (the peer's address and
+/// certificate); the shim logs which ones its configuration needs. Failures fail
 /// closed (`failure_mode_allow: false`): a request the shim cannot see gets
 /// a 500 rather than passing unchecked. The mutation rules give the shim the
 /// freedom the Wasm filter has (`x-envoy-*` and routing headers), so both
@@ -60,7 +63,7 @@ pub fn ext_proc() -> Value {
             "failure_mode_allow": false,
             "message_timeout": "2s",
             "allow_mode_override": true,
-            "request_attributes": ["xds.route_name"],
+            "request_attributes": request_attributes(),
             "mutation_rules": { "allow_envoy": true, "allow_all_routing": true },
             "processing_mode": {
                 "request_header_mode": "SEND",
@@ -72,6 +75,13 @@ pub fn ext_proc() -> Value {
             },
         },
     })
+}
+
+fn request_attributes() -> Vec<&'static str> {
+    let connection = Attribute::ALL.iter().map(|a| a.envoy_name());
+    std::iter::once("xds.route_name")
+        .chain(connection)
+        .collect()
 }
 
 /// The HTTP/2 cluster for the shim at `address`.

@@ -20,7 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const BOOTSTRAP: &str = include_str!("../bootstrap.yaml");
 const LISTENER: &str = include_str!("../listener.yaml");
@@ -78,6 +78,44 @@ pub struct Options {
     pub cpu: Option<u32>,
     /// Envoy's log level for the `wasm` component.
     pub wasm_log_level: &'static str,
+    /// Serve TLS on the listener instead of plain HTTP.
+    pub tls: Option<ListenerTls>,
+}
+
+/// TLS for the listener, from PEM files.
+#[derive(Debug, Clone)]
+pub struct ListenerTls {
+    /// The server certificate chain.
+    pub certificate: PathBuf,
+    /// Its private key.
+    pub private_key: PathBuf,
+    /// When set, clients must present a certificate signed by this CA
+    /// (mutual TLS), and its URI SAN becomes the caller's SPIFFE ID.
+    pub client_ca: Option<PathBuf>,
+}
+
+impl ListenerTls {
+    /// The listener's `transport_socket`.
+    fn transport_socket(&self) -> Value {
+        let file = |path: &Path| json!({ "filename": path.display().to_string() });
+        let mut context = json!({
+            "tls_certificates": [{
+                "certificate_chain": file(&self.certificate),
+                "private_key": file(&self.private_key),
+            }],
+        });
+        if let Some(ca) = &self.client_ca {
+            context["validation_context"] = json!({ "trusted_ca": file(ca) });
+        }
+        json!({
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                "require_client_certificate": self.client_ca.is_some(),
+                "common_tls_context": context,
+            },
+        })
+    }
 }
 
 impl Options {
@@ -92,6 +130,7 @@ impl Options {
             concurrency: 1,
             cpu: None,
             wasm_log_level: "debug",
+            tls: None,
         }
     }
 }
@@ -150,6 +189,7 @@ pub struct Envoy {
     admin: Admin,
     listener: SocketAddr,
     listen_port: u16,
+    tls: Option<ListenerTls>,
     version: u32,
 }
 
@@ -175,7 +215,13 @@ impl Envoy {
             .replace("{{EXTRA_CLUSTERS}}", &extra_clusters(&options.clusters));
         let bootstrap_path = dir.join("bootstrap.yaml");
         fs::write(&bootstrap_path, bootstrap).map_err(io_err("writing the bootstrap"))?;
-        write_listener(&lds_path, options.listen_port, &options.filters, 1)?;
+        write_listener(
+            &lds_path,
+            options.listen_port,
+            options.tls.as_ref(),
+            &options.filters,
+            1,
+        )?;
 
         let log_path = dir.join("envoy.log");
         let log = fs::File::create(&log_path).map_err(io_err("creating the log"))?;
@@ -234,6 +280,7 @@ impl Envoy {
                 admin,
                 listener,
                 listen_port: options.listen_port,
+                tls: options.tls.clone(),
                 version: 1,
             }),
             Err(e) => {
@@ -251,9 +298,10 @@ impl Envoy {
         self.listener
     }
 
-    /// `http://<listener><path>`.
+    /// `http://<listener><path>` (`https` when the listener serves TLS).
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.listener, path)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}{}", self.listener, path)
     }
 
     /// The admin endpoint's address.
@@ -294,7 +342,13 @@ impl Envoy {
         let bad_before = admin.counter(REJECTED).unwrap_or(0);
         self.version += 1;
         let staged = self.dir.join("listener.yaml.new");
-        write_listener(&staged, self.listen_port, filters, self.version)?;
+        write_listener(
+            &staged,
+            self.listen_port,
+            self.tls.as_ref(),
+            filters,
+            self.version,
+        )?;
         // Envoy reloads when a file is moved onto the watched path.
         fs::rename(&staged, self.dir.join("lds/listener.yaml"))
             .map_err(io_err("replacing the listener"))?;
@@ -415,14 +469,17 @@ fn extra_clusters(clusters: &[Value]) -> String {
 fn write_listener(
     path: &Path,
     port: u16,
+    tls: Option<&ListenerTls>,
     filters: &[Value],
     version: u32,
 ) -> Result<(), EnvoyError> {
+    let transport_socket = tls.map_or(Value::Null, ListenerTls::transport_socket);
     let mut chain = filters.to_vec();
     chain.push(filters::router());
     let listener = LISTENER
         .replace("{{VERSION}}", &version.to_string())
         .replace("{{LISTEN_PORT}}", &port.to_string())
+        .replace("{{TRANSPORT_SOCKET}}", &transport_socket.to_string())
         .replace("{{HTTP_FILTERS}}", &Value::Array(chain).to_string());
     fs::write(path, listener).map_err(io_err("writing the listener"))
 }

@@ -102,6 +102,11 @@ impl Chain {
         }
     }
 
+    /// The connection attributes the chain's expressions read.
+    pub fn attributes(&self) -> AttributeSet {
+        self.attributes
+    }
+
     /// Whether any policy acts on the response at all; if not, hosts need not
     /// even read the response headers.
     pub fn acts_on_response(&self) -> bool {
@@ -174,7 +179,7 @@ impl Exchange {
     /// before the request-headers phase; when the set is empty it does
     /// nothing.
     pub fn attributes(&self) -> AttributeSet {
-        self.chain.attributes
+        self.chain.attributes()
     }
 
     /// Provides the connection attributes asked for by

@@ -78,6 +78,19 @@ impl Engine {
         self.routes.entries.len()
     }
 
+    /// The connection attributes any chain of this configuration reads. The
+    /// `ext_proc` filter must send these (`request_attributes`).
+    pub fn attributes(&self) -> AttributeSet {
+        let unmatched = match &self.routes.unmatched {
+            route::Unmatched::Chain(chain) => chain.attributes(),
+            _ => AttributeSet::NONE,
+        };
+        self.routes
+            .entries
+            .iter()
+            .fold(unmatched, |all, entry| all | entry.chain.attributes())
+    }
+
     /// Selects the chain for a request and starts its exchange.
     ///
     /// `route_name` reads Envoy's route name (`xds.route_name`) from the

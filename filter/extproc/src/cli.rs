@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
-use policy_executor::Build;
+use policy_executor::{Build, Engine};
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
@@ -67,9 +67,9 @@ pub fn main(build: Build) -> ExitCode {
         return match ConfigStore::load(&args.config, (build.registry)()) {
             Ok(store) => {
                 println!(
-                    "{}: valid, {} route entries",
+                    "{}: valid, {}",
                     args.config.display(),
-                    store.current().route_count()
+                    summary(&store.current())
                 );
                 ExitCode::SUCCESS
             }
@@ -95,6 +95,20 @@ pub fn main(build: Build) -> ExitCode {
     }
 }
 
+/// The route count, and the request attributes Envoy must send for the
+/// configuration's expressions.
+fn summary(engine: &Engine) -> String {
+    let attributes: Vec<&str> = engine.attributes().iter().map(|a| a.envoy_name()).collect();
+    let count = engine.route_count();
+    if attributes.is_empty() {
+        return format!("{count} route entries");
+    }
+    format!(
+        "{count} route entries; the ext_proc filter must send the request attributes {}",
+        attributes.join(", ")
+    )
+}
+
 fn seconds(value: f64, flag: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(value).map_err(|e| format!("--{flag}: {e}"))
 }
@@ -106,9 +120,9 @@ async fn serve(args: Args, build: Build) -> Result<(), String> {
     let store =
         Arc::new(ConfigStore::load(&args.config, (build.registry)()).map_err(|e| e.to_string())?);
     log::info!(
-        "configuration {} loaded: {} route entries",
+        "configuration {} loaded: {}",
         args.config.display(),
-        store.current().route_count()
+        summary(&store.current())
     );
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -123,7 +137,9 @@ async fn serve(args: Args, build: Build) -> Result<(), String> {
             ticks.tick().await;
             match watcher.reload_if_changed() {
                 Reload::Unchanged => {}
-                Reload::Applied => log::info!("configuration reloaded"),
+                Reload::Applied => {
+                    log::info!("configuration reloaded: {}", summary(&watcher.current()))
+                }
                 Reload::Rejected(e) => {
                     log::error!("{e}; the previous configuration keeps serving")
                 }

@@ -85,6 +85,10 @@ impl StreamState {
             }
             Start::Respond(reply) => return immediate(reply),
         };
+        let wanted = exchange.attributes();
+        if !wanted.is_empty() {
+            exchange.set_connection(translate::connection(attributes, wanted));
+        }
         let outcome = exchange.on_request_headers();
         let changes = match with_body_if_ended(&mut exchange, Direction::Request, message, outcome)
         {

@@ -12,7 +12,10 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
     HeaderMutation, HttpHeaders, ImmediateResponse,
 };
 use envoy_types::pb::google::protobuf::{value::Kind, BoolValue, Struct};
-use policy_executor::{BodyNeeds, HeaderChange, HeaderMap, HeaderMutations, LocalReply};
+use policy_executor::{
+    AttributeSet, AttributeValue, BodyNeeds, Connection, HeaderChange, HeaderMap, HeaderMutations,
+    LocalReply,
+};
 
 /// The key Envoy files `request_attributes` under.
 const EXT_PROC_ATTRIBUTES: &str = "envoy.filters.http.ext_proc";
@@ -42,6 +45,32 @@ pub fn route_name(attributes: &std::collections::HashMap<String, Struct>) -> Opt
         Some(Kind::StringValue(name)) if !name.is_empty() => Some(name.clone()),
         _ => None,
     }
+}
+
+/// The connection attributes the chain reads, from the request attributes
+/// Envoy sent. The ext_proc filter must list them in `request_attributes`;
+/// the shim logs at start which ones its configuration needs.
+pub fn connection(
+    attributes: &std::collections::HashMap<String, Struct>,
+    wanted: AttributeSet,
+) -> Connection {
+    let mut connection = Connection::default();
+    let Some(sent) = attributes.get(EXT_PROC_ATTRIBUTES) else {
+        return connection;
+    };
+    for attribute in wanted.iter() {
+        let value = match sent
+            .fields
+            .get(attribute.envoy_name())
+            .and_then(|v| v.kind.as_ref())
+        {
+            Some(Kind::StringValue(text)) => AttributeValue::Text(text.clone()),
+            Some(Kind::BoolValue(b)) => AttributeValue::Bool(*b),
+            _ => continue,
+        };
+        connection.insert(attribute, value);
+    }
+    connection
 }
 
 /// The net header changes as an ext_proc `HeaderMutation`. Envoy removes
@@ -146,6 +175,7 @@ mod tests {
     use super::*;
     use envoy_types::pb::envoy::config::core::v3::HeaderMap as PbHeaderMap;
     use envoy_types::pb::google::protobuf::Value;
+    use policy_executor::Attribute;
 
     #[test]
     fn reads_raw_values_and_the_route_name() {
@@ -181,6 +211,25 @@ mod tests {
         attributes.insert(EXT_PROC_ATTRIBUTES.to_owned(), Struct { fields });
         assert_eq!(route_name(&attributes).as_deref(), Some("echo-api"));
         assert_eq!(route_name(&Default::default()), None);
+
+        let fields = attributes.get_mut(EXT_PROC_ATTRIBUTES).unwrap();
+        for (name, kind) in [
+            ("connection.mtls", Kind::BoolValue(true)),
+            (
+                "connection.uri_san_peer_certificate",
+                Kind::StringValue("spiffe://td/ns/a/sa/b".into()),
+            ),
+        ] {
+            fields
+                .fields
+                .insert(name.to_owned(), Value { kind: Some(kind) });
+        }
+        let only_mtls = connection(&attributes, AttributeSet::of(Attribute::Mtls));
+        assert_eq!(only_mtls.mtls(), Some(true));
+        assert_eq!(only_mtls.spiffe_id(), None, "not asked for");
+        let both = AttributeSet::of(Attribute::Mtls) | AttributeSet::of(Attribute::PeerUriSan);
+        let id = connection(&attributes, both);
+        assert_eq!(id.spiffe_id().and_then(|id| id.namespace), Some("a"));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 use std::rc::Rc;
 
 use policy_executor::{
-    Engine, Exchange, HeaderChange, HeaderMap, HeaderMutations, LocalReply, Outcome, Start,
+    AttributeKind, AttributeSet, AttributeValue, Connection, Engine, Exchange, HeaderChange,
+    HeaderMap, HeaderMutations, LocalReply, Outcome, Start,
 };
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
@@ -181,6 +182,10 @@ impl HttpContext for Stream {
             Start::Pass => return Action::Continue,
             Start::Respond(reply) => return self.respond(&reply),
         };
+        let wanted = exchange.attributes();
+        if !wanted.is_empty() {
+            exchange.set_connection(read_connection(wanted));
+        }
         let outcome = exchange.on_request_headers();
         self.exchange = Some(exchange);
         match self.settle(MapType::HttpRequestHeaders, outcome) {
@@ -249,6 +254,31 @@ fn read_headers(map: MapType) -> Result<HeaderMap, Status> {
 
 fn read_body(buffer: BufferType, size: usize) -> Result<Vec<u8>, Status> {
     Ok(hostcalls::get_buffer(buffer, 0, size)?.unwrap_or_default())
+}
+
+/// The connection attributes the chain reads, one property each. One that
+/// Envoy does not have (no TLS, no client certificate) stays absent.
+fn read_connection(wanted: AttributeSet) -> Connection {
+    let mut connection = Connection::default();
+    for attribute in wanted.iter() {
+        let bytes = match hostcalls::get_property(attribute.property_path().to_vec()) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => continue,
+            Err(status) => {
+                log::debug!("cannot read {}: {status:?}", attribute.envoy_name());
+                continue;
+            }
+        };
+        let value = match attribute.kind() {
+            AttributeKind::Text => AttributeValue::Text(
+                String::from_utf8(bytes)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+            ),
+            AttributeKind::Bool => AttributeValue::Bool(bytes.first().is_some_and(|b| *b != 0)),
+        };
+        connection.insert(attribute, value);
+    }
+    connection
 }
 
 /// Envoy's name for the matched route (`xds.route_name`), if any.

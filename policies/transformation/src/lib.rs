@@ -1,0 +1,257 @@
+//! `transformation`: request and response header edits whose values are CEL
+//! expressions, and path and host rewrites.
+//!
+//! ```yaml
+//! - name: transformation
+//!   config:
+//!     request:
+//!       set:    { x-caller-identity: 'source.identity.namespace + "/" + source.identity.serviceAccount' }
+//!       add:    { x-forwarded-by: '"egress-gateway"' }     # a fixed value is a quoted CEL string
+//!       remove: [x-internal-debug]
+//!       path:   '"/v2" + request.path'                     # the query is kept unless the value has one
+//!       host:   '"internal.example.com"'
+//!     response:
+//!       set:    { x-upstream-status: 'string(response.code)' }
+//! ```
+//!
+//! Every expression of a section is evaluated first, against the message as
+//! it arrived at this policy; then the edits apply in the order remove, set,
+//! add, path, host. A value whose expression fails (a missing attribute),
+//! yields `null`, or is not a valid header value leaves that one edit
+//! undone and is logged at debug level; the request goes on. Use a `when:`
+//! guard or an `authorization` policy where a missing value must stop it.
+//!
+//! Rewriting the path or host changes what the upstream sees; Envoy has
+//! already picked the upstream cluster.
+
+use std::collections::BTreeMap;
+
+use policy_executor::{
+    parse_params, Action, AttributeSet, Context, Expression, HeaderName, HeaderValue, ParamError,
+    Phase, Phases, Policy, PolicyFactory, RequestTarget,
+};
+use serde::Deserialize;
+
+/// The policy's registration.
+pub const FACTORY: PolicyFactory = PolicyFactory {
+    name: "transformation",
+    version: "0.1.0",
+    build,
+};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    #[serde(default)]
+    request: Option<RawEdits>,
+    #[serde(default)]
+    response: Option<RawEdits>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawEdits {
+    #[serde(default)]
+    set: BTreeMap<String, String>,
+    #[serde(default)]
+    add: BTreeMap<String, String>,
+    #[serde(default)]
+    remove: Vec<String>,
+    path: Option<String>,
+    host: Option<String>,
+}
+
+/// Compiled edits for one message.
+#[derive(Default)]
+struct Edits {
+    remove: Vec<HeaderName>,
+    set: Vec<(HeaderName, Expression)>,
+    add: Vec<(HeaderName, Expression)>,
+    path: Option<Expression>,
+    host: Option<Expression>,
+}
+
+fn compile(section: &str, phase: Phase, raw: RawEdits) -> Result<Edits, ParamError> {
+    let expression = |field: String, source: &str| {
+        Expression::compile(source, phase).map_err(|e| ParamError::at(field, e))
+    };
+    let header =
+        |field: String, name: &str| HeaderName::parse(name).map_err(|e| ParamError::at(field, e));
+    let mut edits = Edits::default();
+    for (i, name) in raw.remove.iter().enumerate() {
+        edits
+            .remove
+            .push(header(format!("{section}.remove[{i}]"), name)?);
+    }
+    for (kind, values, into) in [
+        ("set", &raw.set, &mut edits.set),
+        ("add", &raw.add, &mut edits.add),
+    ] {
+        for (name, source) in values {
+            let field = format!("{section}.{kind}.{name}");
+            into.push((header(field.clone(), name)?, expression(field, source)?));
+        }
+    }
+    for (kind, source, into) in [
+        ("path", raw.path, &mut edits.path),
+        ("host", raw.host, &mut edits.host),
+    ] {
+        let Some(source) = source else { continue };
+        let field = format!("{section}.{kind}");
+        if phase == Phase::Response {
+            return Err(ParamError::at(field, "only the request can be rewritten"));
+        }
+        *into = Some(expression(field, &source)?);
+    }
+    Ok(edits)
+}
+
+impl Edits {
+    fn is_empty(&self) -> bool {
+        self.remove.is_empty()
+            && self.set.is_empty()
+            && self.add.is_empty()
+            && self.path.is_none()
+            && self.host.is_none()
+    }
+
+    fn expressions(&self) -> impl Iterator<Item = &Expression> {
+        let headers = self.set.iter().chain(&self.add).map(|(_, e)| e);
+        headers.chain(&self.path).chain(&self.host)
+    }
+
+    fn apply(&self, cx: &mut Context) {
+        let set = values(&self.set, cx);
+        let add = values(&self.add, cx);
+        let path = self.path.as_ref().and_then(|e| new_path(value(e, cx)?, cx));
+        let host = self.host.as_ref().and_then(|e| value(e, cx));
+        let mut headers = cx.headers_mut();
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &set {
+            headers.set(name, value);
+        }
+        for (name, value) in &add {
+            headers.append(name, value);
+        }
+        if let Some(path) = &path {
+            headers.rewrite(RequestTarget::Path, path);
+        }
+        if let Some(host) = &host {
+            headers.rewrite(RequestTarget::Authority, host);
+        }
+    }
+}
+
+/// The headers whose values could be computed, with their values.
+fn values<'a>(
+    list: &'a [(HeaderName, Expression)],
+    cx: &Context,
+) -> Vec<(&'a HeaderName, HeaderValue)> {
+    list.iter()
+        .filter_map(|(name, e)| Some((name, value(e, cx)?)))
+        .collect()
+}
+
+/// An expression's value as a header value, or `None` (logged) when it has
+/// none.
+fn value(expression: &Expression, cx: &Context) -> Option<HeaderValue> {
+    let text = match expression.evaluate_text(cx) {
+        Ok(Some(text)) => text,
+        Ok(None) => return None,
+        Err(error) => {
+            log::debug!(
+                "transformation: route {:?}: {:?} failed: {error}",
+                cx.route().chain,
+                expression.source()
+            );
+            return None;
+        }
+    };
+    match HeaderValue::parse(&text) {
+        Ok(value) => Some(value),
+        Err(error) => {
+            log::debug!("transformation: {:?}: {error}", expression.source());
+            None
+        }
+    }
+}
+
+/// The rewritten `:path`: the new path, with the old query unless the new
+/// value brings its own.
+fn new_path(path: HeaderValue, cx: &Context) -> Option<HeaderValue> {
+    if !path.as_str().starts_with('/') {
+        log::debug!(
+            "transformation: the new path {:?} does not start with '/'",
+            path.as_str()
+        );
+        return None;
+    }
+    let old = cx.request_headers().get(":path").unwrap_or("/");
+    match old.split_once('?') {
+        Some((_, query)) if !path.as_str().contains('?') => {
+            HeaderValue::parse(&format!("{}?{query}", path.as_str())).ok()
+        }
+        _ => Some(path),
+    }
+}
+
+struct Transformation {
+    request: Edits,
+    response: Edits,
+    attributes: AttributeSet,
+}
+
+fn build(config: &serde_json::Value) -> Result<Box<dyn Policy>, ParamError> {
+    let params: Params = parse_params(config)?;
+    let request = compile(
+        "request",
+        Phase::Request,
+        params.request.unwrap_or_default(),
+    )?;
+    let response = compile(
+        "response",
+        Phase::Response,
+        params.response.unwrap_or_default(),
+    )?;
+    let attributes = request
+        .expressions()
+        .chain(response.expressions())
+        .fold(AttributeSet::NONE, |all, e| all | e.attributes());
+    Ok(Box::new(Transformation {
+        request,
+        response,
+        attributes,
+    }))
+}
+
+impl Policy for Transformation {
+    fn phases(&self) -> Phases {
+        let mut phases = Phases::NONE;
+        if !self.request.is_empty() {
+            phases = phases | Phases::REQUEST_HEADERS;
+        }
+        if !self.response.is_empty() {
+            phases = phases | Phases::RESPONSE_HEADERS;
+        }
+        phases
+    }
+
+    fn attributes(&self) -> AttributeSet {
+        self.attributes
+    }
+
+    fn on_request_headers(&self, cx: &mut Context) -> Action {
+        self.request.apply(cx);
+        Action::Continue
+    }
+
+    fn on_response_headers(&self, cx: &mut Context) -> Action {
+        self.response.apply(cx);
+        Action::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests;
