@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use local_envoy::echo::EchoUpstream;
 use local_envoy::shim::Shim;
-use local_envoy::{filter_wasm, filters, Envoy, EnvoyError, Options};
+use local_envoy::{filter_wasm, filters, Envoy, EnvoyError, ListenerTls, Options};
 use serde_json::Value;
 
 /// Where the policies run.
@@ -70,18 +70,25 @@ impl Stack {
 
     /// Starts the Wasm host from another build's `module`.
     pub fn try_start_wasm_module(module: &Path, plugin_config: &str) -> Result<Self, EnvoyError> {
-        Self::try_start_with(Host::Wasm, Some(module), plugin_config)
+        Self::try_start_with(Host::Wasm, Some(module), plugin_config, None)
+    }
+
+    /// Starts `host` on `plugin_config` behind a TLS listener.
+    pub fn start_tls(host: Host, plugin_config: &str, tls: ListenerTls) -> Self {
+        Self::try_start_with(host, None, plugin_config, Some(tls))
+            .unwrap_or_else(|e| panic!("{host:?}: {e}"))
     }
 
     /// Starts `host` on `plugin_config`.
     pub fn try_start_on(host: Host, plugin_config: &str) -> Result<Self, EnvoyError> {
-        Self::try_start_with(host, None, plugin_config)
+        Self::try_start_with(host, None, plugin_config, None)
     }
 
     fn try_start_with(
         host: Host,
         module: Option<&Path>,
         plugin_config: &str,
+        tls: Option<ListenerTls>,
     ) -> Result<Self, EnvoyError> {
         let upstream = EchoUpstream::start(SocketAddr::from(([127, 0, 0, 1], 0)))
             .map_err(|e| EnvoyError::Io("starting the echo upstream".into(), e))?;
@@ -107,6 +114,7 @@ impl Stack {
                 (options, Some(shim))
             }
         };
+        let options = Options { tls, ..options };
         let envoy = Envoy::start(&options)?;
         Ok(Self {
             envoy,
@@ -186,16 +194,23 @@ impl Echoed {
         self.0.get("headers")?.get(name)?.as_str()
     }
 
+    /// The path (and query) the upstream received.
+    pub fn path(&self) -> Option<&str> {
+        self.0.get("path")?.as_str()
+    }
+
     /// The body the upstream received.
     pub fn body(&self) -> &str {
         self.0.get("body").and_then(Value::as_str).unwrap_or("")
     }
 }
 
-/// Sends one HTTP/1.1 request; any status is a reply, not an error.
+/// Sends one HTTP/1.1 request; any status is a reply, not an error, and
+/// redirects are not followed.
 pub fn send(url: &str, method: &str, headers: &[(&str, &str)], body: Option<&str>) -> Reply {
     let config = ureq::Agent::config_builder()
         .http_status_as_error(false)
+        .max_redirects(0)
         .timeout_global(Some(Duration::from_secs(10)))
         .build();
     let agent = ureq::Agent::new_with_config(config);

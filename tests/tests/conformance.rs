@@ -62,6 +62,7 @@ struct Expect {
     #[serde(default)]
     upstream_headers: BTreeMap<String, Option<String>>,
     upstream_body: Option<String>,
+    upstream_path: Option<String>,
 }
 
 fn suites() -> Vec<(String, Suite)> {
@@ -142,6 +143,13 @@ fn run_case(stack: &Stack, case: &Case) -> Vec<String> {
             check(
                 got == want.as_deref(),
                 format!("upstream header {name}: {got:?} (want {want:?})"),
+            );
+        }
+        if let Some(want) = &expect.upstream_path {
+            let got = seen.as_ref().and_then(|s| s.path());
+            check(
+                got == Some(want.as_str()),
+                format!("upstream path {got:?} (want {want:?})"),
             );
         }
         if let Some(want) = &expect.upstream_body {

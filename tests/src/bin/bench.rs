@@ -61,6 +61,29 @@ fn set_headers_chain(n: usize) -> String {
     config
 }
 
+/// An authorization policy and a transformation, every value a CEL
+/// expression over the request (or the response).
+const CEL_CHAIN: &str = r#"
+routes:
+  - name: bench
+    match: { route: echo-default }
+    policies:
+      - name: authorization
+        config:
+          rules:
+            - { allow: 'request.method == "GET" && request.path.startsWith("/")' }
+            - { deny: '"x-internal-debug" in request.headers' }
+          default: deny
+      - name: transformation
+        config:
+          request:
+            set: { x-caller: 'request.host + request.path' }
+            add: { x-forwarded-by: '"policy-engine"' }
+            remove: [x-internal-debug]
+          response:
+            set: { x-upstream-status: string(response.code) }
+"#;
+
 /// The same header work as one set-headers instance, in Lua.
 const LUA_SET_HEADERS: &str = r#"
 function envoy_on_request(handle)
@@ -106,6 +129,12 @@ fn configs() -> Vec<Config> {
             shim: None,
         },
         Config {
+            name: "wasm-cel".into(),
+            what: "Wasm filter, CEL authorization (2 rules) + transformation (4 edits)".into(),
+            filters: vec![filters::policy_engine(&module, CEL_CHAIN)],
+            shim: None,
+        },
+        Config {
             name: "extproc-1".into(),
             what: "ext_proc shim, the wasm-1 chain".into(),
             filters: vec![filters::ext_proc()],
@@ -116,6 +145,12 @@ fn configs() -> Vec<Config> {
             what: format!("ext_proc shim, the wasm-{longest} chain"),
             filters: vec![filters::ext_proc()],
             shim: Some(set_headers_chain(longest)),
+        },
+        Config {
+            name: "extproc-cel".into(),
+            what: "ext_proc shim, the wasm-cel chain".into(),
+            filters: vec![filters::ext_proc()],
+            shim: Some(CEL_CHAIN.into()),
         },
         Config {
             name: "lua-1".into(),
