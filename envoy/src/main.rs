@@ -5,7 +5,12 @@
 //! ```text
 //! local-envoy [--host wasm|extproc] [--config envoy/demo-policies.yaml]
 //!             [--port 10000] [--admin-port 9901] [--upstream-port 8081]
+//!             [--mtls DIR]
 //! ```
+//!
+//! `--mtls DIR` serves HTTPS and requires client certificates: DIR holds
+//! `server.pem`, `server.key` and the clients' `ca.pem`, as
+//! `envoy/examples/make-certs.sh DIR` makes them (`make run-egress` does).
 //!
 //! `--host wasm` (the default) runs the policies inside Envoy as the Wasm
 //! filter; `--host extproc` runs them in the ext_proc shim behind Envoy's
@@ -17,7 +22,7 @@ use std::process::ExitCode;
 
 use local_envoy::echo::EchoUpstream;
 use local_envoy::shim::Shim;
-use local_envoy::{filter_wasm, filters, repo_root, Envoy, Options};
+use local_envoy::{filter_wasm, filters, repo_root, Envoy, ListenerTls, Options};
 
 struct Args {
     host: String,
@@ -25,6 +30,7 @@ struct Args {
     port: u16,
     admin_port: u16,
     upstream_port: u16,
+    mtls: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -34,6 +40,7 @@ fn parse_args() -> Result<Args, String> {
         port: 10000,
         admin_port: 9901,
         upstream_port: 8081,
+        mtls: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -45,8 +52,9 @@ fn parse_args() -> Result<Args, String> {
             "--port" => args.port = port(value()?)?,
             "--admin-port" => args.admin_port = port(value()?)?,
             "--upstream-port" => args.upstream_port = port(value()?)?,
+            "--mtls" => args.mtls = Some(PathBuf::from(value()?)),
             "-h" | "--help" => {
-                println!("usage: local-envoy [--host wasm|extproc] [--config FILE] [--port N] [--admin-port N] [--upstream-port N]");
+                println!("usage: local-envoy [--host wasm|extproc] [--config FILE] [--port N] [--admin-port N] [--upstream-port N] [--mtls DIR]");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other:?} (try --help)")),
@@ -98,18 +106,39 @@ fn run() -> Result<(), String> {
     options.listen_port = args.port;
     options.admin_port = args.admin_port;
     options.wasm_log_level = "info";
+    options.tls = args.mtls.as_ref().map(|dir| ListenerTls {
+        certificate: dir.join("server.pem"),
+        private_key: dir.join("server.key"),
+        client_ca: Some(dir.join("ca.pem")),
+    });
     let envoy = Envoy::start(&options).map_err(|e| e.to_string())?;
     let base = envoy.url("");
+    let try_these = match &args.mtls {
+        Some(dir) => {
+            let port = envoy.addr().port();
+            let curl = |team: &str| {
+                format!(
+                    "curl -i --cacert {dir}/ca.pem --cert {dir}/{team}.pem --key {dir}/{team}.key \\\n                           --resolve api.github.com:{port}:127.0.0.1 https://api.github.com:{port}",
+                    dir = dir.display()
+                )
+            };
+            format!(
+                "  {}/zen -H 'x-internal-debug: 1'   # team-a: 200, headers injected and stripped\n                   {}/zen                          # team-b: 403\n                   {}/users/torvalds               # team-a, outside the allowlist: 403",
+                curl("team-a"),
+                curl("team-b"),
+                curl("team-a"),
+            )
+        }
+        None => format!(
+            "  curl -i {base}/api/hello -H 'x-internal-debug: 1'   # request header set and removed, response header added\n               curl -i {base}/public/page                          # a route with an empty chain\n               curl -i {base}/healthz                              # answered by the filter; the upstream sees nothing\n               curl -i {base}/anything-else                        # no chain matches: denied (fail closed)"
+        ),
+    };
     println!(
         "\nEnvoy {} is serving on {base} with the policy engine in {}\n\
          plugin configuration: {}\n\
          generated Envoy configuration and log: {}\n\
          echo upstream: http://{}   admin: http://{}\n\n\
-         Try:\n\
-         \x20 curl -i {base}/api/hello -H 'x-internal-debug: 1'   # request header set and removed, response header added\n\
-         \x20 curl -i {base}/public/page                          # a route with an empty chain\n\
-         \x20 curl -i {base}/healthz                              # answered by the filter; the upstream sees nothing\n\
-         \x20 curl -i {base}/anything-else                        # no chain matches: denied (fail closed)\n\n\
+         Try:\n{try_these}\n\n\
          Ctrl-C stops everything.",
         envoy.pid(),
         engine,

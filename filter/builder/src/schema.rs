@@ -56,6 +56,10 @@ pub fn plugin_configuration(build: &str, policies: &[Definition]) -> Value {
             "properties": {
                 "name": { "const": policy.name },
                 "version": { "const": policy.version.to_string() },
+                "when": {
+                    "type": "string",
+                    "description": "a CEL guard: the policy runs only when it is true",
+                },
                 "config": parameters,
             },
         }));
