@@ -15,7 +15,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use integration_tests::{Host, Stack};
-use local_envoy::{repo_root, ListenerTls};
+use local_envoy::{extproc_bin, filter_wasm, filters, repo_root, EnvoyError, ListenerTls};
 use serde_json::Value;
 
 struct Certificates(PathBuf);
@@ -201,4 +201,50 @@ fn decisions_are_logged_with_the_caller_identity() {
         line.contains("by default for caller spiffe://cluster.local/ns/team-b/sa/team-b"),
         "{line}"
     );
+}
+
+/// A typo in an expression is refused with the route, policy, field and
+/// expression named, by Envoy (the Wasm filter) and by the shim, and the
+/// configuration already serving stays.
+#[test]
+fn a_bad_expression_is_refused_and_the_previous_configuration_keeps_serving() {
+    let certs = Certificates::make();
+    let config =
+        std::fs::read_to_string(repo_root().join("envoy/examples/egress-policies.yaml")).unwrap();
+    let bad = config.replace(
+        "source.identity.namespace == \"team-a\"",
+        "source.identity.namespce == \"team-a\"",
+    );
+    assert_ne!(bad, config);
+    let expected = r#"route routes[0] "egress", policy policies[0] authorization@0.1.0, field config.rules[0].allow: expression "source.identity.namespce == \"team-a\" && source.identity.serviceAccount == \"team-a\"": unknown attribute `source.identity.namespce`; `source.identity` has trustDomain, namespace, serviceAccount"#;
+
+    let mut stack = Stack::start_tls(Host::Wasm, &config, certs.listener());
+    match stack
+        .envoy
+        .reload(&[filters::policy_engine(&filter_wasm(), &bad)])
+    {
+        Err(EnvoyError::Rejected { log }) => assert!(log.contains(expected), "{log}"),
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    let team_a = get(
+        &stack,
+        &certs,
+        Some("team-a"),
+        "api.github.com",
+        "/zen",
+        &[],
+    );
+    assert_eq!(team_a.status, 200, "the previous configuration must serve");
+
+    let file = certs.file("bad-policies.yaml");
+    std::fs::write(&file, &bad).unwrap();
+    let check = Command::new(extproc_bin())
+        .arg("--check")
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!check.status.success());
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(said.contains(expected), "{said}");
 }

@@ -50,7 +50,9 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 
 use cel::common::ast::{Expr, IdedExpr};
-use cel::objects::{Key, Map};
+use cel::common::types::{
+    CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, CelUInt,
+};
 use cel::Value;
 
 use crate::attributes::{Attribute, AttributeSet};
@@ -72,6 +74,9 @@ pub struct Expression {
     source: String,
     program: cel::Program,
     fields: Fields,
+    /// The value of an expression that reads no attribute (`"edge"`), worked
+    /// out once: nothing it could call depends on time or chance.
+    constant: Option<Value>,
 }
 
 impl fmt::Debug for Expression {
@@ -127,10 +132,18 @@ impl Expression {
             bound: Vec::new(),
         };
         check.visit(program.expression()).map_err(fault)?;
+        let constant = (check.fields == Fields::NONE)
+            .then(|| {
+                program
+                    .execute(&cel::Context::with_env(Arc::clone(env())))
+                    .ok()
+            })
+            .flatten();
         Ok(Self {
             source: source.to_owned(),
             program,
             fields: check.fields,
+            constant,
         })
     }
 
@@ -176,9 +189,12 @@ impl Expression {
     }
 
     fn evaluate(&self, cx: &Context) -> Result<Value, EvalError> {
+        if let Some(value) = &self.constant {
+            return Ok(value.clone());
+        }
         let mut activation = cel::Context::with_env(Arc::clone(env()));
         for (name, value) in bind(self.fields, cx) {
-            activation.add_variable_from_value(name, value);
+            activation.add_variable_as_val(name, value);
         }
         self.program
             .execute(&activation)
@@ -549,10 +565,14 @@ fn check_function(name: &str) -> Result<(), String> {
     }
 }
 
-/// The variables for one evaluation, holding only the fields it reads.
-type Vars = Vec<(&'static str, Value)>;
+/// A CEL value that may borrow from the request for the evaluation.
+type Val<'a> = Box<dyn cel::common::value::Val + 'a>;
+type Vars<'a> = Vec<(&'static str, Val<'a>)>;
+type CelRecord<'a> = HashMap<CelMapKey<'a>, Val<'a>>;
 
-fn bind(fields: Fields, cx: &Context) -> Vars {
+/// The variables for one evaluation, holding only the fields it reads and
+/// borrowing the request's strings rather than copying them.
+fn bind<'a>(fields: Fields, cx: &'a Context) -> Vars<'a> {
     let mut vars = Vec::with_capacity(4);
     let request = cx.request_headers();
     let mut record = Record::default();
@@ -564,7 +584,9 @@ fn bind(fields: Fields, cx: &Context) -> Vars {
     record.put(fields, Fields::REQUEST_PATH, "path", || {
         text(Some(path_only))
     });
-    record.put(fields, Fields::REQUEST_QUERY, "query", || query_map(query));
+    record.put(fields, Fields::REQUEST_QUERY, "query", || {
+        Some(query_map(query))
+    });
     record.put(fields, Fields::REQUEST_HOST, "host", || {
         text(
             request
@@ -577,7 +599,7 @@ fn bind(fields: Fields, cx: &Context) -> Vars {
         text(request.get(":scheme"))
     });
     record.put(fields, Fields::REQUEST_HEADERS, "headers", || {
-        header_map(request)
+        Some(header_map(request))
     });
     record.bind(fields, Fields::REQUEST, "request", &mut vars);
 
@@ -588,7 +610,7 @@ fn bind(fields: Fields, cx: &Context) -> Vars {
         text(connection.source_ip())
     });
     record.put(fields, Fields::SOURCE_PORT, "port", || {
-        connection.source_port().map(|p| Value::Int(p.into()))
+        connection.source_port().map(|p| int(p.into()))
     });
     record.put(fields, Fields::SOURCE_SPIFFE_ID, "spiffeId", || {
         text(spiffe.map(|id| id.uri))
@@ -596,24 +618,24 @@ fn bind(fields: Fields, cx: &Context) -> Vars {
     record.put(fields, Fields::SOURCE_IDENTITY, "identity", || {
         let id = spiffe?;
         let mut identity = Record::default();
-        identity
-            .0
-            .insert(key("trustDomain"), id.trust_domain.into());
         for (name, value) in [
+            ("trustDomain", Some(id.trust_domain)),
             ("namespace", id.namespace),
             ("serviceAccount", id.service_account),
         ] {
-            if let Some(value) = value {
-                identity.0.insert(key(name), value.into());
+            if let Some(value) = text(value) {
+                identity.0.insert(CelMapKey::from(name), value);
             }
         }
-        Some(identity.into_value())
+        Some(identity.into_val())
     });
     record.bind(fields, Fields::SOURCE, "source", &mut vars);
 
     let mut record = Record::default();
     record.put(fields, Fields::CONNECTION_MTLS, "mtls", || {
-        connection.mtls().map(Value::Bool)
+        connection
+            .mtls()
+            .map(|b| Box::new(CelBool::from(b)) as Val<'a>)
     });
     record.put(fields, Fields::CONNECTION_SNI, "sni", || {
         text(connection.requested_server_name())
@@ -630,22 +652,22 @@ fn bind(fields: Fields, cx: &Context) -> Vars {
     record.bind(fields, Fields::ROUTE, "route", &mut vars);
 
     if fields.has(Fields::METADATA) {
-        let metadata: HashMap<Key, Value> = cx
+        let metadata: CelRecord<'a> = cx
             .metadata()
             .iter()
-            .map(|(k, v)| (key(k), json_to_cel(v)))
+            .map(|(k, v)| (CelMapKey::from(k.as_str()), json_to_cel(v)))
             .collect();
-        vars.push(("metadata", map_value(metadata)));
+        vars.push(("metadata", Box::new(CelMap::from(metadata))));
     }
 
     let response = cx.response_headers();
     let mut record = Record::default();
     record.put(fields, Fields::RESPONSE_CODE, "code", || {
         let code: i64 = response.get(":status")?.parse().ok()?;
-        Some(Value::Int(code))
+        Some(int(code))
     });
     record.put(fields, Fields::RESPONSE_HEADERS, "headers", || {
-        header_map(response)
+        Some(header_map(response))
     });
     record.bind(fields, Fields::RESPONSE, "response", &mut vars);
     vars
@@ -654,44 +676,40 @@ fn bind(fields: Fields, cx: &Context) -> Vars {
 /// A record under construction; absent values are left out, so reading
 /// them is a "no such key" error.
 #[derive(Default)]
-struct Record(HashMap<Key, Value>);
+struct Record<'a>(CelRecord<'a>);
 
-impl Record {
+impl<'a> Record<'a> {
     fn put(
         &mut self,
         wanted: Fields,
         field: Fields,
         name: &'static str,
-        value: impl FnOnce() -> Option<Value>,
+        value: impl FnOnce() -> Option<Val<'a>>,
     ) {
         if wanted.has(field) {
             if let Some(value) = value() {
-                self.0.insert(key(name), value);
+                self.0.insert(CelMapKey::from(name), value);
             }
         }
     }
 
-    fn bind(self, wanted: Fields, root: Fields, name: &'static str, vars: &mut Vars) {
+    fn bind(self, wanted: Fields, root: Fields, name: &'static str, vars: &mut Vars<'a>) {
         if wanted.has(root) {
-            vars.push((name, self.into_value()));
+            vars.push((name, self.into_val()));
         }
     }
 
-    fn into_value(self) -> Value {
-        map_value(self.0)
+    fn into_val(self) -> Val<'a> {
+        Box::new(CelMap::from(self.0))
     }
 }
 
-fn key(name: &str) -> Key {
-    Key::String(Arc::new(name.to_owned()))
+fn text(value: Option<&str>) -> Option<Val<'_>> {
+    value.map(|s| Box::new(CelString::from(s)) as Val<'_>)
 }
 
-fn map_value(map: HashMap<Key, Value>) -> Value {
-    Value::Map(Map { map: Arc::new(map) })
-}
-
-fn text(value: Option<&str>) -> Option<Value> {
-    value.map(Value::from)
+fn int<'a>(value: i64) -> Val<'a> {
+    Box::new(CelInt::from(value))
 }
 
 /// `host:port` or `[v6]:port` without the port.
@@ -704,45 +722,58 @@ fn strip_port(authority: &str) -> &str {
         .map_or(authority, |(host, _)| host)
 }
 
-fn header_map(headers: &HeaderMap) -> Option<Value> {
-    let mut map: HashMap<Key, Value> = HashMap::new();
+fn header_map(headers: &HeaderMap) -> Val<'_> {
+    // Repeated headers are rare; join them in a first pass so the map is
+    // built once, borrowing every value that is not repeated.
+    let mut joined: Vec<(&str, std::borrow::Cow<'_, str>)> = Vec::new();
     for (name, value) in headers.iter().filter(|(n, _)| !n.starts_with(':')) {
-        let joined = match map.remove(&key(name)) {
-            Some(Value::String(earlier)) => format!("{earlier},{value}"),
-            _ => value.to_owned(),
-        };
-        map.insert(key(name), joined.into());
+        match joined.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, earlier)) => *earlier = format!("{earlier},{value}").into(),
+            None => joined.push((name, value.into())),
+        }
     }
-    Some(map_value(map))
+    let map: CelRecord<'_> = joined
+        .into_iter()
+        .map(|(name, value)| {
+            (
+                CelMapKey::from(name),
+                Box::new(CelString::from(value)) as Val<'_>,
+            )
+        })
+        .collect();
+    Box::new(CelMap::from(map))
 }
 
-fn query_map(query: &str) -> Option<Value> {
-    let mut map: HashMap<Key, Value> = HashMap::new();
+fn query_map(query: &str) -> Val<'_> {
+    let mut map: CelRecord<'_> = HashMap::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        map.entry(key(name)).or_insert_with(|| value.into());
+        map.entry(CelMapKey::from(name))
+            .or_insert_with(|| Box::new(CelString::from(value)));
     }
-    Some(map_value(map))
+    Box::new(CelMap::from(map))
 }
 
-fn json_to_cel(value: &serde_json::Value) -> Value {
+fn json_to_cel(value: &serde_json::Value) -> Val<'_> {
     use serde_json::Value as Json;
     match value {
-        Json::Null => Value::Null,
-        Json::Bool(b) => Value::Bool(*b),
+        Json::Null => Box::new(CelNull),
+        Json::Bool(b) => Box::new(CelBool::from(*b)),
         Json::Number(n) => match (n.as_i64(), n.as_u64()) {
-            (Some(i), _) => Value::Int(i),
-            (None, Some(u)) => Value::UInt(u),
-            _ => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+            (Some(i), _) => int(i),
+            (None, Some(u)) => Box::new(CelUInt::from(u)),
+            _ => Box::new(CelDouble::from(n.as_f64().unwrap_or(f64::NAN))),
         },
-        Json::String(s) => s.as_str().into(),
-        Json::Array(items) => Value::List(Arc::new(items.iter().map(json_to_cel).collect())),
-        Json::Object(fields) => map_value(
+        Json::String(s) => Box::new(CelString::from(s.as_str())),
+        Json::Array(items) => Box::new(CelList::from(
+            items.iter().map(json_to_cel).collect::<Vec<_>>(),
+        )),
+        Json::Object(fields) => Box::new(CelMap::from(
             fields
                 .iter()
-                .map(|(k, v)| (key(k), json_to_cel(v)))
-                .collect(),
-        ),
+                .map(|(k, v)| (CelMapKey::from(k.as_str()), json_to_cel(v)))
+                .collect::<CelRecord<'_>>(),
+        )),
     }
 }
 

@@ -31,6 +31,18 @@ impl Phases {
     /// The whole response body (buffered).
     pub const RESPONSE_BODY: Self = Self(1 << 3);
 
+    /// The header phases of a policy that may have work on the request, the
+    /// response, both or neither.
+    pub const fn headers(request: bool, response: bool) -> Self {
+        let request = if request { Self::REQUEST_HEADERS.0 } else { 0 };
+        let response = if response {
+            Self::RESPONSE_HEADERS.0
+        } else {
+            0
+        };
+        Self(request | response)
+    }
+
     /// Whether every phase in `other` is in `self`.
     pub const fn contains(self, other: Self) -> bool {
         self.0 & other.0 == other.0

@@ -228,14 +228,7 @@ fn build(config: &serde_json::Value) -> Result<Box<dyn Policy>, ParamError> {
 
 impl Policy for Transformation {
     fn phases(&self) -> Phases {
-        let mut phases = Phases::NONE;
-        if !self.request.is_empty() {
-            phases = phases | Phases::REQUEST_HEADERS;
-        }
-        if !self.response.is_empty() {
-            phases = phases | Phases::RESPONSE_HEADERS;
-        }
-        phases
+        Phases::headers(!self.request.is_empty(), !self.response.is_empty())
     }
 
     fn attributes(&self) -> AttributeSet {
