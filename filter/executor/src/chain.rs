@@ -29,6 +29,14 @@
 //!
 //! Once a reply is made the exchange is finished: later calls from the host
 //! return an empty [`Outcome::Continue`].
+//!
+//! # Waiting for a fetch
+//!
+//! A policy may return [`Action::Refetch`] in the request-headers phase.
+//! The exchange then stops where it is and returns [`Outcome::Refetch`]; the
+//! host fetches the document (or decides it may not yet), stores it, and
+//! calls [`Exchange::resume`], which reruns that policy and goes on with the
+//! rest of the chain. Edits made by the policies before it are kept.
 
 use std::sync::Arc;
 
@@ -36,6 +44,7 @@ use crate::attributes::{AttributeSet, Connection};
 use crate::expr::Expression;
 use crate::headers::{HeaderMap, HeaderMutations};
 use crate::policy::{Action, Context, LocalReply, Phases, Policy, RouteInfo};
+use crate::remote::{Documents, RemoteSource};
 
 /// One policy instance in a chain.
 pub(crate) struct ChainEntry {
@@ -58,6 +67,7 @@ pub struct Chain {
     reads_response_headers: bool,
     attributes: AttributeSet,
     has_guards: bool,
+    remote_sources: Vec<RemoteSource>,
 }
 
 /// Which bodies a chain must see whole. A headers-only chain needs neither,
@@ -84,6 +94,12 @@ impl Chain {
             all | e.policy.attributes() | guard
         });
         let has_guards = entries.iter().any(|e| e.guard.is_some());
+        let mut remote_sources = Vec::new();
+        for source in entries.iter().flat_map(|e| e.policy.remote_sources()) {
+            if !remote_sources.contains(&source) {
+                remote_sources.push(source);
+            }
+        }
         Self {
             name: Arc::from(name),
             entries,
@@ -91,7 +107,13 @@ impl Chain {
             reads_response_headers,
             attributes,
             has_guards,
+            remote_sources,
         }
+    }
+
+    /// The documents the chain's policies need fetched.
+    pub fn remote_sources(&self) -> &[RemoteSource] {
+        &self.remote_sources
     }
 
     /// The bodies this chain needs buffered.
@@ -122,6 +144,10 @@ pub enum Outcome {
     Continue(HeaderMutations),
     /// Drop the message in flight and send this reply to the client instead.
     Respond(LocalReply),
+    /// Hold the request, fetch this source if [`RemoteSource::attempt_due`]
+    /// allows, store the result in the engine's [`Documents`], then call
+    /// [`Exchange::resume`]. Only the request-headers phase returns it.
+    Refetch(RemoteSource),
 }
 
 /// The state of one request going through one chain.
@@ -139,11 +165,19 @@ pub struct Exchange {
     /// guards.
     skipped: Vec<bool>,
     finished: bool,
+    /// The entry waiting for a refetch, and its source (boxed: rare).
+    waiting: Option<(usize, Box<RemoteSource>)>,
 }
 
 impl Exchange {
-    /// Starts an exchange over `chain` for a request with these headers.
-    pub fn new(chain: Arc<Chain>, route_name: Option<String>, request: HeaderMap) -> Self {
+    /// Starts an exchange over `chain` for a request with these headers;
+    /// `documents` is the engine's cache of fetched documents.
+    pub fn new(
+        chain: Arc<Chain>,
+        route_name: Option<String>,
+        request: HeaderMap,
+        documents: Arc<Documents>,
+    ) -> Self {
         let route = RouteInfo {
             chain: Arc::clone(&chain.name),
             route_name,
@@ -151,10 +185,11 @@ impl Exchange {
         let passed = chain.entries.len();
         Self {
             chain,
-            cx: Context::new(route, request),
+            cx: Context::new(route, request, documents),
             passed,
             skipped: Vec::new(),
             finished: false,
+            waiting: None,
         }
     }
 
@@ -195,12 +230,28 @@ impl Exchange {
 
     /// Runs the request-headers phase of the chain.
     pub fn on_request_headers(&mut self) -> Outcome {
-        self.run_request_phase(Phases::REQUEST_HEADERS, |p, cx| p.on_request_headers(cx))
+        self.run_request_phase(Phases::REQUEST_HEADERS, None, |p, cx| {
+            p.on_request_headers(cx)
+        })
+    }
+
+    /// Goes on with the request-headers phase after an [`Outcome::Refetch`],
+    /// whether the fetch succeeded or not.
+    pub fn resume(&mut self) -> Outcome {
+        let Some((position, source)) = self.waiting.take() else {
+            return Outcome::Continue(HeaderMutations::default());
+        };
+        self.cx.mark_refetched(&source);
+        self.run_request_phase(Phases::REQUEST_HEADERS, Some(position), |p, cx| {
+            p.on_request_headers(cx)
+        })
     }
 
     /// Runs the request-body phase over the whole request body.
     pub fn on_request_body(&mut self, body: &[u8]) -> Outcome {
-        self.run_request_phase(Phases::REQUEST_BODY, |p, cx| p.on_request_body(cx, body))
+        self.run_request_phase(Phases::REQUEST_BODY, None, |p, cx| {
+            p.on_request_body(cx, body)
+        })
     }
 
     /// Runs the response-headers phase over the upstream's response headers
@@ -237,9 +288,12 @@ impl Exchange {
         self.settle(replied)
     }
 
+    /// Runs `phase` over the chain, or, after a refetch, from the entry
+    /// that waited for it.
     fn run_request_phase(
         &mut self,
         phase: Phases,
+        resume_at: Option<usize>,
         run: impl Fn(&dyn Policy, &mut Context) -> Action,
     ) -> Outcome {
         if self.finished {
@@ -247,11 +301,13 @@ impl Exchange {
         }
         let chain = Arc::clone(&self.chain);
         let judge_guards = phase == Phases::REQUEST_HEADERS && chain.has_guards;
-        if judge_guards {
+        if judge_guards && resume_at.is_none() {
             self.skipped = vec![false; chain.entries.len()];
         }
-        for (position, entry) in chain.entries.iter().enumerate() {
-            if judge_guards {
+        let start = resume_at.unwrap_or(0);
+        for (position, entry) in chain.entries.iter().enumerate().skip(start) {
+            // The entry that waited had its guard judged before it asked.
+            if judge_guards && resume_at != Some(position) {
                 if let Some(guard) = &entry.guard {
                     self.skipped[position] = !guard_holds(&chain.name, entry, guard, &self.cx);
                 }
@@ -259,7 +315,20 @@ impl Exchange {
             if !entry.phases.contains(phase) || self.is_skipped(position) {
                 continue;
             }
-            if let Action::Respond(reply) = run(entry.policy.as_ref(), &mut self.cx) {
+            let action = run(entry.policy.as_ref(), &mut self.cx);
+            let action = match action {
+                Action::Refetch(source)
+                    if phase == Phases::REQUEST_HEADERS && !self.cx.refetched(&source) =>
+                {
+                    self.waiting = Some((position, Box::new(source.clone())));
+                    return Outcome::Refetch(source);
+                }
+                Action::Refetch(source) => {
+                    rerun_without_waiting(&chain, entry, &mut self.cx, source, &run)
+                }
+                action => action,
+            };
+            if let Action::Respond(reply) = action {
                 log::debug!(
                     "chain {:?}: {} replied {}",
                     chain.name,
@@ -337,7 +406,11 @@ fn run_response_phase(
         if !entry.phases.contains(phase) || skipped.get(position).copied().unwrap_or(false) {
             continue;
         }
-        if let Action::Respond(reply) = run(entry.policy.as_ref(), cx) {
+        let action = match run(entry.policy.as_ref(), cx) {
+            Action::Refetch(source) => rerun_without_waiting(chain, entry, cx, source, &run),
+            action => action,
+        };
+        if let Action::Respond(reply) = action {
             log::debug!(
                 "chain {:?}: {} replaced the response with {}",
                 chain.name,
@@ -348,6 +421,31 @@ fn run_response_phase(
         }
     }
     None
+}
+
+/// Outside the request-headers phase nothing waits for a fetch: the policy
+/// runs again at once, told the refetch is done, and must decide. A policy
+/// that still asks gets the request answered 503.
+fn rerun_without_waiting(
+    chain: &Chain,
+    entry: &ChainEntry,
+    cx: &mut Context,
+    source: RemoteSource,
+    run: &impl Fn(&dyn Policy, &mut Context) -> Action,
+) -> Action {
+    cx.mark_refetched(&source);
+    match run(entry.policy.as_ref(), cx) {
+        Action::Refetch(source) => {
+            log::warn!(
+                "chain {:?}: {} asked again for {} after its refetch",
+                chain.name,
+                entry.label,
+                source.uri
+            );
+            Action::Respond(LocalReply::text(503, "remote document unavailable\n"))
+        }
+        action => action,
+    }
 }
 
 /// Evaluates an entry's guard; an evaluation error counts as false.

@@ -37,6 +37,7 @@
 //! | `connection.tlsVersion` | string | |
 //! | `route.name` | string | the matched route entry of the plugin configuration |
 //! | `metadata` | map | values written by earlier policies in the chain |
+//! | `jwt` | map | the claims of the token the `jwt` policy verified (`jwt.sub`, `jwt.scope`) |
 //! | `response.code` | int | response expressions only |
 //! | `response.headers` | map(string, string) | response expressions only |
 //!
@@ -278,6 +279,7 @@ impl Fields {
     const METADATA: Self = Self(1 << 14);
     const RESPONSE_CODE: Self = Self(1 << 15);
     const RESPONSE_HEADERS: Self = Self(1 << 16);
+    const JWT: Self = Self(1 << 17);
     // Each root is bound when an expression names it, even if none of its
     // fields are present: `has(source.identity)` must be false, not an
     // undeclared variable.
@@ -317,6 +319,10 @@ impl Fields {
         set
     }
 }
+
+/// The metadata key under which the `jwt` policy leaves the verified
+/// token's claims, bound to the CEL variable `jwt`.
+pub const JWT_CLAIMS: &str = "jwt.claims";
 
 /// What is below an attribute path.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -370,6 +376,7 @@ const VOCABULARY: &[(&str, Shape, Fields)] = &[
     ("route", Shape::Record, Fields::ROUTE),
     ("route.name", Shape::Scalar, Fields::ROUTE_NAME),
     ("metadata", Shape::Map, Fields::METADATA),
+    ("jwt", Shape::Map, Fields::JWT),
     ("response", Shape::Record, Fields::RESPONSE),
     ("response.code", Shape::Scalar, Fields::RESPONSE_CODE),
     ("response.headers", Shape::Map, Fields::RESPONSE_HEADERS),
@@ -411,12 +418,13 @@ fn fields_of_record(path: &str) -> Vec<&'static str> {
         .collect()
 }
 
-const ROOTS: [&str; 6] = [
+const ROOTS: [&str; 7] = [
     "request",
     "source",
     "connection",
     "route",
     "metadata",
+    "jwt",
     "response",
 ];
 
@@ -658,6 +666,13 @@ fn bind<'a>(fields: Fields, cx: &'a Context) -> Vars<'a> {
             .map(|(k, v)| (CelMapKey::from(k.as_str()), json_to_cel(v)))
             .collect();
         vars.push(("metadata", Box::new(CelMap::from(metadata))));
+    }
+    if fields.has(Fields::JWT) {
+        // Unbound without a verified token, so reading it is an error and
+        // `has(jwt.sub)` cannot be true by accident.
+        if let Some(claims) = cx.metadata().get(JWT_CLAIMS) {
+            vars.push(("jwt", json_to_cel(claims)));
+        }
     }
 
     let response = cx.response_headers();

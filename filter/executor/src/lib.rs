@@ -16,6 +16,8 @@
 //!   configuration is compiled.
 //! * [`attributes`]: the connection attributes (peer address, SPIFFE ID,
 //!   TLS) hosts fetch for the expressions that read them.
+//! * [`remote`]: documents policies need fetched (a JWKS), which hosts
+//!   fetch and refresh for them.
 //! * [`registry`]: the policies a build contains.
 //! * [`schema`]: the check of each instance's parameters against its schema.
 
@@ -26,6 +28,7 @@ pub mod expr;
 pub mod headers;
 pub mod policy;
 pub mod registry;
+pub mod remote;
 pub mod route;
 pub mod schema;
 #[cfg(feature = "test-util")]
@@ -38,7 +41,7 @@ pub use attributes::{
 };
 pub use chain::{BodyNeeds, Chain, Exchange, Outcome};
 pub use config::ConfigError;
-pub use expr::{EvalError, Expression, ExpressionError, Phase};
+pub use expr::{EvalError, Expression, ExpressionError, Phase, JWT_CLAIMS};
 pub use headers::{
     HeaderChange, HeaderMap, HeaderMutations, HeaderName, HeaderValue, HeadersMut, RequestTarget,
 };
@@ -47,11 +50,13 @@ pub use registry::{
     check_reply_status, parse_header_map, parse_params, Build, Entry, ParamError, PolicyFactory,
     Registry,
 };
+pub use remote::{Document, Documents, RemoteSource};
 pub use route::{LazyRouteName, RouteInput, RouteTable, Selection};
 
 /// A compiled plugin configuration, ready to serve requests.
 pub struct Engine {
     routes: RouteTable,
+    documents: Arc<Documents>,
 }
 
 /// How a request starts.
@@ -70,7 +75,26 @@ impl Engine {
     pub fn from_config(text: &[u8], registry: &Registry) -> Result<Self, ConfigError> {
         Ok(Self {
             routes: config::compile(text, registry)?,
+            documents: Arc::default(),
         })
+    }
+
+    /// Every document the configuration's policies need fetched, once each.
+    pub fn remote_sources(&self) -> Vec<RemoteSource> {
+        let mut sources: Vec<RemoteSource> = Vec::new();
+        for chain in self.routes.chains() {
+            for source in chain.remote_sources() {
+                if !sources.contains(source) {
+                    sources.push(source.clone());
+                }
+            }
+        }
+        sources
+    }
+
+    /// The fetched documents, which hosts fill (see [`remote`]).
+    pub fn documents(&self) -> &Arc<Documents> {
+        &self.documents
     }
 
     /// The number of route entries.
@@ -81,14 +105,9 @@ impl Engine {
     /// The connection attributes any chain of this configuration reads. The
     /// `ext_proc` filter must send these (`request_attributes`).
     pub fn attributes(&self) -> AttributeSet {
-        let unmatched = match &self.routes.unmatched {
-            route::Unmatched::Chain(chain) => chain.attributes(),
-            _ => AttributeSet::NONE,
-        };
         self.routes
-            .entries
-            .iter()
-            .fold(unmatched, |all, entry| all | entry.chain.attributes())
+            .chains()
+            .fold(AttributeSet::NONE, |all, chain| all | chain.attributes())
     }
 
     /// Selects the chain for a request and starts its exchange.
@@ -106,6 +125,7 @@ impl Engine {
                 Arc::clone(chain),
                 route_name.into_fetched(),
                 request,
+                Arc::clone(&self.documents),
             )),
             Selection::Allow => Start::Pass,
             Selection::Deny(reply) => Start::Respond(reply.clone()),

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crate::attributes::{AttributeSet, Connection};
 use crate::headers::{HeaderMap, HeaderMutations, HeadersMut};
+use crate::remote::{Document, Documents, RemoteSource};
 
 /// The phases of an HTTP exchange a policy can act in.
 ///
@@ -64,6 +65,14 @@ pub enum Action {
     /// Stop the chain and answer the client with this reply. See
     /// [`crate::Exchange`] for which phases still run over it.
     Respond(LocalReply),
+    /// The cached document of this source cannot decide the request (a
+    /// token names a key the cached JWKS lacks): have the host fetch it
+    /// again, if the source's `min_refetch_interval` allows, then run this
+    /// phase of this policy again. The rerun sees [`Context::refetched`]
+    /// true and must decide with what it has. Honoured in the
+    /// request-headers phase; elsewhere the phase reruns at once, as if the
+    /// fetch had failed.
+    Refetch(RemoteSource),
 }
 
 /// A response produced by the filter itself rather than the upstream.
@@ -120,10 +129,13 @@ pub struct Context {
     metadata: Metadata,
     direction: Direction,
     pending: HeaderMutations,
+    documents: Arc<Documents>,
+    /// Keys of the sources refetched for this request.
+    refetched: Vec<String>,
 }
 
 impl Context {
-    pub(crate) fn new(route: RouteInfo, request: HeaderMap) -> Self {
+    pub(crate) fn new(route: RouteInfo, request: HeaderMap, documents: Arc<Documents>) -> Self {
         Self {
             route,
             request,
@@ -132,7 +144,26 @@ impl Context {
             metadata: Metadata::new(),
             direction: Direction::Request,
             pending: HeaderMutations::default(),
+            documents,
+            refetched: Vec::new(),
         }
+    }
+
+    /// The document the host fetched for `source` (one the policy listed in
+    /// [`Policy::remote_sources`]), if a fetch has succeeded yet.
+    pub fn document(&self, source: &RemoteSource) -> Option<Document> {
+        self.documents.get(source)
+    }
+
+    /// Whether `source` was already refetched for this request (after an
+    /// [`Action::Refetch`]), successfully or not.
+    pub fn refetched(&self, source: &RemoteSource) -> bool {
+        let key = source.key();
+        self.refetched.contains(&key)
+    }
+
+    pub(crate) fn mark_refetched(&mut self, source: &RemoteSource) {
+        self.refetched.push(source.key());
     }
 
     /// The chain entry and Envoy route this request matched.
@@ -271,6 +302,12 @@ pub trait Policy: Send + Sync {
     /// policies ask for.
     fn attributes(&self) -> AttributeSet {
         AttributeSet::NONE
+    }
+
+    /// The documents this instance reads with [`Context::document`]; the
+    /// host fetches and refreshes them (see [`crate::remote`]).
+    fn remote_sources(&self) -> Vec<RemoteSource> {
+        Vec::new()
     }
 
     /// Runs when the request headers arrive.

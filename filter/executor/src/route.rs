@@ -180,6 +180,15 @@ pub enum Selection<'t> {
 }
 
 impl RouteTable {
+    /// Every chain: the route entries' and the unmatched one, if any.
+    pub(crate) fn chains(&self) -> impl Iterator<Item = &Arc<Chain>> {
+        let unmatched = match &self.unmatched {
+            Unmatched::Chain(chain) => Some(chain),
+            Unmatched::Deny(_) | Unmatched::Allow => None,
+        };
+        self.entries.iter().map(|e| &e.chain).chain(unmatched)
+    }
+
     /// Picks the chain for a request.
     pub fn select<F: FnOnce() -> Option<String>>(
         &self,

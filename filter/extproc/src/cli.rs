@@ -147,6 +147,8 @@ async fn serve(args: Args, build: Build) -> Result<(), String> {
         }
     });
 
+    tokio::spawn(crate::fetch::keep_fresh(Arc::clone(&store)));
+
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;

@@ -18,6 +18,7 @@
 //! with the build's policies.
 
 pub mod cli;
+pub mod fetch;
 pub mod service;
 pub mod store;
 pub mod stream;

@@ -83,7 +83,9 @@ impl ConfigStore {
         }
         match Engine::from_config(&text, &self.registry) {
             Ok(engine) => {
-                *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(engine);
+                let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+                engine.documents().carry_over(current.documents());
+                *current = Arc::new(engine);
                 Reload::Applied
             }
             Err(e) => Reload::Rejected(LoadError::Invalid(self.path.clone(), e)),

@@ -89,7 +89,11 @@ impl StreamState {
         if !wanted.is_empty() {
             exchange.set_connection(translate::connection(attributes, wanted));
         }
-        let outcome = exchange.on_request_headers();
+        let mut outcome = exchange.on_request_headers();
+        while let Outcome::Refetch(source) = outcome {
+            crate::fetch::refetch_for_request(&self.engine, &source);
+            outcome = exchange.resume();
+        }
         let changes = match with_body_if_ended(&mut exchange, Direction::Request, message, outcome)
         {
             Ok(changes) => changes,
@@ -128,6 +132,8 @@ impl StreamState {
                 })
             }
             Outcome::Respond(reply) => immediate(reply),
+            // Only the request-headers phase waits for a fetch.
+            Outcome::Refetch(_) => immediate(LocalReply::text(500, "policy engine error\n")),
         }
     }
 }
@@ -144,6 +150,7 @@ fn with_body_if_ended(
     let mut changes = match outcome {
         Outcome::Continue(changes) => changes,
         Outcome::Respond(reply) => return Err(reply),
+        Outcome::Refetch(_) => return Err(LocalReply::text(500, "policy engine error\n")),
     };
     if !message.end_of_stream {
         return Ok(changes);
@@ -157,6 +164,7 @@ fn with_body_if_ended(
     match body_phase {
         Outcome::Continue(later) => changes.merge(later),
         Outcome::Respond(reply) => return Err(reply),
+        Outcome::Refetch(_) => return Err(LocalReply::text(500, "policy engine error\n")),
     }
     Ok(changes)
 }

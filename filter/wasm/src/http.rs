@@ -4,11 +4,13 @@ use std::rc::Rc;
 
 use policy_executor::{
     AttributeKind, AttributeSet, AttributeValue, Connection, Engine, Exchange, HeaderChange,
-    HeaderMap, HeaderMutations, LocalReply, Outcome, Start,
+    HeaderMap, HeaderMutations, LocalReply, Outcome, RemoteSource, Start,
 };
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType, Status};
+
+use crate::fetch;
 
 /// The state of one request on this worker.
 pub(crate) struct Stream {
@@ -20,6 +22,11 @@ pub(crate) struct Stream {
     replied: bool,
     request_body_done: bool,
     response_body_done: bool,
+    /// The request-headers phase waits for this refetch (callout token).
+    fetching: Option<(u32, RemoteSource)>,
+    request_headers_ended: bool,
+    /// The request body ended (with this size) while the headers waited.
+    request_body_end: Option<usize>,
 }
 
 impl Stream {
@@ -30,6 +37,9 @@ impl Stream {
             replied: false,
             request_body_done: false,
             response_body_done: false,
+            fetching: None,
+            request_headers_ended: false,
+            request_body_end: None,
         }
     }
 
@@ -42,7 +52,59 @@ impl Stream {
                 Action::Continue
             }
             Outcome::Respond(reply) => self.respond(&reply),
+            Outcome::Refetch(source) => self.refetch(source),
         }
+    }
+
+    /// Holds the request while `source` is fetched, unless another VM
+    /// already has a newer copy or the source was fetched too recently (then
+    /// the policy decides at once with what is cached).
+    fn refetch(&mut self, source: RemoteSource) -> Action {
+        let documents = self.engine.documents();
+        if !fetch::sync_from_shared(documents, &source)
+            && fetch::claim_attempt(&source, fetch::now_millis())
+        {
+            match fetch::dispatch(&source) {
+                Ok(token) => {
+                    self.fetching = Some((token, source));
+                    return Action::Pause;
+                }
+                Err(status) => log::warn!(
+                    "cannot fetch {} from cluster {:?}: {status:?}",
+                    source.uri,
+                    source.cluster
+                ),
+            }
+        }
+        self.resume_request_headers()
+    }
+
+    /// Finishes the request-headers phase after a refetch.
+    fn resume_request_headers(&mut self) -> Action {
+        let Some(outcome) = self.exchange.as_mut().map(Exchange::resume) else {
+            return Action::Continue;
+        };
+        match self.settle(MapType::HttpRequestHeaders, outcome) {
+            Action::Continue => match self.request_body_end.take() {
+                Some(size) if self.awaiting_body(Direction::Request) => {
+                    self.read_and_finish_body(Direction::Request, size)
+                }
+                _ => self.after_headers(Direction::Request, self.request_headers_ended),
+            },
+            paused => paused,
+        }
+    }
+
+    /// While the headers wait for a fetch, the body is held too: letting a
+    /// chunk continue would let the headers through.
+    fn hold_while_fetching(&mut self, end: Option<usize>) -> bool {
+        if self.fetching.is_none() {
+            return false;
+        }
+        if end.is_some() {
+            self.request_body_end = end;
+        }
+        true
     }
 
     fn respond(&mut self, reply: &LocalReply) -> Action {
@@ -169,10 +231,27 @@ impl Direction {
     }
 }
 
-impl Context for Stream {}
+impl Context for Stream {
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, body: usize, _: usize) {
+        let Some((expected, source)) = self.fetching.take() else {
+            return;
+        };
+        if expected != token {
+            self.fetching = Some((expected, source));
+            return;
+        }
+        fetch::complete(self.engine.documents(), &source, body);
+        if let Action::Continue = self.resume_request_headers() {
+            if let Err(status) = hostcalls::resume_http_request() {
+                log::error!("cannot resume the request: {status:?}");
+            }
+        }
+    }
+}
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+        self.request_headers_ended = end_of_stream;
         let headers = match read_headers(MapType::HttpRequestHeaders) {
             Ok(headers) => headers,
             Err(status) => return self.host_fault("request headers", status),
@@ -195,10 +274,16 @@ impl HttpContext for Stream {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.hold_while_fetching(end_of_stream.then_some(body_size)) {
+            return Action::Pause;
+        }
         self.on_body(Direction::Request, body_size, end_of_stream)
     }
 
     fn on_http_request_trailers(&mut self, _trailers: usize) -> Action {
+        if self.hold_while_fetching(Some(usize::MAX)) {
+            return Action::Pause;
+        }
         self.on_trailers(Direction::Request)
     }
 

@@ -12,6 +12,11 @@
 //!   buffered only for chains whose policies read them, and response headers
 //!   are read only for chains with a policy that inspects them.
 //!
+//! * policies that need a remote document (a JWKS) get it from the root
+//!   context, which fetches it on a timer and shares it with the other
+//!   workers' VMs (`fetch`); a request whose policy asks for a refetch
+//!   waits for one HTTP callout of its own.
+//!
 //! Host calls go through `proxy_wasm::hostcalls`, which return `Result`s,
 //! rather than the SDK's trait helpers, which `unwrap` (a header value that
 //! is not UTF-8 would otherwise trap the VM and fail every later request on
@@ -22,12 +27,15 @@
 //! builder (`filter/builder`) generates for each build, whose entry point
 //! calls [`install`] with the build's policies.
 
+mod fetch;
 mod http;
 
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::OnceLock;
+use std::time::Duration;
 
-use policy_executor::{Build, Engine};
+use policy_executor::{Build, Engine, RemoteSource};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, LogLevel};
@@ -45,13 +53,57 @@ pub fn install(build: Build) {
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(PluginRoot::default()) });
 }
 
-/// The per-VM root context: owns the compiled configuration.
+/// How often the root context looks for documents due for a refresh.
+const TICK: Duration = Duration::from_secs(1);
+
+/// The per-VM root context: owns the compiled configuration and keeps its
+/// remote documents fresh.
 #[derive(Default)]
 struct PluginRoot {
     engine: Option<Rc<Engine>>,
+    remote_sources: Vec<RemoteSource>,
+    /// Fetches in flight, by callout token.
+    fetching: HashMap<u32, RemoteSource>,
 }
 
-impl Context for PluginRoot {}
+impl PluginRoot {
+    /// Takes what other VMs fetched, and fetches what is due and not
+    /// claimed by another VM.
+    fn refresh_documents(&mut self) {
+        let Some(engine) = self.engine.as_ref() else {
+            return;
+        };
+        let documents = engine.documents();
+        let now = fetch::now_millis();
+        for source in &self.remote_sources {
+            fetch::sync_from_shared(documents, source);
+            let fetched_at = documents.get(source).map(|d| d.fetched_at);
+            if !source.refresh_due(fetched_at, now) || !fetch::claim_attempt(source, now) {
+                continue;
+            }
+            match fetch::dispatch(source) {
+                Ok(token) => {
+                    self.fetching.insert(token, source.clone());
+                }
+                Err(status) => log::warn!(
+                    "cannot fetch {} from cluster {:?}: {status:?}",
+                    source.uri,
+                    source.cluster
+                ),
+            }
+        }
+    }
+}
+
+impl Context for PluginRoot {
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, body: usize, _: usize) {
+        let (Some(source), Some(engine)) = (self.fetching.remove(&token), self.engine.as_ref())
+        else {
+            return;
+        };
+        fetch::complete(engine.documents(), &source, body);
+    }
+}
 
 impl RootContext for PluginRoot {
     fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
@@ -85,7 +137,14 @@ impl RootContext for PluginRoot {
                     engine.route_count(),
                     registry.names().join(", ")
                 );
+                self.remote_sources = engine.remote_sources();
                 self.engine = Some(Rc::new(engine));
+                if !self.remote_sources.is_empty() {
+                    if let Err(status) = hostcalls::set_tick_period(TICK) {
+                        log::error!("cannot start the refresh timer: {status:?}");
+                    }
+                    self.refresh_documents();
+                }
                 true
             }
             Err(error) => {
@@ -93,6 +152,10 @@ impl RootContext for PluginRoot {
                 false
             }
         }
+    }
+
+    fn on_tick(&mut self) {
+        self.refresh_documents();
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

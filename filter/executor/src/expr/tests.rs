@@ -7,7 +7,11 @@ fn context(headers: &[(&str, &str)]) -> Context {
         chain: Arc::from("egress"),
         route_name: None,
     };
-    Context::new(route, HeaderMap::from_pairs(headers.iter().copied()))
+    Context::new(
+        route,
+        HeaderMap::from_pairs(headers.iter().copied()),
+        Default::default(),
+    )
 }
 
 fn with_client_certificate(mut cx: Context, uri_san: &str) -> Context {
