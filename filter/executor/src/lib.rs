@@ -14,6 +14,8 @@
 //! * [`config`]: the plugin configuration and its precise errors.
 //! * [`expr`]: CEL expressions over request attributes, checked when the
 //!   configuration is compiled.
+//! * [`credentials`]: where clients put credentials, shared by the
+//!   authentication policies.
 //! * [`attributes`]: the connection attributes (peer address, SPIFFE ID,
 //!   TLS) hosts fetch for the expressions that read them.
 //! * [`remote`]: documents policies need fetched (a JWKS), which hosts
@@ -24,6 +26,7 @@
 pub mod attributes;
 pub mod chain;
 pub mod config;
+pub mod credentials;
 pub mod expr;
 pub mod headers;
 pub mod policy;

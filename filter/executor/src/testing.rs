@@ -2,9 +2,14 @@
 //! around one policy instance and feed it requests, exactly as a host would,
 //! without Envoy.
 
+use std::sync::Arc;
+
 use serde_json::{json, Value};
 
-use crate::{ConfigError, Engine, Exchange, HeaderMap, PolicyFactory, Start};
+use crate::{
+    ConfigError, Context, Engine, Exchange, HeaderChange, HeaderMap, Outcome, PolicyFactory,
+    RouteInfo, Start,
+};
 
 /// An engine with one route entry (`test`) running `factory` with `config`.
 pub fn engine_for(factory: PolicyFactory, config: Value) -> Result<Engine, ConfigError> {
@@ -27,6 +32,26 @@ pub fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> HeaderMap 
         (":scheme", "http"),
     ];
     HeaderMap::from_pairs(pseudo.into_iter().chain(headers.iter().copied()))
+}
+
+/// A bare context for `request` on route entry `test`, for helpers that
+/// read a request without running a chain.
+pub fn context(request: HeaderMap) -> Context {
+    let route = RouteInfo {
+        chain: Arc::from("test"),
+        route_name: None,
+    };
+    Context::new(route, request, Arc::default())
+}
+
+/// The header changes of an outcome that let the message go on, in order;
+/// panics on any other outcome, failing the test.
+#[allow(clippy::panic, reason = "a test helper: a reply must fail the test")]
+pub fn changes(outcome: Outcome) -> Vec<(String, HeaderChange)> {
+    match outcome {
+        Outcome::Continue(m) => m.iter().map(|(n, c)| (n.to_owned(), c.clone())).collect(),
+        other => panic!("expected the message to go on, got {other:?}"),
+    }
 }
 
 /// Starts an exchange for `request`; `None` if the engine did not select a

@@ -19,9 +19,10 @@
 //! or unknown key gets 401 with `WWW-Authenticate: ApiKey`; keys are never
 //! logged.
 
+use policy_executor::credentials::{same_digest, Location, RawLocation};
 use policy_executor::{
     parse_params, Action, Context, HeaderName, HeaderValue, LocalReply, ParamError, Phases, Policy,
-    PolicyFactory, RequestTarget,
+    PolicyFactory,
 };
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -40,18 +41,11 @@ pub const CONSUMER: &str = "api-key.consumer";
 #[serde(deny_unknown_fields)]
 struct Params {
     #[serde(default)]
-    from: Option<RawSource>,
+    from: Option<RawLocation>,
     keys: Vec<RawKey>,
     consumer_header: Option<String>,
     #[serde(default)]
     strip: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSource {
-    header: Option<String>,
-    query: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -61,13 +55,8 @@ struct RawKey {
     sha256: String,
 }
 
-enum Source {
-    Header(HeaderName),
-    Query(String),
-}
-
 struct ApiKey {
-    source: Source,
+    source: Location,
     keys: Vec<([u8; 32], serde_json::Value)>,
     consumer_header: Option<HeaderName>,
     strip: bool,
@@ -78,21 +67,8 @@ fn build(config: &serde_json::Value) -> Result<Box<dyn Policy>, ParamError> {
     let header =
         |field: &str, name: &str| HeaderName::parse(name).map_err(|e| ParamError::at(field, e));
     let source = match params.from {
-        None => Source::Header(header("from.header", "x-api-key")?),
-        Some(RawSource {
-            header: Some(name),
-            query: None,
-        }) => Source::Header(header("from.header", &name)?),
-        Some(RawSource {
-            header: None,
-            query: Some(name),
-        }) if !name.is_empty() => Source::Query(name),
-        Some(_) => {
-            return Err(ParamError::at(
-                "from",
-                "give exactly one of `header` or `query`",
-            ))
-        }
+        None => Location::Header(header("from.header", "x-api-key")?, String::new()),
+        Some(raw) => Location::parse(raw, "from")?,
     };
     if params.keys.is_empty() {
         return Err(ParamError::at("keys", "at least one key is needed"));
@@ -142,65 +118,17 @@ fn decode_sha256(hex: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// Compares without an early exit, so timing does not reveal where two
-/// hashes first differ.
-fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
-}
-
 impl ApiKey {
-    fn presented<'a>(&self, cx: &'a Context) -> Option<&'a str> {
-        let request = cx.request_headers();
-        match &self.source {
-            Source::Header(name) => request.get(name.as_str()),
-            Source::Query(name) => {
-                let (_, query) = request.get(":path")?.split_once('?')?;
-                query
-                    .split('&')
-                    .filter_map(|pair| pair.split_once('='))
-                    .find(|(n, _)| n == name)
-                    .map(|(_, value)| value)
-            }
-        }
-        .filter(|key| !key.is_empty())
-    }
-
     fn consumer(&self, key: &str) -> Option<&serde_json::Value> {
         let hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         // Every stored hash is compared, match or not.
         self.keys.iter().fold(None, |found, (stored, consumer)| {
-            if same(stored, &hash) {
+            if same_digest(stored, &hash) {
                 Some(consumer)
             } else {
                 found
             }
         })
-    }
-
-    fn strip(&self, cx: &mut Context) {
-        match &self.source {
-            Source::Header(name) => cx.headers_mut().remove(name),
-            Source::Query(name) => {
-                let Some(path) = cx.request_headers().get(":path") else {
-                    return;
-                };
-                let Some((path_only, query)) = path.split_once('?') else {
-                    return;
-                };
-                let kept: Vec<&str> = query
-                    .split('&')
-                    .filter(|pair| pair.split_once('=').map_or(*pair, |(n, _)| n) != name)
-                    .collect();
-                let rewritten = if kept.is_empty() {
-                    path_only.to_owned()
-                } else {
-                    format!("{path_only}?{}", kept.join("&"))
-                };
-                if let Ok(value) = HeaderValue::parse(&rewritten) {
-                    cx.headers_mut().rewrite(RequestTarget::Path, &value);
-                }
-            }
-        }
     }
 }
 
@@ -221,7 +149,7 @@ impl Policy for ApiKey {
     }
 
     fn on_request_headers(&self, cx: &mut Context) -> Action {
-        let Some(consumer) = self.presented(cx).and_then(|key| self.consumer(key)) else {
+        let Some(consumer) = self.source.find(cx).and_then(|key| self.consumer(key)) else {
             log::debug!(
                 "api-key: route {:?} denied: missing or unknown key, caller {}",
                 cx.route().chain,
@@ -231,7 +159,7 @@ impl Policy for ApiKey {
         };
         let consumer = consumer.clone();
         if self.strip {
-            self.strip(cx);
+            self.source.strip(cx);
         }
         if let Some(header) = &self.consumer_header {
             if let Some(value) = consumer.as_str().and_then(|c| HeaderValue::parse(c).ok()) {

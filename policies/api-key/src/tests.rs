@@ -1,5 +1,5 @@
 use super::*;
-use policy_executor::testing::{engine_for, request, start};
+use policy_executor::testing::{changes, engine_for, request, start};
 use policy_executor::{HeaderChange, Outcome};
 use serde_json::json;
 
@@ -39,15 +39,8 @@ fn a_known_key_names_its_consumer_and_can_be_stripped() {
     });
     let (outcome, consumer) = outcome(config, "/", &[("x-api-key", "s3cr3t-team-a")]);
     assert_eq!(consumer, Some(json!("team-a")));
-    let Outcome::Continue(changes) = outcome else {
-        panic!("refused")
-    };
-    let changes: Vec<_> = changes
-        .iter()
-        .map(|(n, c)| (n.to_owned(), c.clone()))
-        .collect();
     assert_eq!(
-        changes,
+        changes(outcome),
         [
             ("x-api-key".into(), HeaderChange::Remove),
             (
@@ -79,15 +72,8 @@ fn a_key_in_the_query_is_found_and_stripped_from_the_path() {
     let config = json!({"from": {"query": "api_key"}, "keys": [{"consumer": "ci", "sha256": TEAM_A}], "strip": true});
     let (outcome, consumer) = outcome(config, "/items?page=2&api_key=s3cr3t-team-a", &[]);
     assert_eq!(consumer, Some(json!("ci")));
-    let Outcome::Continue(changes) = outcome else {
-        panic!("refused")
-    };
-    let changes: Vec<_> = changes
-        .iter()
-        .map(|(n, c)| (n.to_owned(), c.clone()))
-        .collect();
     assert_eq!(
-        changes,
+        changes(outcome),
         [(
             ":path".into(),
             HeaderChange::Replace(vec!["/items?page=2".into()])

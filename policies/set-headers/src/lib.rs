@@ -160,16 +160,9 @@ mod tests {
         policy_executor::testing::check_definition(FACTORY, include_str!("../policy.yaml"))
             .unwrap();
     }
-    use policy_executor::testing::{engine_for, request, start};
-    use policy_executor::{HeaderChange, HeaderMap, Outcome};
+    use policy_executor::testing::{changes, engine_for, request, start};
+    use policy_executor::{HeaderChange, HeaderMap};
     use serde_json::json;
-
-    fn changes(outcome: Outcome) -> Vec<(String, HeaderChange)> {
-        match outcome {
-            Outcome::Continue(m) => m.iter().map(|(n, c)| (n.to_owned(), c.clone())).collect(),
-            Outcome::Respond(r) => panic!("unexpected reply {r:?}"),
-        }
-    }
 
     #[test]
     fn edits_request_and_response_headers() {

@@ -1,18 +1,11 @@
 use super::*;
-use policy_executor::testing::{engine_for, request, start};
-use policy_executor::{Attribute, AttributeValue, Connection, HeaderChange, HeaderMap, Outcome};
+use policy_executor::testing::{changes, engine_for, request, start};
+use policy_executor::{Attribute, AttributeValue, Connection, HeaderChange, HeaderMap};
 use serde_json::json;
 
 #[test]
 fn the_typed_parameters_and_policy_yaml_agree() {
     policy_executor::testing::check_definition(FACTORY, include_str!("../policy.yaml")).unwrap();
-}
-
-fn changes(outcome: Outcome) -> Vec<(String, HeaderChange)> {
-    match outcome {
-        Outcome::Continue(m) => m.iter().map(|(n, c)| (n.to_owned(), c.clone())).collect(),
-        Outcome::Respond(r) => panic!("unexpected reply {r:?}"),
-    }
 }
 
 fn replace(value: &str) -> HeaderChange {
