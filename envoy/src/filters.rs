@@ -86,18 +86,25 @@ fn request_attributes() -> Vec<&'static str> {
 
 /// The HTTP/2 cluster for the shim at `address`.
 pub fn ext_proc_cluster(address: SocketAddr) -> Value {
+    let mut cluster = static_cluster(EXT_PROC_CLUSTER, address);
+    cluster["typed_extension_protocol_options"] = json!({
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": { "http2_protocol_options": {} },
+        },
+    });
+    cluster
+}
+
+/// A plain HTTP/1.1 cluster named `name` with one endpoint, e.g. for the
+/// JWKS server a policy fetches from.
+pub fn static_cluster(name: &str, address: SocketAddr) -> Value {
     json!({
-        "name": EXT_PROC_CLUSTER,
+        "name": name,
         "type": "STATIC",
         "connect_timeout": "1s",
-        "typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": { "http2_protocol_options": {} },
-            },
-        },
         "load_assignment": {
-            "cluster_name": EXT_PROC_CLUSTER,
+            "cluster_name": name,
             "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": { "socket_address": {
                 "address": address.ip().to_string(),
                 "port_value": address.port(),

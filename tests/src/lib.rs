@@ -6,6 +6,8 @@
     reason = "test support: a step that fails must fail the test that called it"
 )]
 
+pub mod jwks;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -84,11 +86,28 @@ impl Stack {
         Self::try_start_with(host, None, plugin_config, None)
     }
 
+    /// Starts `host` on `plugin_config` with further Envoy clusters (those
+    /// the configuration's remote documents are fetched through).
+    pub fn start_with_clusters(host: Host, plugin_config: &str, clusters: Vec<Value>) -> Self {
+        Self::try_start_full(host, None, plugin_config, None, clusters)
+            .unwrap_or_else(|e| panic!("{host:?}: {e}"))
+    }
+
     fn try_start_with(
         host: Host,
         module: Option<&Path>,
         plugin_config: &str,
         tls: Option<ListenerTls>,
+    ) -> Result<Self, EnvoyError> {
+        Self::try_start_full(host, module, plugin_config, tls, Vec::new())
+    }
+
+    fn try_start_full(
+        host: Host,
+        module: Option<&Path>,
+        plugin_config: &str,
+        tls: Option<ListenerTls>,
+        clusters: Vec<Value>,
     ) -> Result<Self, EnvoyError> {
         let upstream = EchoUpstream::start(SocketAddr::from(([127, 0, 0, 1], 0)))
             .map_err(|e| EnvoyError::Io("starting the echo upstream".into(), e))?;
@@ -114,7 +133,8 @@ impl Stack {
                 (options, Some(shim))
             }
         };
-        let options = Options { tls, ..options };
+        let mut options = Options { tls, ..options };
+        options.clusters.extend(clusters);
         let envoy = Envoy::start(&options)?;
         Ok(Self {
             envoy,

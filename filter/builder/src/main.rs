@@ -194,6 +194,13 @@ fn build(
             .current_dir(&workspace)
             .env("CARGO_TARGET_DIR", &target)
             .args(args);
+        // The generated workspace is outside this repository, so rustup's
+        // proxy would otherwise pick the toolchain from each dependency's
+        // own directory, and some crates (ff) pin an ancient one there.
+        let rustc = Path::new(env!("CARGO")).with_file_name("rustc");
+        if rustc.is_file() {
+            command.env("RUSTC", rustc);
+        }
         command
     };
     // Checking the registry first turns "this crate is not a policy" into

@@ -158,6 +158,7 @@ mod tests {
         match outcome {
             Outcome::Continue(_) => 0,
             Outcome::Respond(reply) => reply.status,
+            Outcome::Refetch(source) => panic!("unexpected refetch of {}", source.uri),
         }
     }
 

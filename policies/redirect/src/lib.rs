@@ -210,7 +210,7 @@ mod tests {
                     .unwrap_or_default();
                 (reply.status, location)
             }
-            Outcome::Continue(_) => panic!("no redirect"),
+            other => panic!("no redirect: {other:?}"),
         }
     }
 

@@ -100,7 +100,7 @@ mod tests {
         let mut x = start(&engine, request("GET", "/", &[])).unwrap();
         match x.on_request_headers() {
             Outcome::Respond(reply) => reply,
-            Outcome::Continue(_) => panic!("respond did not reply"),
+            other => panic!("respond did not reply: {other:?}"),
         }
     }
 

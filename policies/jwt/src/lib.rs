@@ -1,0 +1,675 @@
+//! `jwt`: authenticates a request by a JSON Web Token.
+//!
+//! ```yaml
+//! - name: jwt
+//!   config:
+//!     providers:
+//!       - name: corp
+//!         issuer: https://auth.example.com
+//!         audiences: [orders]
+//!         algorithms: [ES256, RS256]
+//!         remote_jwks:
+//!           http_uri: { uri: "http://auth.example.com/jwks.json", cluster: auth, timeout: 5s }
+//!           cache_duration: 300s
+//!         # or local_jwks: { inline_string: '{"keys": [...]}' }
+//!         required_scopes: [orders.read]
+//!         claim_to_headers: [{ claim_name: sub, header_name: x-user }]
+//!     from: [{ header: authorization, prefix: "Bearer " }]   # the default
+//! ```
+//!
+//! The vocabulary is Envoy's `jwt_authn` where the two overlap. A token is
+//! checked against the provider its `iss` names: the algorithm must be one
+//! the provider lists (so `none`, and an HMAC token against an RSA key,
+//! never pass), then the signature, `exp`/`nbf` within the clock skew, the
+//! issuer, the audiences, the required claims and scopes. Its claims go to
+//! the metadata (`jwt.claims`, CEL `jwt.sub`) for later policies, and to
+//! request headers if mapped. Failure gets 401 with `WWW-Authenticate:
+//! Bearer` (403 for missing scopes, RFC 6750); the token is never logged.
+//!
+//! Remote key sets are fetched by the host (see `policy_executor::remote`):
+//! a token naming an unknown `kid` makes the request wait for one refetch,
+//! at most once per `min_refetch_interval`. Verified tokens are cached per
+//! worker ([`cache`]).
+
+mod cache;
+mod keys;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jwt_simple::prelude::{Base64UrlSafeNoPadding, Token, UnixTimeStamp, VerificationOptions};
+use jwt_simple::reexports::ct_codecs::Decoder;
+use policy_executor::credentials::{Location, RawLocation};
+use policy_executor::{
+    parse_params, Action, Context, HeaderName, HeaderValue, LocalReply, ParamError, Phases, Policy,
+    PolicyFactory, RemoteSource, JWT_CLAIMS,
+};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::cache::{TokenCache, Verified};
+use crate::keys::{Algorithm, KeySet, Lookup};
+
+/// The policy's registration.
+pub const FACTORY: PolicyFactory = PolicyFactory {
+    name: "jwt",
+    version: "0.1.0",
+    build,
+};
+
+/// The metadata key naming the provider that verified the token.
+pub const PROVIDER: &str = "jwt.provider";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    providers: Vec<RawProvider>,
+    #[serde(default)]
+    from: Option<Vec<RawLocation>>,
+    #[serde(default)]
+    forward: bool,
+    #[serde(default)]
+    allow_missing: bool,
+    realm: Option<String>,
+    max_token_bytes: Option<usize>,
+    cache_size: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    name: Option<String>,
+    issuer: String,
+    #[serde(default)]
+    audiences: Vec<String>,
+    algorithms: Vec<String>,
+    local_jwks: Option<LocalJwks>,
+    remote_jwks: Option<RemoteJwks>,
+    clock_skew_seconds: Option<u64>,
+    require_expiration: Option<bool>,
+    #[serde(default)]
+    required_claims: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    required_scopes: Vec<String>,
+    #[serde(default)]
+    claim_to_headers: Vec<ClaimToHeader>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LocalJwks {
+    inline_string: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemoteJwks {
+    http_uri: HttpUri,
+    cache_duration: Option<String>,
+    min_refetch_interval: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpUri {
+    uri: String,
+    cluster: String,
+    timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClaimToHeader {
+    claim_name: String,
+    header_name: String,
+}
+
+/// Where a provider's keys come from.
+enum Jwks {
+    Inline(Arc<KeySet>),
+    /// Parsed from the host's latest fetch, kept until it changes.
+    Remote {
+        source: RemoteSource,
+        parsed: Mutex<Option<(u64, Arc<KeySet>)>>,
+    },
+}
+
+struct Provider {
+    name: String,
+    issuer: String,
+    audiences: Option<HashSet<String>>,
+    algorithms: Vec<Algorithm>,
+    jwks: Jwks,
+    clock_skew: u64,
+    require_expiration: bool,
+    required_claims: Vec<(String, serde_json::Value)>,
+    required_scopes: Vec<String>,
+    claim_to_headers: Vec<(String, HeaderName)>,
+}
+
+struct Jwt {
+    providers: Vec<Provider>,
+    from: Vec<Location>,
+    forward: bool,
+    allow_missing: bool,
+    realm: Option<String>,
+    max_token_bytes: usize,
+    cache: Mutex<TokenCache>,
+}
+
+const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
+const DEFAULT_CACHE_SIZE: usize = 1024;
+
+fn build(config: &serde_json::Value) -> Result<Box<dyn Policy>, ParamError> {
+    let params: Params = parse_params(config)?;
+    if params.providers.is_empty() {
+        return Err(ParamError::at(
+            "providers",
+            "at least one provider is needed",
+        ));
+    }
+    let mut providers = Vec::with_capacity(params.providers.len());
+    for (i, raw) in params.providers.into_iter().enumerate() {
+        let provider = build_provider(raw, &format!("providers[{i}]"))?;
+        if providers
+            .iter()
+            .any(|p: &Provider| p.issuer == provider.issuer)
+        {
+            return Err(ParamError::at(
+                format!("providers[{i}].issuer"),
+                "two providers have this issuer",
+            ));
+        }
+        providers.push(provider);
+    }
+    let from = match params.from {
+        None => vec![bearer()?],
+        Some(list) if list.is_empty() => {
+            return Err(ParamError::at("from", "at least one location is needed"))
+        }
+        Some(list) => list
+            .into_iter()
+            .enumerate()
+            .map(|(i, raw)| Location::parse(raw, &format!("from[{i}]")))
+            .collect::<Result<_, _>>()?,
+    };
+    Ok(Box::new(Jwt {
+        providers,
+        from,
+        forward: params.forward,
+        allow_missing: params.allow_missing,
+        realm: params.realm,
+        max_token_bytes: params.max_token_bytes.unwrap_or(DEFAULT_MAX_TOKEN_BYTES),
+        cache: Mutex::new(TokenCache::new(
+            params.cache_size.unwrap_or(DEFAULT_CACHE_SIZE),
+        )),
+    }))
+}
+
+fn bearer() -> Result<Location, ParamError> {
+    let name = HeaderName::parse("authorization").map_err(|e| ParamError::at("from", e))?;
+    Ok(Location::Header(name, "Bearer ".into()))
+}
+
+fn build_provider(raw: RawProvider, at: &str) -> Result<Provider, ParamError> {
+    let field = |name: &str| format!("{at}.{name}");
+    if raw.issuer.is_empty() {
+        return Err(ParamError::at(field("issuer"), "empty"));
+    }
+    if raw.algorithms.is_empty() {
+        return Err(ParamError::at(
+            field("algorithms"),
+            "list the algorithms tokens may use",
+        ));
+    }
+    let mut algorithms = Vec::new();
+    for (i, name) in raw.algorithms.iter().enumerate() {
+        let algorithm = Algorithm::parse(name).ok_or_else(|| {
+            let known: Vec<&str> = Algorithm::ALL.iter().map(|a| a.name()).collect();
+            ParamError::at(
+                field(&format!("algorithms[{i}]")),
+                format!(
+                    "unknown algorithm {name:?}; use one of {}",
+                    known.join(", ")
+                ),
+            )
+        })?;
+        algorithms.push(algorithm);
+    }
+    let jwks = match (raw.local_jwks, raw.remote_jwks) {
+        (Some(local), None) => {
+            let set = KeySet::parse(local.inline_string.as_bytes(), &algorithms)
+                .map_err(|e| ParamError::at(field("local_jwks.inline_string"), e))?;
+            Jwks::Inline(Arc::new(set))
+        }
+        (None, Some(remote)) => Jwks::Remote {
+            source: remote_source(remote, &field("remote_jwks"))?,
+            parsed: Mutex::new(None),
+        },
+        _ => {
+            return Err(ParamError::at(
+                at.to_owned(),
+                "give exactly one of `local_jwks` or `remote_jwks`",
+            ))
+        }
+    };
+    let mut claim_to_headers = Vec::new();
+    for (i, mapping) in raw.claim_to_headers.into_iter().enumerate() {
+        let header = HeaderName::parse(&mapping.header_name)
+            .map_err(|e| ParamError::at(field(&format!("claim_to_headers[{i}].header_name")), e))?;
+        claim_to_headers.push((mapping.claim_name, header));
+    }
+    let audiences = (!raw.audiences.is_empty()).then(|| raw.audiences.into_iter().collect());
+    Ok(Provider {
+        name: raw.name.unwrap_or_else(|| raw.issuer.clone()),
+        issuer: raw.issuer,
+        audiences,
+        algorithms,
+        jwks,
+        clock_skew: raw.clock_skew_seconds.unwrap_or(60),
+        require_expiration: raw.require_expiration.unwrap_or(true),
+        required_claims: raw.required_claims.into_iter().collect(),
+        required_scopes: raw.required_scopes,
+        claim_to_headers,
+    })
+}
+
+fn remote_source(remote: RemoteJwks, at: &str) -> Result<RemoteSource, ParamError> {
+    let uri = remote.http_uri.uri;
+    if !(uri.starts_with("http://") || uri.starts_with("https://")) {
+        return Err(ParamError::at(
+            format!("{at}.http_uri.uri"),
+            "an http:// or https:// URL is needed",
+        ));
+    }
+    if remote.http_uri.cluster.is_empty() {
+        return Err(ParamError::at(format!("{at}.http_uri.cluster"), "empty"));
+    }
+    let duration = |value: Option<String>, name: &str, default: u64| match value {
+        None => Ok(Duration::from_secs(default)),
+        Some(text) => parse_duration(&text).ok_or_else(|| {
+            ParamError::at(
+                format!("{at}.{name}"),
+                format!("{text:?} is not a duration like 5s, 500ms or 10m"),
+            )
+        }),
+    };
+    Ok(RemoteSource {
+        uri,
+        cluster: remote.http_uri.cluster,
+        timeout: duration(remote.http_uri.timeout, "http_uri.timeout", 5)?,
+        refresh_interval: duration(remote.cache_duration, "cache_duration", 300)?,
+        min_refetch_interval: duration(remote.min_refetch_interval, "min_refetch_interval", 30)?,
+    })
+}
+
+/// `500ms`, `5s`, `1.5s`, `10m`, `1h`: Envoy's duration notation.
+fn parse_duration(text: &str) -> Option<Duration> {
+    let (number, unit) = text.split_at(text.find(|c: char| c.is_ascii_alphabetic())?);
+    let value: f64 = number.parse().ok()?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return None,
+    };
+    (seconds.is_finite() && seconds > 0.0).then(|| Duration::from_secs_f64(seconds))
+}
+
+fn now_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Why a request was refused.
+enum Refusal {
+    /// No token where one is looked for.
+    Missing,
+    /// A token that does not verify; the reason is logged, not sent.
+    Invalid(String),
+    /// A valid token without a required scope.
+    InsufficientScope,
+}
+
+/// What verifying a token came to.
+enum Verdict {
+    Verified(Verified),
+    Refused(Refusal),
+    /// The provider's keys cannot decide yet: refetch them.
+    Refetch(RemoteSource),
+}
+
+impl Provider {
+    /// The provider's keys and their version, or the source to fetch.
+    fn key_set(&self, cx: &Context) -> Result<(Arc<KeySet>, u64), Verdict> {
+        let (source, parsed) = match &self.jwks {
+            Jwks::Inline(set) => return Ok((Arc::clone(set), 0)),
+            Jwks::Remote { source, parsed } => (source, parsed),
+        };
+        let Some(document) = cx.document(source) else {
+            return Err(if cx.refetched(source) {
+                Verdict::Refused(Refusal::Invalid(format!(
+                    "no keys: {} has not been fetched",
+                    source.uri
+                )))
+            } else {
+                Verdict::Refetch(source.clone())
+            });
+        };
+        let mut parsed = parsed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((version, set)) = parsed.as_ref() {
+            if *version == document.fetched_at {
+                return Ok((Arc::clone(set), *version));
+            }
+        }
+        match KeySet::parse(&document.body, &self.algorithms) {
+            Ok(set) => {
+                let set = Arc::new(set);
+                *parsed = Some((document.fetched_at, Arc::clone(&set)));
+                Ok((set, document.fetched_at))
+            }
+            // A bad document does not replace good keys.
+            Err(error) => match parsed.as_ref() {
+                Some((version, set)) => {
+                    log::warn!("jwt: {} served an unusable key set: {error}", source.uri);
+                    Ok((Arc::clone(set), *version))
+                }
+                None => Err(Verdict::Refused(Refusal::Invalid(format!(
+                    "{} served an unusable key set: {error}",
+                    source.uri
+                )))),
+            },
+        }
+    }
+
+    fn verify(&self, index: usize, token: &str, cx: &Context, now: u64) -> Verdict {
+        let header = match Token::decode_metadata(token) {
+            Ok(header) => header,
+            Err(error) => return Verdict::Refused(Refusal::Invalid(format!("malformed: {error}"))),
+        };
+        let Some(algorithm) =
+            Algorithm::parse(header.algorithm()).filter(|a| self.algorithms.contains(a))
+        else {
+            return Verdict::Refused(Refusal::Invalid(format!(
+                "algorithm {:?} is not allowed",
+                header.algorithm()
+            )));
+        };
+        let (keys, keys_version) = match self.key_set(cx) {
+            Ok(found) => found,
+            Err(verdict) => return verdict,
+        };
+        match keys.lookup(algorithm, header.key_id()) {
+            Lookup::Found => {}
+            Lookup::UnknownKid => {
+                if let Jwks::Remote { source, .. } = &self.jwks {
+                    if !cx.refetched(source) {
+                        return Verdict::Refetch(source.clone());
+                    }
+                }
+                return Verdict::Refused(Refusal::Invalid("unknown key id".into()));
+            }
+            Lookup::NoKey => {
+                return Verdict::Refused(Refusal::Invalid(format!("no {} key", algorithm.name())))
+            }
+        }
+        let options = VerificationOptions {
+            allowed_issuers: Some(HashSet::from([self.issuer.clone()])),
+            allowed_audiences: self.audiences.clone(),
+            time_tolerance: Some(jwt_simple::prelude::Duration::from_secs(self.clock_skew)),
+            artificial_time: Some(UnixTimeStamp::from_secs(now)),
+            max_token_length: None,
+            ..VerificationOptions::default()
+        };
+        let registered = match keys.verify(token, algorithm, header.key_id(), &options) {
+            Ok(claims) => claims,
+            Err(error) => return Verdict::Refused(Refusal::Invalid(error)),
+        };
+        if self.require_expiration && registered.expires_at.is_none() {
+            return Verdict::Refused(Refusal::Invalid("no `exp` claim".into()));
+        }
+        let Some(claims) = payload(token) else {
+            return Verdict::Refused(Refusal::Invalid("the payload is not a JSON object".into()));
+        };
+        if let Some((name, _)) = self
+            .required_claims
+            .iter()
+            .find(|(name, wanted)| !claim_matches(claims.get(name), wanted))
+        {
+            return Verdict::Refused(Refusal::Invalid(format!(
+                "claim {name:?} does not have the required value"
+            )));
+        }
+        let scopes = scopes(&claims);
+        if !self
+            .required_scopes
+            .iter()
+            .all(|s| scopes.contains(&s.as_str()))
+        {
+            return Verdict::Refused(Refusal::InsufficientScope);
+        }
+        let skew = self.clock_skew;
+        let seconds = |t: Option<UnixTimeStamp>| t.map(|t| t.as_secs());
+        Verdict::Verified(Verified {
+            provider: index,
+            not_before: seconds(registered.invalid_before).map_or(0, |t| t.saturating_sub(skew)),
+            // A token without `exp` (allowed only if configured) is cached
+            // for a minute at most.
+            expires: seconds(registered.expires_at).map_or(now + 60, |t| t.saturating_add(skew)),
+            claims: Arc::new(claims),
+            keys_version,
+        })
+    }
+}
+
+/// The token's claims, decoded without verification: call only on a
+/// verified token.
+fn payload(token: &str) -> Option<serde_json::Value> {
+    let encoded = token.split('.').nth(1)?;
+    let bytes = Base64UrlSafeNoPadding::decode_to_vec(encoded, None).ok()?;
+    serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .filter(serde_json::Value::is_object)
+}
+
+/// The `iss` of a token, unverified: it only picks the provider to verify
+/// against.
+fn issuer(token: &str) -> Option<String> {
+    let value = payload(token)?;
+    value.get("iss")?.as_str().map(str::to_owned)
+}
+
+/// A required claim holds if it equals the wanted value, or is a list that
+/// contains it.
+fn claim_matches(claim: Option<&serde_json::Value>, wanted: &serde_json::Value) -> bool {
+    match claim {
+        Some(serde_json::Value::Array(items)) if !wanted.is_array() => items.contains(wanted),
+        Some(value) => value == wanted,
+        None => false,
+    }
+}
+
+/// The token's scopes: `scope` (space-separated, RFC 8693) or `scp` (a list
+/// or a string, as some issuers send).
+fn scopes(claims: &serde_json::Value) -> Vec<&str> {
+    let mut found = Vec::new();
+    for name in ["scope", "scp"] {
+        match claims.get(name) {
+            Some(serde_json::Value::String(text)) => found.extend(text.split_whitespace()),
+            Some(serde_json::Value::Array(items)) => {
+                found.extend(items.iter().filter_map(serde_json::Value::as_str));
+            }
+            _ => {}
+        }
+    }
+    found
+}
+
+impl Jwt {
+    fn provider_for(&self, token: &str) -> Option<(usize, &Provider)> {
+        if let [only] = self.providers.as_slice() {
+            return Some((0, only));
+        }
+        let issuer = issuer(token)?;
+        self.providers
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.issuer == issuer)
+    }
+
+    fn check(&self, token: &str, cx: &Context) -> Verdict {
+        if token.len() > self.max_token_bytes {
+            return Verdict::Refused(Refusal::Invalid(format!(
+                "{} bytes, more than {}",
+                token.len(),
+                self.max_token_bytes
+            )));
+        }
+        let now = now_seconds();
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let cached = {
+            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            cache.get(&digest, now).cloned()
+        };
+        if let Some(verified) = cached {
+            let current = self
+                .providers
+                .get(verified.provider)
+                .map(|p| p.key_set(cx).map(|(_, version)| version));
+            if let Some(Ok(version)) = current {
+                if version == verified.keys_version {
+                    return Verdict::Verified(verified);
+                }
+            }
+        }
+        let Some((index, provider)) = self.provider_for(token) else {
+            return Verdict::Refused(Refusal::Invalid("no provider for its issuer".into()));
+        };
+        let verdict = provider.verify(index, token, cx, now);
+        if let Verdict::Verified(verified) = &verdict {
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            cache.insert(digest, verified.clone(), now);
+        }
+        verdict
+    }
+
+    fn refuse(&self, refusal: &Refusal, cx: &Context) -> Action {
+        let realm = self.realm.as_deref().unwrap_or(&cx.route().chain);
+        let (status, challenge, body) = match refusal {
+            Refusal::Missing => (401, format!("Bearer realm=\"{realm}\""), "missing token\n"),
+            Refusal::Invalid(_) => (
+                401,
+                format!("Bearer realm=\"{realm}\", error=\"invalid_token\""),
+                "invalid token\n",
+            ),
+            Refusal::InsufficientScope => (
+                403,
+                format!("Bearer realm=\"{realm}\", error=\"insufficient_scope\""),
+                "insufficient scope\n",
+            ),
+        };
+        let reason = match refusal {
+            Refusal::Missing => "no token",
+            Refusal::Invalid(reason) => reason,
+            Refusal::InsufficientScope => "a required scope is missing",
+        };
+        log::debug!(
+            "jwt: route {:?} denied {status}: {reason}, caller {}",
+            cx.route().chain,
+            cx.caller()
+        );
+        Action::Respond(LocalReply {
+            status,
+            headers: vec![
+                ("www-authenticate".into(), challenge),
+                ("content-type".into(), "text/plain".into()),
+            ],
+            body: body.as_bytes().to_vec(),
+        })
+    }
+
+    fn accept(&self, verified: &Verified, location: &Location, cx: &mut Context) {
+        let Some(provider) = self.providers.get(verified.provider) else {
+            return;
+        };
+        // A mapped header is set from the token or removed, never left as
+        // the client sent it.
+        for (claim, header) in &provider.claim_to_headers {
+            let value = verified.claims.get(claim).and_then(claim_text);
+            match value.and_then(|v| HeaderValue::parse(&v).ok()) {
+                Some(value) => cx.headers_mut().set(header, &value),
+                None => cx.headers_mut().remove(header),
+            }
+        }
+        if !self.forward {
+            location.strip(cx);
+        }
+        let metadata = cx.metadata_mut();
+        metadata.insert(JWT_CLAIMS.into(), (*verified.claims).clone());
+        metadata.insert(PROVIDER.into(), provider.name.clone().into());
+    }
+}
+
+/// A claim as a header value: strings as they are, lists joined with `,`,
+/// numbers and booleans as JSON; objects are not mapped.
+fn claim_text(value: &serde_json::Value) -> Option<String> {
+    match value {
+        serde_json::Value::String(text) => Some(text.clone()),
+        serde_json::Value::Array(items) => Some(
+            items
+                .iter()
+                .map(|item| {
+                    item.as_str()
+                        .map_or_else(|| item.to_string(), str::to_owned)
+                })
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        serde_json::Value::Number(_) | serde_json::Value::Bool(_) => Some(value.to_string()),
+        serde_json::Value::Null | serde_json::Value::Object(_) => None,
+    }
+}
+
+impl Policy for Jwt {
+    fn phases(&self) -> Phases {
+        Phases::REQUEST_HEADERS
+    }
+
+    fn remote_sources(&self) -> Vec<RemoteSource> {
+        self.providers
+            .iter()
+            .filter_map(|p| match &p.jwks {
+                Jwks::Remote { source, .. } => Some(source.clone()),
+                Jwks::Inline(_) => None,
+            })
+            .collect()
+    }
+
+    fn on_request_headers(&self, cx: &mut Context) -> Action {
+        let found = self
+            .from
+            .iter()
+            .find_map(|location| location.find(cx).map(|token| (location, token)));
+        let Some((location, token)) = found else {
+            if self.allow_missing {
+                return Action::Continue;
+            }
+            return self.refuse(&Refusal::Missing, cx);
+        };
+        match self.check(token, cx) {
+            Verdict::Verified(verified) => {
+                let location = location.clone();
+                self.accept(&verified, &location, cx);
+                Action::Continue
+            }
+            Verdict::Refused(refusal) => self.refuse(&refusal, cx),
+            Verdict::Refetch(source) => Action::Refetch(source),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
