@@ -91,7 +91,8 @@ fn run() -> Result<(), String> {
         }
         "extproc" => {
             let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
-            let shim = Shim::start(&args.config, any_port, None).map_err(|e| e.to_string())?;
+            let shim =
+                Shim::start(&args.config, any_port, None, "info").map_err(|e| e.to_string())?;
             let mut options = Options::new(vec![filters::ext_proc()], upstream.addr());
             options.clusters = vec![filters::ext_proc_cluster(shim.addr())];
             let engine = format!(

@@ -18,8 +18,14 @@ pub struct Shim {
 
 impl Shim {
     /// Starts the shim on `config`, listening on `listen` (port 0 picks a
-    /// free port), pinned to `cpu` if given, and waits until it serves.
-    pub fn start(config: &Path, listen: SocketAddr, cpu: Option<u32>) -> Result<Self, EnvoyError> {
+    /// free port), pinned to `cpu` if given, logging at `log_level`
+    /// (`debug` shows every decision), and waits until it serves.
+    pub fn start(
+        config: &Path,
+        listen: SocketAddr,
+        cpu: Option<u32>,
+        log_level: &str,
+    ) -> Result<Self, EnvoyError> {
         let log = config.with_extension("shim.log");
         let log_file = std::fs::File::create(&log)
             .map_err(|e| EnvoyError::Io("creating the shim log".into(), e))?;
@@ -37,6 +43,7 @@ impl Shim {
             .arg("--listen")
             .arg(listen.to_string())
             .args(["--reload-interval", "0.2", "--shutdown-grace", "5"])
+            .args(["--log-level", log_level])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log_file)

@@ -127,7 +127,12 @@ impl Stack {
                 let config = scratch.join("policies.yaml");
                 std::fs::write(&config, plugin_config)
                     .map_err(|e| EnvoyError::Io("writing the shim config".into(), e))?;
-                let shim = Shim::start(&config, SocketAddr::from(([127, 0, 0, 1], 0)), None)?;
+                let shim = Shim::start(
+                    &config,
+                    SocketAddr::from(([127, 0, 0, 1], 0)),
+                    None,
+                    "debug",
+                )?;
                 let mut options = Options::new(vec![filters::ext_proc()], upstream.addr());
                 options.clusters = vec![filters::ext_proc_cluster(shim.addr())];
                 (options, Some(shim))

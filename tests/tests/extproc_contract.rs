@@ -218,7 +218,7 @@ fn owned(set: &[(&str, &str, bool)]) -> Vec<(String, String, bool)> {
 #[tokio::test]
 async fn a_headers_only_chain_asks_for_no_body() {
     let scratch = Scratch::new("headers", CONFIG);
-    let shim = Shim::start(&scratch.config(), any_port(), None).unwrap();
+    let shim = Shim::start(&scratch.config(), any_port(), None, "debug").unwrap();
     let replies = converse(
         &shim,
         vec![
@@ -252,7 +252,7 @@ async fn a_headers_only_chain_asks_for_no_body() {
 #[tokio::test]
 async fn a_body_chain_gets_bodies_and_can_refuse_them() {
     let scratch = Scratch::new("bodies", CONFIG);
-    let shim = Shim::start(&scratch.config(), any_port(), None).unwrap();
+    let shim = Shim::start(&scratch.config(), any_port(), None, "debug").unwrap();
 
     let replies = converse(
         &shim,
@@ -309,7 +309,7 @@ async fn a_body_chain_gets_bodies_and_can_refuse_them() {
 #[tokio::test]
 async fn short_circuits_and_unmatched_requests_get_immediate_responses() {
     let scratch = Scratch::new("immediate", CONFIG);
-    let shim = Shim::start(&scratch.config(), any_port(), None).unwrap();
+    let shim = Shim::start(&scratch.config(), any_port(), None, "debug").unwrap();
 
     let health = converse(&shim, vec![request_headers("/healthz", None, true)]).await;
     let (status, headers, _) = immediate(&health[0]);
@@ -327,7 +327,7 @@ async fn short_circuits_and_unmatched_requests_get_immediate_responses() {
 #[tokio::test]
 async fn a_malformed_message_ends_the_stream_with_invalid_argument() {
     let scratch = Scratch::new("malformed", CONFIG);
-    let shim = Shim::start(&scratch.config(), any_port(), None).unwrap();
+    let shim = Shim::start(&scratch.config(), any_port(), None, "debug").unwrap();
     let mut client = client(&shim).await;
     let mut responses = client
         .process(tokio_stream::iter(vec![ProcessingRequest::default()]))
@@ -347,7 +347,7 @@ async fn health_reports_serving() {
         health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
     };
     let scratch = Scratch::new("health", CONFIG);
-    let shim = Shim::start(&scratch.config(), any_port(), None).unwrap();
+    let shim = Shim::start(&scratch.config(), any_port(), None, "debug").unwrap();
     let channel = Channel::from_shared(format!("http://{}", shim.addr()))
         .unwrap()
         .connect()
@@ -370,7 +370,7 @@ async fn health_reports_serving() {
 #[tokio::test]
 async fn sigterm_finishes_streams_in_flight() {
     let scratch = Scratch::new("sigterm", CONFIG);
-    let mut shim = Shim::start(&scratch.config(), any_port(), None).unwrap();
+    let mut shim = Shim::start(&scratch.config(), any_port(), None, "debug").unwrap();
     let mut client = client(&shim).await;
     let (outbound, inbound) = tokio::sync::mpsc::channel(4);
     let mut responses = client
@@ -407,7 +407,7 @@ async fn sigterm_finishes_streams_in_flight() {
 async fn an_invalid_configuration_is_refused_at_start_with_its_location() {
     let bad = CONFIG.replace("max_bytes: 1024", "max_bytes: lots");
     let scratch = Scratch::new("invalid", &bad);
-    let error = match Shim::start(&scratch.config(), any_port(), None) {
+    let error = match Shim::start(&scratch.config(), any_port(), None, "debug") {
         Err(local_envoy::EnvoyError::Exited { log, .. }) => log,
         Err(other) => panic!("unexpected failure: {other}"),
         Ok(_) => panic!("the shim accepted an invalid configuration"),
@@ -421,7 +421,7 @@ async fn an_invalid_configuration_is_refused_at_start_with_its_location() {
 #[tokio::test]
 async fn a_changed_file_is_reloaded_and_a_bad_one_refused() {
     let scratch = Scratch::new("reload", CONFIG);
-    let shim = Shim::start(&scratch.config(), any_port(), None).unwrap();
+    let shim = Shim::start(&scratch.config(), any_port(), None, "debug").unwrap();
     let tenant = |replies: Vec<ProcessingResponse>| {
         headers_mutation(&replies[0])
             .0

@@ -38,7 +38,7 @@ fn envoy_fails_closed_while_the_shim_is_down_and_recovers_when_it_returns() {
     );
 
     // Back on the same address: Envoy reconnects by itself.
-    stack.shim = Some(Shim::start(&stack.shim_config(), address, None).unwrap());
+    stack.shim = Some(Shim::start(&stack.shim_config(), address, None, "debug").unwrap());
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let reply = stack.send("GET", "/api/x", &[]);

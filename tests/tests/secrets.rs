@@ -1,6 +1,7 @@
-//! Secrets never reach a log: keys sent by clients, right or wrong, are
-//! absent from Envoy's log (the Wasm filter logging at debug, decisions
-//! included) and from the shim's.
+//! Secrets never reach a log: API keys, bearer tokens, Basic passwords
+//! sent by clients, right or wrong, and the credentials `backend-auth`
+//! injects are absent from Envoy's log and from the shim's, both logging
+//! at debug with every decision.
 
 #![allow(
     clippy::unwrap_used,
@@ -14,35 +15,92 @@ use integration_tests::{Host, Stack};
 const CONFIG: &str = r#"
 routes:
   - name: api
+    match: { path: { prefix: /a } }
     policies:
       - name: api-key
         config:
           keys: [{ consumer: team-a, sha256: 4052a09cc5fb1c394828ee26788be2daf3a181e5730ecc68a96aed9ee43da056 }]
           strip: true
+      - name: backend-auth
+        config: { bearer: injected-upstream-token-77 }
+  - name: jwt
+    match: { path: { prefix: /jwt } }
+    policies:
+      - name: jwt
+        config:
+          providers:
+            - issuer: https://issuer.test
+              algorithms: [HS256]
+              local_jwks:
+                inline_string: '{"keys": [{"kty": "oct", "kid": "k1", "k": "Y29uZm9ybWFuY2Utc2VjcmV0LWNvbmZvcm1hbmNlLXNlY3JldA"}]}'
+  - name: basic
+    match: { path: { prefix: /basic } }
+    policies:
+      - name: basic-auth
+        config:
+          htpasswd: "alice:{SHA}8qZo5QcD81ySQ4o8+4uN/xJAevk="
 "#;
 
+/// An HS256 token for the inline key above, valid until 2100.
+const TOKEN: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6ImsxIn0.eyJpc3MiOiJodHRwczovL2lzc3Vlci50ZXN0IiwiYXVkIjoib3JkZXJzIiwic3ViIjoiYWxpY2UiLCJzY29wZSI6Im9yZGVycy5yZWFkIiwiZXhwIjo0MTAyNDQ0ODAwfQ.JuUWJQXGbHhc353PMv3l6R0877C3rN0xa6qb8JbOe1M";
+
 #[test]
-fn api_keys_are_never_logged() {
+fn credentials_are_never_logged() {
     for host in Host::ALL {
         let stack = Stack::start_on(host, CONFIG);
-        let good = stack.send("GET", "/a", &[("x-api-key", "s3cr3t-team-a")]);
-        assert_eq!(good.status, 200, "{host:?}");
-        let wrong = stack.send("GET", "/a", &[("x-api-key", "guessed-key-42")]);
-        assert_eq!(wrong.status, 401, "{host:?}");
+        let send = |path: &str, header: (&str, &str)| stack.send("GET", path, &[header]).status;
+        assert_eq!(send("/a", ("x-api-key", "s3cr3t-team-a")), 200, "{host:?}");
+        assert_eq!(send("/a", ("x-api-key", "guessed-key-42")), 401, "{host:?}");
+        let bearer = format!("Bearer {TOKEN}");
+        assert_eq!(send("/jwt", ("authorization", &bearer)), 200, "{host:?}");
+        let forged = format!("Bearer {TOKEN}x");
+        assert_eq!(send("/jwt", ("authorization", &forged)), 401, "{host:?}");
+        // alice:correct-horse-staple, then alice:hunter2-wrong
+        assert_eq!(
+            send(
+                "/basic",
+                (
+                    "authorization",
+                    "Basic YWxpY2U6Y29ycmVjdC1ob3JzZS1zdGFwbGU="
+                )
+            ),
+            200,
+            "{host:?}"
+        );
+        assert_eq!(
+            send(
+                "/basic",
+                ("authorization", "Basic YWxpY2U6aHVudGVyMi13cm9uZw==")
+            ),
+            401,
+            "{host:?}"
+        );
 
         let mut logs = stack.envoy.log();
         if let Some(shim) = &stack.shim {
             logs.push_str(&shim.log());
         }
-        // The Wasm filter logs at debug here, so the denial must be in the
-        // log: otherwise an empty log would pass. The shim logs at info.
-        if host == Host::Wasm {
+        // Both hosts log decisions at debug here: an empty log must not pass.
+        for decision in [
+            "api-key: route \"api\" denied",
+            "jwt: route \"jwt\" denied 401",
+            "basic-auth: route \"basic\" denied",
+        ] {
             assert!(
-                logs.contains("api-key: route \"api\" denied"),
-                "the decision is not in the log:\n{logs}"
+                logs.contains(decision),
+                "{host:?}: {decision:?} is not in the log:\n{logs}"
             );
         }
-        for secret in ["s3cr3t-team-a", "guessed-key-42"] {
+        let signature = TOKEN.rsplit('.').next().unwrap();
+        for secret in [
+            "s3cr3t-team-a",
+            "guessed-key-42",
+            "injected-upstream-token-77",
+            signature,
+            "YWxpY2U6Y29ycmVjdC1ob3JzZS1zdGFwbGU",
+            "correct-horse",
+            "hunter2",
+        ] {
             assert!(!logs.contains(secret), "{host:?} logged {secret}:\n{logs}");
         }
     }

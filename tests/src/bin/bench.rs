@@ -41,6 +41,8 @@ struct Config {
     filters: Vec<Value>,
     /// The shim's plugin configuration, for ext_proc configurations.
     shim: Option<String>,
+    /// Request headers wrk sends.
+    headers: Vec<(String, String)>,
 }
 
 /// The policy chain of `n` set-headers instances, each editing one request
@@ -84,6 +86,71 @@ routes:
             set: { x-upstream-status: string(response.code) }
 "#;
 
+/// The key `api-key` expects in the auth chain (its SHA-256 is below).
+const BENCH_API_KEY: &str = "s3cr3t-team-a";
+
+/// The chain users reach for first: a JWT (ES256, the same token on every
+/// request, so the verified-token cache serves it) read by CEL
+/// authorization and transformation, then an API key and a header edit.
+/// The key pair is made here; returns the configuration and the headers
+/// each request carries.
+fn auth_chain() -> Result<(String, Vec<(String, String)>), String> {
+    use jwt_simple::prelude::*;
+    use jwt_simple::reexports::ct_codecs::Encoder;
+    let key = ES256KeyPair::generate().with_key_id("bench");
+    let point = key.public_key().public_key().to_bytes_uncompressed();
+    let b64 = |bytes: &[u8]| Base64UrlSafeNoPadding::encode_to_string(bytes).unwrap_or_default();
+    let jwks = serde_json::json!({"keys": [{
+        "kty": "EC", "crv": "P-256", "kid": "bench",
+        "x": b64(&point[1..33]), "y": b64(&point[33..]),
+    }]});
+    let claims = Claims::create(jwt_simple::prelude::Duration::from_hours(24))
+        .with_issuer("https://issuer.bench")
+        .with_audience("bench")
+        .with_subject("bench-user");
+    let token = key
+        .sign(claims)
+        .map_err(|e| format!("signing the bench token: {e}"))?;
+    let config = format!(
+        r#"
+routes:
+  - name: bench
+    match: {{ route: echo-default }}
+    policies:
+      - name: jwt
+        config:
+          providers:
+            - issuer: https://issuer.bench
+              audiences: [bench]
+              algorithms: [ES256]
+              local_jwks: {{ inline_string: '{jwks}' }}
+              claim_to_headers: [{{ claim_name: sub, header_name: x-user }}]
+      - name: authorization
+        config:
+          rules:
+            - {{ allow: 'jwt.sub == "bench-user" && request.method == "GET"' }}
+          default: deny
+      - name: transformation
+        config:
+          request:
+            set: {{ x-caller: 'jwt.sub + "@" + request.host' }}
+      - name: api-key
+        config:
+          keys: [{{ consumer: bench, sha256: 4052a09cc5fb1c394828ee26788be2daf3a181e5730ecc68a96aed9ee43da056 }}]
+          strip: true
+      - name: set-headers
+        config:
+          request: {{ set: {{ x-bench: "on" }} }}
+          response: {{ set: {{ x-bench: "on" }} }}
+"#
+    );
+    let headers = vec![
+        ("authorization".into(), format!("Bearer {token}")),
+        ("x-api-key".into(), BENCH_API_KEY.into()),
+    ];
+    Ok((config, headers))
+}
+
 /// The same header work as one set-headers instance, in Lua.
 const LUA_SET_HEADERS: &str = r#"
 function envoy_on_request(handle)
@@ -94,71 +161,96 @@ function envoy_on_response(handle)
 end
 "#;
 
-fn configs() -> Vec<Config> {
+fn configs() -> Result<Vec<Config>, String> {
     let module = filter_wasm();
     let longest = 8;
-    vec![
+    let (auth, auth_headers) = auth_chain()?;
+    Ok(vec![
         Config {
             name: "baseline".into(),
             what: "Envoy, router only".into(),
             filters: vec![],
             shim: None,
+            headers: Vec::new(),
         },
         Config {
             name: "baseline-aa".into(),
             what: "a second, identical baseline (A/A control)".into(),
             filters: vec![],
             shim: None,
+            headers: Vec::new(),
         },
         Config {
             name: "wasm-0".into(),
             what: "Wasm filter, empty chain (the host's own cost)".into(),
             filters: vec![filters::policy_engine(&module, &set_headers_chain(0))],
             shim: None,
+            headers: Vec::new(),
         },
         Config {
             name: "wasm-1".into(),
             what: "Wasm filter, 1 policy (set-headers: 1 request + 1 response header)".into(),
             filters: vec![filters::policy_engine(&module, &set_headers_chain(1))],
             shim: None,
+            headers: Vec::new(),
         },
         Config {
             name: format!("wasm-{longest}"),
             what: format!("Wasm filter, {longest} policies (set-headers x{longest})"),
             filters: vec![filters::policy_engine(&module, &set_headers_chain(longest))],
             shim: None,
+            headers: Vec::new(),
         },
         Config {
             name: "wasm-cel".into(),
             what: "Wasm filter, CEL authorization (2 rules) + transformation (4 edits)".into(),
             filters: vec![filters::policy_engine(&module, CEL_CHAIN)],
             shim: None,
+            headers: Vec::new(),
+        },
+        Config {
+            name: "wasm-auth".into(),
+            what: "Wasm filter, jwt (ES256, token reused) + CEL authorization + transformation + api-key + set-headers".into(),
+            filters: vec![filters::policy_engine(&module, &auth)],
+            shim: None,
+            headers: auth_headers.clone(),
         },
         Config {
             name: "extproc-1".into(),
             what: "ext_proc shim, the wasm-1 chain".into(),
             filters: vec![filters::ext_proc()],
             shim: Some(set_headers_chain(1)),
+            headers: Vec::new(),
         },
         Config {
             name: format!("extproc-{longest}"),
             what: format!("ext_proc shim, the wasm-{longest} chain"),
             filters: vec![filters::ext_proc()],
             shim: Some(set_headers_chain(longest)),
+            headers: Vec::new(),
         },
         Config {
             name: "extproc-cel".into(),
             what: "ext_proc shim, the wasm-cel chain".into(),
             filters: vec![filters::ext_proc()],
             shim: Some(CEL_CHAIN.into()),
+            headers: Vec::new(),
+        },
+        Config {
+            name: "extproc-auth".into(),
+            what: "ext_proc shim, the wasm-auth chain".into(),
+            filters: vec![filters::ext_proc()],
+            shim: Some(auth),
+            headers: auth_headers,
         },
         Config {
             name: "lua-1".into(),
             what: "Lua filter doing the 1-policy header work".into(),
             filters: vec![filters::lua(LUA_SET_HEADERS)],
             shim: None,
+            headers: Vec::new(),
         },
-    ]
+    ])
 }
 
 /// One wrk burst's figures.
@@ -175,6 +267,7 @@ struct Burst {
 struct Target {
     envoy: Envoy,
     shim: Option<Shim>,
+    headers: Vec<(String, String)>,
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -216,6 +309,12 @@ fn wrk(target: &Target, seconds: u32, connections: u32) -> Result<Burst, String>
         .args(["-c", "1", "wrk", "-t1", "--latency"])
         .arg(format!("-c{connections}"))
         .arg(format!("-d{seconds}s"))
+        .args(
+            target
+                .headers
+                .iter()
+                .flat_map(|(name, value)| ["-H".to_owned(), format!("{name}: {value}")]),
+        )
         .arg(envoy.url("/bench"))
         .output()
         .map_err(|e| format!("running wrk: {e}"))?;
@@ -351,7 +450,7 @@ fn run() -> Result<bool, String> {
 
     let upstream = EchoUpstream::start(SocketAddr::from(([127, 0, 0, 1], 0)))
         .map_err(|e| format!("starting the echo upstream: {e}"))?;
-    let configs = configs();
+    let configs = configs()?;
     let scratch = std::env::temp_dir().join(format!("policy-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)
         .map_err(|e| format!("creating {}: {e}", scratch.display()))?;
@@ -365,15 +464,24 @@ fn run() -> Result<bool, String> {
                 let file = scratch.join(format!("{}.yaml", config.name));
                 std::fs::write(&file, plugin_config)
                     .map_err(|e| format!("writing {}: {e}", file.display()))?;
-                let shim = Shim::start(&file, SocketAddr::from(([127, 0, 0, 1], 0)), Some(1))
-                    .map_err(|e| format!("{}: {e}", config.name))?;
+                let shim = Shim::start(
+                    &file,
+                    SocketAddr::from(([127, 0, 0, 1], 0)),
+                    Some(1),
+                    "warn",
+                )
+                .map_err(|e| format!("{}: {e}", config.name))?;
                 options.clusters = vec![filters::ext_proc_cluster(shim.addr())];
                 Some(shim)
             }
             None => None,
         };
         let envoy = Envoy::start(&options).map_err(|e| format!("{}: {e}", config.name))?;
-        targets.push(Target { envoy, shim });
+        targets.push(Target {
+            envoy,
+            shim,
+            headers: config.headers.clone(),
+        });
     }
     eprintln!(
         "bench: {} configurations, {cycles} cycles of {burst}s bursts, {connections} connections",
