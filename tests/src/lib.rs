@@ -87,9 +87,15 @@ impl Stack {
     }
 
     /// Starts `host` on `plugin_config` with further Envoy clusters (those
-    /// the configuration's remote documents are fetched through).
-    pub fn start_with_clusters(host: Host, plugin_config: &str, clusters: Vec<Value>) -> Self {
-        Self::try_start_full(host, None, plugin_config, None, clusters)
+    /// the configuration's remote documents are fetched through) and this
+    /// many Envoy workers.
+    pub fn start_with_clusters(
+        host: Host,
+        plugin_config: &str,
+        clusters: Vec<Value>,
+        workers: u32,
+    ) -> Self {
+        Self::try_start_full(host, None, plugin_config, None, clusters, workers)
             .unwrap_or_else(|e| panic!("{host:?}: {e}"))
     }
 
@@ -99,7 +105,7 @@ impl Stack {
         plugin_config: &str,
         tls: Option<ListenerTls>,
     ) -> Result<Self, EnvoyError> {
-        Self::try_start_full(host, module, plugin_config, tls, Vec::new())
+        Self::try_start_full(host, module, plugin_config, tls, Vec::new(), 1)
     }
 
     fn try_start_full(
@@ -108,6 +114,7 @@ impl Stack {
         plugin_config: &str,
         tls: Option<ListenerTls>,
         clusters: Vec<Value>,
+        workers: u32,
     ) -> Result<Self, EnvoyError> {
         let upstream = EchoUpstream::start(SocketAddr::from(([127, 0, 0, 1], 0)))
             .map_err(|e| EnvoyError::Io("starting the echo upstream".into(), e))?;
@@ -138,7 +145,11 @@ impl Stack {
                 (options, Some(shim))
             }
         };
-        let mut options = Options { tls, ..options };
+        let mut options = Options {
+            tls,
+            concurrency: workers,
+            ..options
+        };
         options.clusters.extend(clusters);
         let envoy = Envoy::start(&options)?;
         Ok(Self {

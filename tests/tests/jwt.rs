@@ -116,7 +116,7 @@ routes:
           providers:
             - issuer: {ISSUER}
               audiences: [{AUDIENCE}]
-              algorithms: [HS256, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA]
+              algorithms: [HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA]
               remote_jwks:
                 http_uri: {{ uri: "{jwks_uri}", cluster: jwks, timeout: 1s }}
                 cache_duration: 300s
@@ -127,10 +127,15 @@ routes:
 }
 
 fn start(host: Host, server: &JwksServer) -> Stack {
+    start_with_workers(host, server, 1)
+}
+
+fn start_with_workers(host: Host, server: &JwksServer, workers: u32) -> Stack {
     Stack::start_with_clusters(
         host,
         &config(&server.uri()),
         vec![static_cluster("jwks", server.addr())],
+        workers,
     )
 }
 
@@ -160,8 +165,23 @@ fn tokens_of_every_algorithm_verify_and_bad_ones_get_401_on_both_hosts() {
         let es256 = keys.ec256.sign(claims()).unwrap();
         wait_until_accepted(&stack, &es256);
 
+        let secret = keys.hmac.to_bytes();
         let mut valid = vec![
             ("HS256", keys.hmac.authenticate(claims()).unwrap()),
+            (
+                "HS384",
+                HS384Key::from_bytes(&secret)
+                    .with_key_id("hs-1")
+                    .authenticate(claims())
+                    .unwrap(),
+            ),
+            (
+                "HS512",
+                HS512Key::from_bytes(&secret)
+                    .with_key_id("hs-1")
+                    .authenticate(claims())
+                    .unwrap(),
+            ),
             ("ES256", es256.clone()),
             ("ES384", keys.ec384.sign(claims()).unwrap()),
             ("EdDSA", keys.ed.sign(claims()).unwrap()),
@@ -339,4 +359,39 @@ fn with_no_keys_at_all_requests_are_refused_not_held() {
             started.elapsed()
         );
     }
+}
+
+#[test]
+fn worker_vms_share_one_fetch_through_shared_data() {
+    let keys = Keys::generate();
+    let server = JwksServer::start(&keys.jwks(&[])).unwrap();
+    // Two workers, two VMs: each request goes out on a new connection, so
+    // the kernel spreads them over both.
+    let stack = start_with_workers(Host::Wasm, &server, 2);
+    let token = keys.ec256.sign(claims()).unwrap();
+    wait_until_accepted(&stack, &token);
+    // Both VMs may race for the very first fetch; never more.
+    let at_start = server.fetches();
+    assert!((1..=2).contains(&at_start), "{at_start} fetches at start");
+    for _ in 0..40 {
+        assert_eq!(get(&stack, &token).status, 200);
+    }
+    assert_eq!(
+        server.fetches(),
+        at_start,
+        "a VM fetched keys another VM had shared"
+    );
+
+    let rotated = ES256KeyPair::generate().with_key_id("rotated-shared");
+    server.publish(&keys.jwks(&[ec256_jwk(&rotated, "rotated-shared")]));
+    std::thread::sleep(Duration::from_millis(1100));
+    let new_token = rotated.sign(claims()).unwrap();
+    for _ in 0..40 {
+        assert_eq!(get(&stack, &new_token).status, 200);
+    }
+    assert_eq!(
+        server.fetches(),
+        at_start + 1,
+        "one refetch for every worker"
+    );
 }

@@ -95,6 +95,16 @@ pub struct Document {
     pub body: Arc<[u8]>,
 }
 
+impl Document {
+    /// A document fetched at `fetched_at` (milliseconds since the epoch).
+    pub fn new(fetched_at: u64, body: impl Into<Arc<[u8]>>) -> Self {
+        Self {
+            fetched_at,
+            body: body.into(),
+        }
+    }
+}
+
 /// The fetched documents of one configuration, by [`RemoteSource::key`].
 ///
 /// Shared by every exchange of the engine; in the shim, by every thread.

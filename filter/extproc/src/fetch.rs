@@ -56,13 +56,7 @@ pub fn refresh(engine: &Engine, source: &RemoteSource) {
     match get(source) {
         Ok(body) => {
             log::info!("fetched {} ({} bytes)", source.uri, body.len());
-            documents.store(
-                source,
-                Document {
-                    fetched_at: now_millis(),
-                    body: body.into(),
-                },
-            );
+            documents.store(source, Document::new(now_millis(), body));
         }
         Err(error) => log::warn!(
             "fetching {} failed: {error}; keeping what is cached",

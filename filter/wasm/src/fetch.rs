@@ -48,13 +48,7 @@ pub(crate) fn sync_from_shared(documents: &Documents, source: &RemoteSource) -> 
         return false;
     }
     let body = bytes.get(8..).unwrap_or_default();
-    documents.store(
-        source,
-        Document {
-            fetched_at,
-            body: body.into(),
-        },
-    );
+    documents.store(source, Document::new(fetched_at, body));
     true
 }
 
@@ -124,12 +118,6 @@ pub(crate) fn complete(documents: &Documents, source: &RemoteSource, body_size: 
         log::warn!("cannot share the document of {}: {status:?}", source.uri);
     }
     log::info!("fetched {} ({} bytes)", source.uri, body.len());
-    documents.store(
-        source,
-        Document {
-            fetched_at,
-            body: body.into(),
-        },
-    );
+    documents.store(source, Document::new(fetched_at, body));
     true
 }
