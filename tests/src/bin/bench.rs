@@ -93,8 +93,9 @@ const BENCH_API_KEY: &str = "s3cr3t-team-a";
 /// request, so the verified-token cache serves it) read by CEL
 /// authorization and transformation, then an API key and a header edit.
 /// The key pair is made here; returns the configuration and the headers
-/// each request carries.
-fn auth_chain() -> Result<(String, Vec<(String, String)>), String> {
+/// each request carries. Without `cache`, every request pays for the
+/// signature (`cache_size: 0`), which is what the cache saves.
+fn auth_chain(cache: bool) -> Result<(String, Vec<(String, String)>), String> {
     use jwt_simple::prelude::*;
     use jwt_simple::reexports::ct_codecs::Encoder;
     let key = ES256KeyPair::generate().with_key_id("bench");
@@ -111,6 +112,7 @@ fn auth_chain() -> Result<(String, Vec<(String, String)>), String> {
     let token = key
         .sign(claims)
         .map_err(|e| format!("signing the bench token: {e}"))?;
+    let cache_size = if cache { 1024 } else { 0 };
     let config = format!(
         r#"
 routes:
@@ -125,6 +127,7 @@ routes:
               algorithms: [ES256]
               local_jwks: {{ inline_string: '{jwks}' }}
               claim_to_headers: [{{ claim_name: sub, header_name: x-user }}]
+          cache_size: {cache_size}
       - name: authorization
         config:
           rules:
@@ -164,7 +167,8 @@ end
 fn configs() -> Result<Vec<Config>, String> {
     let module = filter_wasm();
     let longest = 8;
-    let (auth, auth_headers) = auth_chain()?;
+    let (auth, auth_headers) = auth_chain(true)?;
+    let (uncached, uncached_headers) = auth_chain(false)?;
     Ok(vec![
         Config {
             name: "baseline".into(),
@@ -214,6 +218,13 @@ fn configs() -> Result<Vec<Config>, String> {
             filters: vec![filters::policy_engine(&module, &auth)],
             shim: None,
             headers: auth_headers.clone(),
+        },
+        Config {
+            name: "wasm-auth-nocache".into(),
+            what: "the wasm-auth chain with jwt's token cache off: every request verifies ES256".into(),
+            filters: vec![filters::policy_engine(&module, &uncached)],
+            shim: None,
+            headers: uncached_headers,
         },
         Config {
             name: "extproc-1".into(),
