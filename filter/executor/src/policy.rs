@@ -130,8 +130,8 @@ pub struct Context {
     direction: Direction,
     pending: HeaderMutations,
     documents: Arc<Documents>,
-    /// Keys of the sources refetched for this request.
-    refetched: Vec<String>,
+    /// The sources refetched for this request.
+    refetched: Vec<RemoteSource>,
 }
 
 impl Context {
@@ -158,12 +158,11 @@ impl Context {
     /// Whether `source` was already refetched for this request (after an
     /// [`Action::Refetch`]), successfully or not.
     pub fn refetched(&self, source: &RemoteSource) -> bool {
-        let key = source.key();
-        self.refetched.contains(&key)
+        self.refetched.contains(source)
     }
 
     pub(crate) fn mark_refetched(&mut self, source: &RemoteSource) {
-        self.refetched.push(source.key());
+        self.refetched.push(source.clone());
     }
 
     /// The chain entry and Envoy route this request matched.

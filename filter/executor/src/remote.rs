@@ -41,7 +41,8 @@ pub struct RemoteSource {
 }
 
 impl RemoteSource {
-    /// A stable name for the source, for caches and logs.
+    /// A stable name for the source, e.g. for the Wasm host's shared-data
+    /// entries.
     pub fn key(&self) -> String {
         format!("{}|{}", self.cluster, self.uri)
     }
@@ -105,28 +106,30 @@ impl Document {
     }
 }
 
-/// The fetched documents of one configuration, by [`RemoteSource::key`].
+/// The fetched documents of one configuration, by source.
 ///
 /// Shared by every exchange of the engine; in the shim, by every thread.
 /// Reads vastly outnumber writes (one per fetch), hence the `RwLock`.
 #[derive(Debug, Default)]
 pub struct Documents {
-    by_source: RwLock<HashMap<String, Document>>,
-    attempts: RwLock<HashMap<String, u64>>,
+    by_source: RwLock<HashMap<RemoteSource, Document>>,
+    attempts: RwLock<HashMap<RemoteSource, u64>>,
 }
 
 impl Documents {
     /// The document fetched for `source`, if any.
     pub fn get(&self, source: &RemoteSource) -> Option<Document> {
         let map = self.by_source.read().ok()?;
-        map.get(&source.key()).cloned()
+        map.get(source).cloned()
     }
 
     /// Stores a fetched document, unless a newer one is already there
     /// (another worker's fetch, seen first).
     pub fn store(&self, source: &RemoteSource, document: Document) {
         if let Ok(mut map) = self.by_source.write() {
-            let entry = map.entry(source.key()).or_insert_with(|| document.clone());
+            let entry = map
+                .entry(source.clone())
+                .or_insert_with(|| document.clone());
             if entry.fetched_at < document.fetched_at {
                 *entry = document;
             }
@@ -152,9 +155,8 @@ impl Documents {
         let Ok(mut attempts) = self.attempts.write() else {
             return false;
         };
-        let key = source.key();
-        if source.attempt_due(attempts.get(&key).copied(), now) {
-            attempts.insert(key, now);
+        if source.attempt_due(attempts.get(source).copied(), now) {
+            attempts.insert(source.clone(), now);
             true
         } else {
             false

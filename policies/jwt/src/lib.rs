@@ -661,8 +661,7 @@ impl Policy for Jwt {
         };
         match self.check(token, cx) {
             Verdict::Verified(verified) => {
-                let location = location.clone();
-                self.accept(&verified, &location, cx);
+                self.accept(&verified, location, cx);
                 Action::Continue
             }
             Verdict::Refused(refusal) => self.refuse(&refusal, cx),
