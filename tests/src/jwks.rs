@@ -1,12 +1,14 @@
 //! A loopback JWKS server for the JWT tests: serves whatever key set the
-//! test publishes, counts the fetches, and can be taken down (it then
-//! closes every connection without answering, as a dead issuer would).
+//! test publishes, counts the fetches, can answer slowly, and can be taken
+//! down (it then closes every connection without answering, as a dead
+//! issuer would).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
+use std::time::Duration;
 
 /// The path the key set is served at.
 pub const PATH: &str = "/.well-known/jwks.json";
@@ -17,6 +19,7 @@ struct State {
     fetches: AtomicUsize,
     down: AtomicBool,
     stopped: AtomicBool,
+    delay: Mutex<Duration>,
 }
 
 /// A running JWKS server; stops when dropped.
@@ -66,6 +69,11 @@ impl JwksServer {
         self.state.fetches.load(Ordering::SeqCst)
     }
 
+    /// Answers each fetch only after `delay`.
+    pub fn set_delay(&self, delay: Duration) {
+        *self.state.delay.lock().unwrap_or_else(|p| p.into_inner()) = delay;
+    }
+
     /// Takes the server down (`true`) or brings it back.
     pub fn set_down(&self, down: bool) {
         self.state.down.store(down, Ordering::SeqCst);
@@ -100,6 +108,7 @@ fn serve(mut stream: TcpStream, state: &State) {
         .is_some_and(|line| line.split(' ').nth(1) == Some(PATH));
     let (status, body) = if found {
         state.fetches.fetch_add(1, Ordering::SeqCst);
+        thread::sleep(*state.delay.lock().unwrap_or_else(|p| p.into_inner()));
         let body = state.body.lock().unwrap_or_else(|p| p.into_inner()).clone();
         ("200 OK", body)
     } else {

@@ -4,8 +4,8 @@
 //! stream, so the engine's own cache is the shared copy.
 
 use std::io::Read;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use policy_executor::{Document, Engine, RemoteSource};
 
@@ -46,13 +46,47 @@ fn get(source: &RemoteSource) -> Result<Vec<u8>, String> {
     Ok(body)
 }
 
+/// The sources being fetched now, so that a request needing one waits for
+/// that answer rather than being refused while it is on its way.
+static IN_FLIGHT: Mutex<Vec<RemoteSource>> = Mutex::new(Vec::new());
+static ANSWERED: Condvar = Condvar::new();
+
 /// Fetches `source` into `engine`'s cache if an attempt is due; a failure
 /// keeps the cached document. Blocks for at most the source's timeout.
-pub fn refresh(engine: &Engine, source: &RemoteSource) {
+/// Returns whether it fetched.
+pub fn refresh(engine: &Engine, source: &RemoteSource) -> bool {
     let documents = engine.documents();
     if !documents.claim_attempt(source, now_millis()) {
-        return;
+        return false;
     }
+    IN_FLIGHT
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(source.clone());
+    fetch_into(engine, source);
+    let mut in_flight = IN_FLIGHT.lock().unwrap_or_else(|p| p.into_inner());
+    in_flight.retain(|s| s != source);
+    ANSWERED.notify_all();
+    true
+}
+
+/// Waits until no fetch of `source` is in flight, for at most its timeout.
+fn wait_for_answer(source: &RemoteSource) {
+    let deadline = Instant::now() + source.timeout;
+    let mut in_flight = IN_FLIGHT.lock().unwrap_or_else(|p| p.into_inner());
+    while in_flight.contains(source) {
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            return;
+        };
+        in_flight = match ANSWERED.wait_timeout(in_flight, left) {
+            Ok((guard, _)) => guard,
+            Err(poisoned) => poisoned.into_inner().0,
+        };
+    }
+}
+
+fn fetch_into(engine: &Engine, source: &RemoteSource) {
+    let documents = engine.documents();
     match get(source) {
         Ok(body) => {
             log::info!("fetched {} ({} bytes)", source.uri, body.len());
@@ -65,14 +99,20 @@ pub fn refresh(engine: &Engine, source: &RemoteSource) {
     }
 }
 
-/// For a request waiting on a refetch: fetches on this thread, telling the
-/// runtime so it moves its other tasks elsewhere meanwhile.
+/// For a request waiting on a refetch: fetches on this thread, or waits
+/// for the fetch already in flight, telling the runtime so it moves its
+/// other tasks elsewhere meanwhile.
 pub fn refetch_for_request(engine: &Engine, source: &RemoteSource) {
+    let fetch_or_wait = || {
+        if !refresh(engine, source) {
+            wait_for_answer(source);
+        }
+    };
     match tokio::runtime::Handle::try_current() {
         Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(|| refresh(engine, source));
+            tokio::task::block_in_place(fetch_or_wait);
         }
-        _ => refresh(engine, source),
+        _ => fetch_or_wait(),
     }
 }
 
@@ -90,7 +130,9 @@ pub async fn keep_fresh(store: Arc<ConfigStore>) {
                 continue;
             }
             let engine = Arc::clone(&engine);
-            let fetch = tokio::task::spawn_blocking(move || refresh(&engine, &source));
+            let fetch = tokio::task::spawn_blocking(move || {
+                refresh(&engine, &source);
+            });
             if let Err(error) = fetch.await {
                 log::error!("the document refresher failed: {error}");
             }

@@ -8,8 +8,11 @@
 //! * the document: the fetch time (8 bytes, big-endian milliseconds) then
 //!   the body; every VM copies a newer one into its engine's cache on its
 //!   next tick, or at once when a request asks for a refetch;
-//! * the last fetch attempt (8 bytes), claimed with compare-and-swap: only
-//!   the VM whose swap succeeds sends the request to the source's cluster.
+//! * the last fetch attempt (8 bytes of time, then 1 while it is in flight,
+//!   0 once answered), claimed with compare-and-swap: only the VM whose
+//!   swap succeeds sends the request to the source's cluster. A request on
+//!   another VM that needs the same document waits for that attempt (see
+//!   `http`) instead of being refused while the answer is on its way.
 
 use std::time::UNIX_EPOCH;
 
@@ -52,21 +55,78 @@ pub(crate) fn sync_from_shared(documents: &Documents, source: &RemoteSource) -> 
     true
 }
 
+/// The last fetch attempt of `source` by any VM: when it was claimed, and
+/// whether it is still in flight.
+pub(crate) fn last_attempt(source: &RemoteSource) -> Option<(u64, bool)> {
+    let (bytes, _) = hostcalls::get_shared_data(&attempt_key(source)).ok()?;
+    let bytes = bytes?;
+    Some((read_u64(&bytes)?, bytes.get(8) == Some(&1)))
+}
+
+/// What a claim on the next fetch attempt found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// This VM is to fetch now.
+    Won,
+    /// Some VM's attempt is in flight; its answer is due by this time.
+    InFlight { answer_by: u64 },
+    /// The last attempt was answered too recently to try again.
+    TooSoon,
+}
+
+fn attempt_key(source: &RemoteSource) -> String {
+    format!("{ATTEMPT_KEY}{}", source.key())
+}
+
 /// Claims the next fetch attempt of `source` for this VM, if one is due.
-pub(crate) fn claim_attempt(source: &RemoteSource, now: u64) -> bool {
-    let key = format!("{ATTEMPT_KEY}{}", source.key());
+pub(crate) fn claim_attempt(source: &RemoteSource, now: u64) -> Claim {
+    let key = attempt_key(source);
     let (last, cas) = match hostcalls::get_shared_data(&key) {
-        Ok((bytes, cas)) => (bytes.as_deref().and_then(read_u64), cas),
+        Ok((bytes, cas)) => (bytes, cas),
         Err(status) => {
             log::warn!("cannot read shared data {key:?}: {status:?}");
-            return false;
+            return Claim::TooSoon;
         }
     };
-    if !source.attempt_due(last, now) {
-        return false;
+    let last_time = last.as_deref().and_then(read_u64);
+    let in_flight = last.as_deref().and_then(|b| b.get(8)) == Some(&1);
+    let timeout = u64::try_from(source.timeout.as_millis()).unwrap_or(u64::MAX);
+    if let (Some(at), true) = (last_time, in_flight) {
+        let answer_by = at.saturating_add(timeout);
+        if now < answer_by {
+            return Claim::InFlight { answer_by };
+        }
     }
+    if !source.attempt_due(last_time, now) {
+        return Claim::TooSoon;
+    }
+    let mut entry = now.to_be_bytes().to_vec();
+    entry.push(1);
     // Another VM that claimed first changed the entry: the swap fails.
-    hostcalls::set_shared_data(&key, Some(&now.to_be_bytes()), cas).is_ok()
+    match hostcalls::set_shared_data(&key, Some(&entry), cas) {
+        Ok(()) => Claim::Won,
+        Err(_) => match last_attempt(source) {
+            Some((claimed_at, true)) => Claim::InFlight {
+                answer_by: claimed_at.saturating_add(timeout),
+            },
+            _ => Claim::TooSoon,
+        },
+    }
+}
+
+/// Marks this VM's attempt on `source` as answered, so requests elsewhere
+/// stop waiting for it.
+pub(crate) fn finish_attempt(source: &RemoteSource) {
+    let key = attempt_key(source);
+    let Ok((Some(mut entry), _)) = hostcalls::get_shared_data(&key) else {
+        return;
+    };
+    if let Some(flag) = entry.get_mut(8) {
+        *flag = 0;
+        if let Err(status) = hostcalls::set_shared_data(&key, Some(&entry), None) {
+            log::warn!("cannot update shared data {key:?}: {status:?}");
+        }
+    }
 }
 
 /// Sends the fetch of `source` to its cluster; the answer comes to the
@@ -85,6 +145,22 @@ pub(crate) fn dispatch(source: &RemoteSource) -> Result<u32, Status> {
 /// and cached here; anything else (Envoy reports a timeout or a connection
 /// failure as an answer without headers) leaves the cached document alone.
 pub(crate) fn complete(documents: &Documents, source: &RemoteSource, body_size: usize) -> bool {
+    let stored = match answer_body(source, body_size) {
+        Some(body) => {
+            share(documents, source, body);
+            true
+        }
+        None => false,
+    };
+    // Only now: a VM that sees the attempt answered must also see its
+    // document.
+    finish_attempt(source);
+    stored
+}
+
+/// The body of a 200 answer to a fetch of `source`; `None` (logged) for
+/// anything else.
+fn answer_body(source: &RemoteSource, body_size: usize) -> Option<Vec<u8>> {
     let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
         .ok()
         .flatten();
@@ -97,18 +173,22 @@ pub(crate) fn complete(documents: &Documents, source: &RemoteSource, body_size: 
                 .as_deref()
                 .unwrap_or("none (timeout or connection failure)")
         );
-        return false;
+        return None;
     }
-    let body = match hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size) {
-        Ok(body) => body.unwrap_or_default(),
+    match hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size) {
+        Ok(body) => Some(body.unwrap_or_default()),
         Err(status) => {
             log::warn!(
                 "cannot read the body fetched from {}: {status:?}",
                 source.uri
             );
-            return false;
+            None
         }
-    };
+    }
+}
+
+/// Shares a fetched document with every VM and caches it here.
+fn share(documents: &Documents, source: &RemoteSource, body: Vec<u8>) {
     let fetched_at = now_millis();
     let mut shared = Vec::with_capacity(8 + body.len());
     shared.extend_from_slice(&fetched_at.to_be_bytes());
@@ -119,5 +199,4 @@ pub(crate) fn complete(documents: &Documents, source: &RemoteSource, body_size: 
     }
     log::info!("fetched {} ({} bytes)", source.uri, body.len());
     documents.store(source, Document::new(fetched_at, body));
-    true
 }

@@ -1,20 +1,85 @@
 //! One HTTP stream: translates proxy-wasm callbacks into executor phases.
+//!
+//! A stream whose policy needs a fresher remote document either fetches it
+//! (an HTTP callout of its own) or, when another stream or another worker's
+//! VM is already fetching it, waits in this VM's list of waiting streams
+//! until that answer lands (or is overdue), so no request is refused just
+//! for arriving during a fetch. Whoever sees the answer first (the stream
+//! that fetched, or the root context's tick, which also takes other VMs'
+//! answers from shared data) wakes the waiting streams with
+//! [`wake_waiting`]. That is why a stream's state sits behind an `Rc`: it
+//! must be reachable from other contexts' callbacks.
 
-use std::rc::Rc;
+use std::cell::RefCell;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
 
 use policy_executor::{
-    AttributeKind, AttributeSet, AttributeValue, Connection, Engine, Exchange, HeaderChange,
-    HeaderMap, HeaderMutations, LocalReply, Outcome, RemoteSource, Start,
+    AttributeKind, AttributeSet, AttributeValue, Connection, Documents, Engine, Exchange,
+    HeaderChange, HeaderMap, HeaderMutations, LocalReply, Outcome, RemoteSource, Start,
 };
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType, Status};
 
-use crate::fetch;
+use crate::fetch::{self, Claim};
+
+/// One request on this worker, as the proxy-wasm SDK holds it.
+pub(crate) struct Stream {
+    state: Rc<RefCell<StreamState>>,
+}
+
+impl Stream {
+    pub(crate) fn new(engine: Rc<Engine>, context_id: u32) -> Self {
+        let state = Rc::new_cyclic(|me| {
+            RefCell::new(StreamState {
+                engine,
+                context_id,
+                me: Weak::clone(me),
+                exchange: None,
+                replied: false,
+                request_body_done: false,
+                response_body_done: false,
+                hold: None,
+                woken: false,
+                request_headers_ended: false,
+                request_body_end: None,
+            })
+        });
+        Self { state }
+    }
+
+    /// Runs a callback on the state. It is only borrowed elsewhere while
+    /// another context wakes this stream, and Envoy never calls into the VM
+    /// from inside a VM call, so a failed borrow is a host fault: fail
+    /// closed.
+    fn with(&self, callback: impl FnOnce(&mut StreamState) -> Action) -> Action {
+        match self.state.try_borrow_mut() {
+            Ok(mut state) => callback(&mut state),
+            Err(_) => {
+                log::error!("a stream's state was in use during a callback");
+                let reply = LocalReply::text(500, "policy engine error\n");
+                let _ = hostcalls::send_http_response(500, vec![], Some(&reply.body));
+                Action::Pause
+            }
+        }
+    }
+}
+
+/// Why the request headers are held.
+enum Hold {
+    /// This stream's own fetch (callout token) of the source.
+    Fetching(u32, RemoteSource),
+    /// Another fetch of a document this stream needs.
+    Waiting,
+}
 
 /// The state of one request on this worker.
-pub(crate) struct Stream {
+pub(crate) struct StreamState {
     engine: Rc<Engine>,
+    context_id: u32,
+    /// This state's own `Rc`, for the list of waiting streams.
+    me: Weak<RefCell<StreamState>>,
     exchange: Option<Exchange>,
     /// This filter sent a local reply; Envoy runs it through the encoder
     /// callbacks too, and those must let it pass untouched (the executor has
@@ -22,27 +87,16 @@ pub(crate) struct Stream {
     replied: bool,
     request_body_done: bool,
     response_body_done: bool,
-    /// The request-headers phase waits for this refetch (callout token).
-    fetching: Option<(u32, RemoteSource)>,
+    /// The request-headers phase waits for a remote document.
+    hold: Option<Hold>,
+    /// Resumed from another context's callback (see `wake_waiting`).
+    woken: bool,
     request_headers_ended: bool,
     /// The request body ended (with this size) while the headers waited.
     request_body_end: Option<usize>,
 }
 
-impl Stream {
-    pub(crate) fn new(engine: Rc<Engine>) -> Self {
-        Self {
-            engine,
-            exchange: None,
-            replied: false,
-            request_body_done: false,
-            response_body_done: false,
-            fetching: None,
-            request_headers_ended: false,
-            request_body_end: None,
-        }
-    }
-
+impl StreamState {
     /// Applies an outcome to the message held by `map`; returns the action
     /// for Envoy.
     fn settle(&mut self, map: MapType, outcome: Outcome) -> Action {
@@ -56,31 +110,77 @@ impl Stream {
         }
     }
 
-    /// Holds the request while `source` is fetched, unless another VM
-    /// already has a newer copy or the source was fetched too recently (then
-    /// the policy decides at once with what is cached).
+    /// Holds the request while `source` is fetched: by this stream, or by
+    /// whichever stream or VM already is. It goes on at once if another VM
+    /// already has a newer copy, or if the last answer came too recently to
+    /// ask again (the policy then decides with what is cached).
     fn refetch(&mut self, source: RemoteSource) -> Action {
-        let documents = self.engine.documents();
-        if !fetch::sync_from_shared(documents, &source)
-            && fetch::claim_attempt(&source, fetch::now_millis())
-        {
-            match fetch::dispatch(&source) {
+        let documents = Arc::clone(self.engine.documents());
+        if fetch::sync_from_shared(&documents, &source) {
+            return self.resume_request_headers();
+        }
+        match fetch::claim_attempt(&source, fetch::now_millis()) {
+            // A woken stream runs inside another context's callback, where
+            // the SDK would hand this stream's callout answer to that
+            // context: it decides with what is cached instead.
+            Claim::Won if self.woken => fetch::finish_attempt(&source),
+            Claim::Won => match fetch::dispatch(&source) {
                 Ok(token) => {
-                    self.fetching = Some((token, source));
+                    self.hold = Some(Hold::Fetching(token, source));
                     return Action::Pause;
                 }
-                Err(status) => log::warn!(
-                    "cannot fetch {} from cluster {:?}: {status:?}",
-                    source.uri,
-                    source.cluster
-                ),
+                Err(status) => {
+                    log::warn!(
+                        "cannot fetch {} from cluster {:?}: {status:?}",
+                        source.uri,
+                        source.cluster
+                    );
+                    fetch::finish_attempt(&source);
+                }
+            },
+            Claim::InFlight { answer_by } => {
+                let seen = documents.get(&source).map(|d| d.fetched_at);
+                self.hold = Some(Hold::Waiting);
+                WAITING.with(|waiting| {
+                    waiting.borrow_mut().push(Waiter {
+                        // A tick's grace, for an answer seen on another VM.
+                        answer_by: answer_by.saturating_add(WAKE_GRACE_MS),
+                        source,
+                        seen,
+                        documents,
+                        context_id: self.context_id,
+                        stream: Weak::clone(&self.me),
+                    });
+                });
+                return Action::Pause;
             }
+            Claim::TooSoon => {}
         }
         self.resume_request_headers()
     }
 
+    /// This stream's fetch was answered: store it, go on, and wake the
+    /// streams that waited for the same document.
+    fn on_fetch_answer(&mut self, token: u32, body: usize) {
+        let source = match self.hold.take() {
+            Some(Hold::Fetching(expected, source)) if expected == token => source,
+            other => {
+                self.hold = other;
+                return;
+            }
+        };
+        fetch::complete(self.engine.documents(), &source, body);
+        if let Action::Continue = self.resume_request_headers() {
+            if let Err(status) = hostcalls::resume_http_request() {
+                log::error!("cannot resume the request: {status:?}");
+            }
+        }
+        wake_waiting(Some(&source));
+    }
+
     /// Finishes the request-headers phase after a refetch.
     fn resume_request_headers(&mut self) -> Action {
+        self.hold = None;
         let Some(outcome) = self.exchange.as_mut().map(Exchange::resume) else {
             return Action::Continue;
         };
@@ -98,7 +198,7 @@ impl Stream {
     /// While the headers wait for a fetch, the body is held too: letting a
     /// chunk continue would let the headers through.
     fn hold_while_fetching(&mut self, end: Option<usize>) -> bool {
-        if self.fetching.is_none() {
+        if self.hold.is_none() {
             return false;
         }
         if end.is_some() {
@@ -231,25 +331,8 @@ impl Direction {
     }
 }
 
-impl Context for Stream {
-    fn on_http_call_response(&mut self, token: u32, _headers: usize, body: usize, _: usize) {
-        let Some((expected, source)) = self.fetching.take() else {
-            return;
-        };
-        if expected != token {
-            self.fetching = Some((expected, source));
-            return;
-        }
-        fetch::complete(self.engine.documents(), &source, body);
-        if let Action::Continue = self.resume_request_headers() {
-            if let Err(status) = hostcalls::resume_http_request() {
-                log::error!("cannot resume the request: {status:?}");
-            }
-        }
-    }
-}
-
-impl HttpContext for Stream {
+/// The proxy-wasm callbacks, run on the state.
+impl StreamState {
     fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
         self.request_headers_ended = end_of_stream;
         let headers = match read_headers(MapType::HttpRequestHeaders) {
@@ -321,6 +404,110 @@ impl HttpContext for Stream {
 
     fn on_http_response_trailers(&mut self, _trailers: usize) -> Action {
         self.on_trailers(Direction::Response)
+    }
+}
+
+impl Context for Stream {
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, body: usize, _: usize) {
+        self.with(|state| {
+            state.on_fetch_answer(token, body);
+            Action::Continue
+        });
+    }
+}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, headers: usize, end_of_stream: bool) -> Action {
+        self.with(|s| s.on_http_request_headers(headers, end_of_stream))
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.with(|s| s.on_http_request_body(body_size, end_of_stream))
+    }
+
+    fn on_http_request_trailers(&mut self, trailers: usize) -> Action {
+        self.with(|s| s.on_http_request_trailers(trailers))
+    }
+
+    fn on_http_response_headers(&mut self, headers: usize, end_of_stream: bool) -> Action {
+        self.with(|s| s.on_http_response_headers(headers, end_of_stream))
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.with(|s| s.on_http_response_body(body_size, end_of_stream))
+    }
+
+    fn on_http_response_trailers(&mut self, trailers: usize) -> Action {
+        self.with(|s| s.on_http_response_trailers(trailers))
+    }
+}
+
+/// How long past an attempt's deadline a waiting stream is given, for the
+/// answer to reach this VM on the root context's next tick.
+const WAKE_GRACE_MS: u64 = 1_000;
+
+/// A stream waiting for a fetch it did not make.
+struct Waiter {
+    source: RemoteSource,
+    /// The version of the document it had, if any.
+    seen: Option<u64>,
+    /// When to stop waiting: the attempt is overdue.
+    answer_by: u64,
+    documents: Arc<Documents>,
+    context_id: u32,
+    stream: Weak<RefCell<StreamState>>,
+}
+
+impl Waiter {
+    fn ready(&self, answered: Option<&RemoteSource>, now: u64) -> bool {
+        answered == Some(&self.source)
+            || now >= self.answer_by
+            || self.documents.get(&self.source).map(|d| d.fetched_at) > self.seen
+            // Answered on another VM with nothing new (a failed fetch): no
+            // attempt is in flight any more.
+            || !matches!(fetch::last_attempt(&self.source), Some((_, true)))
+    }
+}
+
+thread_local! {
+    /// This VM's waiting streams (a VM runs on one thread).
+    static WAITING: RefCell<Vec<Waiter>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Resumes the waiting streams whose document arrived (or whose fetch was
+/// `answered` here, or is overdue); the policy then decides with what is
+/// cached. Called after every fetch answer and on the root context's tick.
+pub(crate) fn wake_waiting(answered: Option<&RemoteSource>) {
+    let now = fetch::now_millis();
+    let ready: Vec<Waiter> = WAITING.with(|waiting| {
+        let Ok(mut waiting) = waiting.try_borrow_mut() else {
+            return Vec::new();
+        };
+        let (ready, still): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut *waiting)
+            .into_iter()
+            .filter(|w| w.stream.strong_count() > 0)
+            .partition(|w| w.ready(answered, now));
+        *waiting = still;
+        ready
+    });
+    for waiter in ready {
+        let Some(stream) = waiter.stream.upgrade() else {
+            continue;
+        };
+        let Ok(mut state) = stream.try_borrow_mut() else {
+            continue;
+        };
+        // Host calls from here on act on the waiting stream.
+        if let Err(status) = hostcalls::set_effective_context(waiter.context_id) {
+            log::warn!("cannot resume a waiting request: {status:?}");
+            continue;
+        }
+        state.woken = true;
+        if let Action::Continue = state.resume_request_headers() {
+            if let Err(status) = hostcalls::resume_http_request() {
+                log::error!("cannot resume the request: {status:?}");
+            }
+        }
     }
 }
 

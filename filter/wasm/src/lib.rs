@@ -53,8 +53,9 @@ pub fn install(build: Build) {
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(PluginRoot::default()) });
 }
 
-/// How often the root context looks for documents due for a refresh.
-const TICK: Duration = Duration::from_secs(1);
+/// How often the root context looks for documents due for a refresh, and
+/// for answers other VMs shared that a waiting request needs.
+const TICK: Duration = Duration::from_millis(500);
 
 /// The per-VM root context: owns the compiled configuration and keeps its
 /// remote documents fresh.
@@ -78,20 +79,26 @@ impl PluginRoot {
         for source in &self.remote_sources {
             fetch::sync_from_shared(documents, source);
             let fetched_at = documents.get(source).map(|d| d.fetched_at);
-            if !source.refresh_due(fetched_at, now) || !fetch::claim_attempt(source, now) {
+            if !source.refresh_due(fetched_at, now)
+                || fetch::claim_attempt(source, now) != fetch::Claim::Won
+            {
                 continue;
             }
             match fetch::dispatch(source) {
                 Ok(token) => {
                     self.fetching.insert(token, source.clone());
                 }
-                Err(status) => log::warn!(
-                    "cannot fetch {} from cluster {:?}: {status:?}",
-                    source.uri,
-                    source.cluster
-                ),
+                Err(status) => {
+                    log::warn!(
+                        "cannot fetch {} from cluster {:?}: {status:?}",
+                        source.uri,
+                        source.cluster
+                    );
+                    fetch::finish_attempt(source);
+                }
             }
         }
+        http::wake_waiting(None);
     }
 }
 
@@ -102,6 +109,7 @@ impl Context for PluginRoot {
             return;
         };
         fetch::complete(engine.documents(), &source, body);
+        http::wake_waiting(Some(&source));
     }
 }
 
@@ -158,10 +166,10 @@ impl RootContext for PluginRoot {
         self.refresh_documents();
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Envoy creates no HTTP context before a successful `on_configure`.
         let engine = Rc::clone(self.engine.as_ref()?);
-        Some(Box::new(http::Stream::new(engine)))
+        Some(Box::new(http::Stream::new(engine, context_id)))
     }
 
     fn get_type(&self) -> Option<ContextType> {
