@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use ct_codecs::{Base64, Decoder};
-use policy_executor::credentials::same_digest;
+use policy_executor::credentials::{same_digest, Location};
 use policy_executor::{
     parse_params, Action, Context, HeaderName, HeaderValue, LocalReply, ParamError, Phases, Policy,
     PolicyFactory,
@@ -116,6 +116,8 @@ impl Hash {
 }
 
 struct BasicAuth {
+    /// `Authorization: Basic ...`.
+    location: Location,
     realm: String,
     users: HashMap<String, Hash>,
     user_header: Option<HeaderName>,
@@ -125,6 +127,10 @@ struct BasicAuth {
 }
 
 fn build(config: &serde_json::Value) -> Result<Box<dyn Policy>, ParamError> {
+    Ok(Box::new(parse(config)?))
+}
+
+fn parse(config: &serde_json::Value) -> Result<BasicAuth, ParamError> {
     let params: Params = parse_params(config)?;
     let mut users = HashMap::new();
     let mut add = |field: String, name: &str, hash: &str| {
@@ -169,22 +175,20 @@ fn build(config: &serde_json::Value) -> Result<Box<dyn Policy>, ParamError> {
         Some(name) => Some(HeaderName::parse(&name).map_err(|e| ParamError::at("user_header", e))?),
         None => None,
     };
-    Ok(Box::new(BasicAuth {
+    let authorization = HeaderName::parse("authorization").map_err(|e| ParamError::at("", e))?;
+    Ok(BasicAuth {
+        location: Location::Header(authorization, "Basic ".into()),
         realm: params.realm.unwrap_or_else(|| "restricted".into()),
         users,
         user_header,
         forward: params.forward,
         verified: Mutex::new(HashMap::new()),
-    }))
+    })
 }
 
-/// `user` and `password` from an `Authorization: Basic ...` value.
-fn credentials(header: &str) -> Option<(String, String)> {
-    let (scheme, encoded) = header.trim().split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let decoded = Base64::decode_to_vec(encoded.trim(), None).ok()?;
+/// `user` and `password` from the base64 of `user:password`.
+fn credentials(encoded: &str) -> Option<(String, String)> {
+    let decoded = Base64::decode_to_vec(encoded, None).ok()?;
     let text = String::from_utf8(decoded).ok()?;
     let (user, password) = text.split_once(':')?;
     Some((user.to_owned(), password.to_owned()))
@@ -244,20 +248,14 @@ impl Policy for BasicAuth {
     }
 
     fn on_request_headers(&self, cx: &mut Context) -> Action {
-        let Some((user, password)) = cx
-            .request_headers()
-            .get("authorization")
-            .and_then(credentials)
-        else {
+        let Some((user, password)) = self.location.find(cx).and_then(credentials) else {
             return self.unauthorized(cx, "no Basic credentials");
         };
         if !self.authenticate(&user, &password) {
             return self.unauthorized(cx, "unknown user or wrong password");
         }
         if !self.forward {
-            if let Ok(authorization) = HeaderName::parse("authorization") {
-                cx.headers_mut().remove(&authorization);
-            }
+            self.location.strip(cx);
         }
         if let Some(header) = &self.user_header {
             match HeaderValue::parse(&user) {

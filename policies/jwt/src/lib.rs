@@ -162,6 +162,10 @@ const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
 const DEFAULT_CACHE_SIZE: usize = 1024;
 
 fn build(config: &serde_json::Value) -> Result<Box<dyn Policy>, ParamError> {
+    Ok(Box::new(parse(config)?))
+}
+
+fn parse(config: &serde_json::Value) -> Result<Jwt, ParamError> {
     let params: Params = parse_params(config)?;
     if params.providers.is_empty() {
         return Err(ParamError::at(
@@ -194,7 +198,7 @@ fn build(config: &serde_json::Value) -> Result<Box<dyn Policy>, ParamError> {
             .map(|(i, raw)| Location::parse(raw, &format!("from[{i}]")))
             .collect::<Result<_, _>>()?,
     };
-    Ok(Box::new(Jwt {
+    Ok(Jwt {
         providers,
         from,
         forward: params.forward,
@@ -204,7 +208,7 @@ fn build(config: &serde_json::Value) -> Result<Box<dyn Policy>, ParamError> {
         cache: Mutex::new(TokenCache::new(
             params.cache_size.unwrap_or(DEFAULT_CACHE_SIZE),
         )),
-    }))
+    })
 }
 
 fn bearer() -> Result<Location, ParamError> {

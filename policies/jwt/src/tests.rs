@@ -323,3 +323,39 @@ fn durations_use_envoys_notation() {
     assert_eq!(parse_duration("5"), None);
     assert_eq!(parse_duration("-1s"), None);
 }
+
+#[test]
+fn a_verified_token_is_served_from_the_cache_without_its_signature_checked() {
+    let key = ES256KeyPair::generate();
+    let policy = parse(&inline(
+        json!({"keys": [es256_jwk(&key, "k1")]}),
+        &["ES256"],
+        json!({}),
+    ))
+    .unwrap();
+    let token = key.sign(claims(json!({}))).unwrap();
+    let verify = |token: &str| {
+        let mut cx = policy_executor::testing::context(request(
+            "GET",
+            "/",
+            &[("authorization", &bearer(token))],
+        ));
+        matches!(policy.on_request_headers(&mut cx), Action::Continue)
+    };
+    assert!(verify(&token));
+    // Plant a verdict for a token whose signature is garbage: accepted, so
+    // the cache is consulted before any signature check.
+    let forged = format!("{}garbage", &token[..token.len() - 7]);
+    assert!(!verify(&forged));
+    let digest: [u8; 32] = Sha256::digest(forged.as_bytes()).into();
+    let now = now_seconds();
+    let planted = Verified {
+        provider: 0,
+        claims: Arc::new(json!({"sub": "planted"})),
+        not_before: 0,
+        expires: now + 600,
+        keys_version: 0,
+    };
+    policy.cache.lock().unwrap().insert(digest, planted, now);
+    assert!(verify(&forged));
+}
