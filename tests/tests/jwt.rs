@@ -426,7 +426,8 @@ fn requests_arriving_during_a_fetch_wait_for_it_instead_of_failing() {
         let statuses = concurrently(&stack, &token, 8);
         assert!(
             statuses.iter().all(|s| *s == 200),
-            "{host:?} at start: {statuses:?}"
+            "{host:?} at start: {statuses:?}\n{}",
+            stack.envoy.log()
         );
         let at_start = server.fetches() - before;
         // At most one per VM: the workers' and Envoy's base VM.

@@ -66,8 +66,8 @@ pub(crate) fn last_attempt(source: &RemoteSource) -> Option<(u64, bool)> {
 /// What a claim on the next fetch attempt found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Claim {
-    /// This VM is to fetch now.
-    Won,
+    /// This VM is to fetch now; its claim is stamped with this time.
+    Won { claimed_at: u64 },
     /// Some VM's attempt is in flight; its answer is due by this time.
     InFlight { answer_by: u64 },
     /// The last attempt was answered too recently to try again.
@@ -104,7 +104,7 @@ pub(crate) fn claim_attempt(source: &RemoteSource, now: u64) -> Claim {
     entry.push(1);
     // Another VM that claimed first changed the entry: the swap fails.
     match hostcalls::set_shared_data(&key, Some(&entry), cas) {
-        Ok(()) => Claim::Won,
+        Ok(()) => Claim::Won { claimed_at: now },
         Err(_) => match last_attempt(source) {
             Some((claimed_at, true)) => Claim::InFlight {
                 answer_by: claimed_at.saturating_add(timeout),
@@ -114,18 +114,28 @@ pub(crate) fn claim_attempt(source: &RemoteSource, now: u64) -> Claim {
     }
 }
 
-/// Marks this VM's attempt on `source` as answered, so requests elsewhere
-/// stop waiting for it.
-pub(crate) fn finish_attempt(source: &RemoteSource) {
+/// Marks this VM's attempt on `source`, claimed at `claimed_at`, as
+/// answered, so requests elsewhere stop waiting for it. `released` (the
+/// request never left, e.g. the callout could not be dispatched) also
+/// forgets the attempt, so the next claim is due at once. An entry another
+/// VM claimed since is left alone: its own attempt is still on its way.
+pub(crate) fn finish_attempt(source: &RemoteSource, claimed_at: u64, released: bool) {
     let key = attempt_key(source);
-    let Ok((Some(mut entry), _)) = hostcalls::get_shared_data(&key) else {
+    let Ok((Some(entry), cas)) = hostcalls::get_shared_data(&key) else {
         return;
     };
-    if let Some(flag) = entry.get_mut(8) {
-        *flag = 0;
-        if let Err(status) = hostcalls::set_shared_data(&key, Some(&entry), None) {
-            log::warn!("cannot update shared data {key:?}: {status:?}");
-        }
+    if read_u64(&entry) != Some(claimed_at) {
+        return;
+    }
+    let update = if released {
+        Vec::new()
+    } else {
+        let mut answered = claimed_at.to_be_bytes().to_vec();
+        answered.push(0);
+        answered
+    };
+    if let Err(status) = hostcalls::set_shared_data(&key, Some(&update), cas) {
+        log::debug!("shared data {key:?} changed meanwhile: {status:?}");
     }
 }
 
@@ -144,7 +154,12 @@ pub(crate) fn dispatch(source: &RemoteSource) -> Result<u32, Status> {
 /// Takes the answer to a fetch of `source`: a 200 is shared with every VM
 /// and cached here; anything else (Envoy reports a timeout or a connection
 /// failure as an answer without headers) leaves the cached document alone.
-pub(crate) fn complete(documents: &Documents, source: &RemoteSource, body_size: usize) -> bool {
+pub(crate) fn complete(
+    documents: &Documents,
+    source: &RemoteSource,
+    claimed_at: u64,
+    body_size: usize,
+) -> bool {
     let stored = match answer_body(source, body_size) {
         Some(body) => {
             share(documents, source, body);
@@ -154,7 +169,7 @@ pub(crate) fn complete(documents: &Documents, source: &RemoteSource, body_size: 
     };
     // Only now: a VM that sees the attempt answered must also see its
     // document.
-    finish_attempt(source);
+    finish_attempt(source, claimed_at, false);
     stored
 }
 

@@ -68,8 +68,9 @@ impl Stream {
 
 /// Why the request headers are held.
 enum Hold {
-    /// This stream's own fetch (callout token) of the source.
-    Fetching(u32, RemoteSource),
+    /// This stream's own fetch (callout token) of the source, claimed at
+    /// the given time.
+    Fetching(u32, RemoteSource, u64),
     /// Another fetch of a document this stream needs.
     Waiting,
 }
@@ -123,10 +124,12 @@ impl StreamState {
             // A woken stream runs inside another context's callback, where
             // the SDK would hand this stream's callout answer to that
             // context: it decides with what is cached instead.
-            Claim::Won if self.woken => fetch::finish_attempt(&source),
-            Claim::Won => match fetch::dispatch(&source) {
+            Claim::Won { claimed_at } if self.woken => {
+                fetch::finish_attempt(&source, claimed_at, true);
+            }
+            Claim::Won { claimed_at } => match fetch::dispatch(&source) {
                 Ok(token) => {
-                    self.hold = Some(Hold::Fetching(token, source));
+                    self.hold = Some(Hold::Fetching(token, source, claimed_at));
                     return Action::Pause;
                 }
                 Err(status) => {
@@ -135,7 +138,7 @@ impl StreamState {
                         source.uri,
                         source.cluster
                     );
-                    fetch::finish_attempt(&source);
+                    fetch::finish_attempt(&source, claimed_at, true);
                 }
             },
             Claim::InFlight { answer_by } => {
@@ -162,14 +165,16 @@ impl StreamState {
     /// This stream's fetch was answered: store it, go on, and wake the
     /// streams that waited for the same document.
     fn on_fetch_answer(&mut self, token: u32, body: usize) {
-        let source = match self.hold.take() {
-            Some(Hold::Fetching(expected, source)) if expected == token => source,
+        let (source, claimed_at) = match self.hold.take() {
+            Some(Hold::Fetching(expected, source, claimed_at)) if expected == token => {
+                (source, claimed_at)
+            }
             other => {
                 self.hold = other;
                 return;
             }
         };
-        fetch::complete(self.engine.documents(), &source, body);
+        fetch::complete(self.engine.documents(), &source, claimed_at, body);
         if let Action::Continue = self.resume_request_headers() {
             if let Err(status) = hostcalls::resume_http_request() {
                 log::error!("cannot resume the request: {status:?}");

@@ -63,8 +63,8 @@ const TICK: Duration = Duration::from_millis(500);
 struct PluginRoot {
     engine: Option<Rc<Engine>>,
     remote_sources: Vec<RemoteSource>,
-    /// Fetches in flight, by callout token.
-    fetching: HashMap<u32, RemoteSource>,
+    /// Fetches in flight, by callout token, with the time of their claim.
+    fetching: HashMap<u32, (RemoteSource, u64)>,
 }
 
 impl PluginRoot {
@@ -79,14 +79,15 @@ impl PluginRoot {
         for source in &self.remote_sources {
             fetch::sync_from_shared(documents, source);
             let fetched_at = documents.get(source).map(|d| d.fetched_at);
-            if !source.refresh_due(fetched_at, now)
-                || fetch::claim_attempt(source, now) != fetch::Claim::Won
-            {
+            if !source.refresh_due(fetched_at, now) {
                 continue;
             }
+            let fetch::Claim::Won { claimed_at } = fetch::claim_attempt(source, now) else {
+                continue;
+            };
             match fetch::dispatch(source) {
                 Ok(token) => {
-                    self.fetching.insert(token, source.clone());
+                    self.fetching.insert(token, (source.clone(), claimed_at));
                 }
                 Err(status) => {
                     log::warn!(
@@ -94,7 +95,7 @@ impl PluginRoot {
                         source.uri,
                         source.cluster
                     );
-                    fetch::finish_attempt(source);
+                    fetch::finish_attempt(source, claimed_at, true);
                 }
             }
         }
@@ -104,11 +105,12 @@ impl PluginRoot {
 
 impl Context for PluginRoot {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body: usize, _: usize) {
-        let (Some(source), Some(engine)) = (self.fetching.remove(&token), self.engine.as_ref())
+        let (Some((source, claimed_at)), Some(engine)) =
+            (self.fetching.remove(&token), self.engine.as_ref())
         else {
             return;
         };
-        fetch::complete(engine.documents(), &source, body);
+        fetch::complete(engine.documents(), &source, claimed_at, body);
         http::wake_waiting(Some(&source));
     }
 }
