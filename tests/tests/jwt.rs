@@ -455,3 +455,95 @@ fn requests_arriving_during_a_fetch_wait_for_it_instead_of_failing() {
         );
     }
 }
+
+/// Starts a request for `token` on a connection of its own and returns the
+/// connection, so the caller can abort the request while it is held.
+fn start_request(stack: &Stack, token: &str) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut connection = std::net::TcpStream::connect(stack.envoy.addr()).unwrap();
+    write!(
+        connection,
+        "GET /orders HTTP/1.1\r\nhost: orders\r\nauthorization: Bearer {token}\r\n\r\n"
+    )
+    .unwrap();
+    connection
+}
+
+/// Waits until the JWKS server has been asked `count` times in all.
+fn wait_for_fetches(server: &JwksServer, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.fetches() < count {
+        assert!(
+            Instant::now() < deadline,
+            "no fetch reached the JWKS server"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn requests_aborted_while_their_fetch_is_in_flight_cannot_keep_a_rotated_key_out() {
+    let keys = Keys::generate();
+    let server = JwksServer::start(&keys.jwks(&[])).unwrap();
+    for host in Host::ALL {
+        let stack = start(host, &server);
+        let old = keys.ec256.sign(claims()).unwrap();
+        wait_until_accepted(&stack, &old);
+        // Past min_refetch_interval (1 s) since the first fetch.
+        std::thread::sleep(Duration::from_millis(1100));
+
+        let kid = format!("aborted-{host:?}");
+        let rotated = ES256KeyPair::generate().with_key_id(&kid);
+        let token = rotated.sign(claims()).unwrap();
+        server.set_delay(Duration::from_millis(1500));
+        server.publish(&keys.jwks(&[ec256_jwk(&rotated, &kid)]));
+        let before = server.fetches();
+        // Clients give up on three requests while the refetch they started
+        // (or joined) is on its way.
+        for _ in 0..3 {
+            let connection = start_request(&stack, &token);
+            wait_for_fetches(&server, before + 1);
+            connection.shutdown(std::net::Shutdown::Both).unwrap();
+        }
+        let reply = get(&stack, &token);
+        assert_eq!(
+            reply.status,
+            200,
+            "{host:?}: {}\n{}",
+            reply.body,
+            stack.envoy.log()
+        );
+        assert_eq!(
+            server.fetches(),
+            before + 1,
+            "{host:?}: the aborted requests' fetch served the next one"
+        );
+        server.set_delay(Duration::ZERO);
+    }
+}
+
+#[test]
+fn requests_at_every_start_wait_for_the_first_fetch() {
+    let keys = Keys::generate();
+    let server = JwksServer::start(&keys.jwks(&[])).unwrap();
+    server.set_delay(Duration::from_millis(400));
+    let token = keys.ec256.sign(claims()).unwrap();
+    // Envoy configures and destroys VMs of its own at every start; none of
+    // them may leave a claim that holds the workers' requests until they
+    // are refused.
+    for (host, workers, starts) in [
+        (Host::Wasm, 2, 5),
+        (Host::Wasm, 1, 3),
+        (Host::ExtProc, 1, 2),
+    ] {
+        for start in 0..starts {
+            let stack = start_with_workers(host, &server, workers);
+            let statuses = concurrently(&stack, &token, 8);
+            assert!(
+                statuses.iter().all(|s| *s == 200),
+                "{host:?} with {workers} workers, start {start}: {statuses:?}\n{}",
+                stack.envoy.log()
+            );
+        }
+    }
+}

@@ -144,9 +144,10 @@ pub enum Outcome {
     Continue(HeaderMutations),
     /// Drop the message in flight and send this reply to the client instead.
     Respond(LocalReply),
-    /// Hold the request, fetch this source if [`RemoteSource::attempt_due`]
-    /// allows, store the result in the engine's [`Documents`], then call
-    /// [`Exchange::resume`]. Only the request-headers phase returns it.
+    /// Hold the request until this source is fetched (or waited for) as
+    /// [`crate::remote::attempt`] rules, with the result in the engine's
+    /// [`Documents`], then call [`Exchange::resume`]. Only the
+    /// request-headers phase returns it.
     Refetch(RemoteSource),
 }
 

@@ -100,6 +100,14 @@ impl Engine {
         &self.documents
     }
 
+    /// Serves from the documents of the configuration this one replaces,
+    /// with their fetch attempts, so that a reload neither refetches
+    /// everything nor loses a fetch in flight: its answer lands in the cache
+    /// the new configuration reads.
+    pub fn keep_documents_of(&mut self, previous: &Engine) {
+        self.documents = Arc::clone(&previous.documents);
+    }
+
     /// The number of route entries.
     pub fn route_count(&self) -> usize {
         self.routes.entries.len()

@@ -8,17 +8,23 @@
 //!   `refresh_interval` (or missing), and
 //! * on demand, when a request's policy returns [`Action::Refetch`]
 //!   (a token names a key the cached JWKS does not have). The request waits
-//!   for that one fetch, then its policy runs again and sees
+//!   for that fetch, then its policy runs again and sees
 //!   [`Context::refetched`] true, so it decides with what it has.
 //!
-//! Either way a source is fetched at most once per `min_refetch_interval`,
-//! across all workers ([`RemoteSource::attempt_due`] is the rule, each host
-//! keeps the last attempt where all its workers see it). A failed fetch
-//! keeps the cached document: keys go on working while the issuer is down.
+//! Who fetches and who waits is decided by the rules in [`attempt`], the
+//! same in both hosts: one fetch at a time per source across workers, a
+//! claim never outlives its owner by more than a lease, attempts spaced by
+//! `min_refetch_interval`, and a waiting request never refused while the
+//! document is reachable. A failed fetch keeps the cached document: keys
+//! go on working while the issuer is down.
 //!
 //! [`Policy::remote_sources`]: crate::Policy::remote_sources
 //! [`Action::Refetch`]: crate::Action::Refetch
 //! [`Context::refetched`]: crate::Context::refetched
+
+pub mod attempt;
+
+pub use attempt::{Attempt, AttemptState, Step, WaitStep, Waiting};
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -66,14 +72,6 @@ impl RemoteSource {
             .map_or(self.uri.as_str(), |(_, rest)| rest)
     }
 
-    /// Whether a fetch may be attempted at `now` (milliseconds since the
-    /// epoch) when the last attempt was at `last_attempt`.
-    pub fn attempt_due(&self, last_attempt: Option<u64>, now: u64) -> bool {
-        last_attempt.is_none_or(|last| {
-            now.saturating_sub(last) >= duration_millis(self.min_refetch_interval)
-        })
-    }
-
     /// Whether a document fetched at `fetched_at` is due for a periodic
     /// refresh at `now`.
     pub fn refresh_due(&self, fetched_at: Option<u64>, now: u64) -> bool {
@@ -81,7 +79,7 @@ impl RemoteSource {
     }
 }
 
-fn duration_millis(duration: Duration) -> u64 {
+pub(crate) fn duration_millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
@@ -106,14 +104,17 @@ impl Document {
     }
 }
 
-/// The fetched documents of one configuration, by source.
+/// The fetched documents, by source.
 ///
-/// Shared by every exchange of the engine; in the shim, by every thread.
-/// Reads vastly outnumber writes (one per fetch), hence the `RwLock`.
+/// Shared by every exchange of the engine; in the shim, by every thread and
+/// every configuration it loads (see `Engine::keep_documents_of`). Reads
+/// vastly outnumber writes (one per fetch), hence the `RwLock`.
 #[derive(Debug, Default)]
 pub struct Documents {
     by_source: RwLock<HashMap<RemoteSource, Document>>,
-    attempts: RwLock<HashMap<RemoteSource, u64>>,
+    /// The last fetch attempt per source, for hosts whose workers share
+    /// this cache (the shim); the Wasm host keeps it in Envoy's shared data.
+    attempts: RwLock<HashMap<RemoteSource, Attempt>>,
 }
 
 impl Documents {
@@ -121,6 +122,12 @@ impl Documents {
     pub fn get(&self, source: &RemoteSource) -> Option<Document> {
         let map = self.by_source.read().ok()?;
         map.get(source).cloned()
+    }
+
+    /// The version (`fetched_at`) of the document cached for `source`.
+    pub fn version(&self, source: &RemoteSource) -> Option<u64> {
+        let map = self.by_source.read().ok()?;
+        map.get(source).map(|d| d.fetched_at)
     }
 
     /// Stores a fetched document, unless a newer one is already there
@@ -136,30 +143,61 @@ impl Documents {
         }
     }
 
-    /// Takes over the documents and attempt times of the configuration this
-    /// one replaces, so that a reload neither refetches everything nor
-    /// leaves requests without keys meanwhile.
-    pub fn carry_over(&self, previous: &Documents) {
-        if let (Ok(mut mine), Ok(theirs)) = (self.by_source.write(), previous.by_source.read()) {
-            mine.extend(theirs.iter().map(|(k, v)| (k.clone(), v.clone())));
-        }
-        if let (Ok(mut mine), Ok(theirs)) = (self.attempts.write(), previous.attempts.read()) {
-            mine.extend(theirs.iter().map(|(k, v)| (k.clone(), *v)));
+    /// The last fetch attempt of `source` (in-process hosts).
+    pub fn attempt(&self, source: &RemoteSource) -> Option<Attempt> {
+        self.attempts.read().ok()?.get(source).copied()
+    }
+
+    /// For in-process hosts (the shim): claims the next attempt of `source`
+    /// at `now` if the rules say to fetch. `Ok` carries the claim's time,
+    /// which the owner passes to [`Documents::answer`] or
+    /// [`Documents::release`]; `Err` says what to do instead.
+    ///
+    /// The owner is a task of this process that releases its claim if it
+    /// goes away, so the claim needs no renewal: it stays live until its
+    /// answer is overdue.
+    pub fn claim(&self, source: &RemoteSource, now: u64) -> Result<u64, Step> {
+        // A poisoned lock only means a panic elsewhere; the map is intact.
+        let mut attempts = self.attempts.write().unwrap_or_else(|p| p.into_inner());
+        match source.next_step(attempts.get(source), now) {
+            Step::Fetch => {
+                let claim = Attempt {
+                    claimed_at: now,
+                    state: AttemptState::InFlight {
+                        renewed_at: u64::MAX,
+                    },
+                };
+                attempts.insert(source.clone(), claim);
+                Ok(now)
+            }
+            other => Err(other),
         }
     }
 
-    /// For hosts whose workers share this cache (the shim): claims the next
-    /// fetch attempt of `source` at `now` if one is due, so that concurrent
-    /// requests do not all fetch.
-    pub fn claim_attempt(&self, source: &RemoteSource, now: u64) -> bool {
-        let Ok(mut attempts) = self.attempts.write() else {
-            return false;
-        };
-        if source.attempt_due(attempts.get(source).copied(), now) {
-            attempts.insert(source.clone(), now);
-            true
-        } else {
-            false
+    /// Ends the attempt claimed at `claimed_at`: stores its document, if it
+    /// brought one, then marks it answered. Stored first, so whoever sees
+    /// the attempt answered also sees its document.
+    pub fn answer(&self, source: &RemoteSource, claimed_at: u64, document: Option<Document>) {
+        if let Some(document) = document {
+            self.store(source, document);
+        }
+        self.end_attempt(source, claimed_at, AttemptState::Answered);
+    }
+
+    /// Gives up the attempt claimed at `claimed_at` before any answer: the
+    /// next claim is due at once.
+    pub fn release(&self, source: &RemoteSource, claimed_at: u64) {
+        self.end_attempt(source, claimed_at, AttemptState::Released);
+    }
+
+    /// Moves the attempt claimed at `claimed_at` to `state`, unless a later
+    /// attempt replaced it.
+    fn end_attempt(&self, source: &RemoteSource, claimed_at: u64, state: AttemptState) {
+        let mut attempts = self.attempts.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(attempt) = attempts.get_mut(source) {
+            if attempt.claimed_at == claimed_at {
+                *attempt = attempt.with_state(state);
+            }
         }
     }
 }
@@ -192,12 +230,30 @@ mod tests {
     }
 
     #[test]
-    fn attempts_are_spaced_by_the_minimum_interval() {
+    fn in_process_claims_are_spaced_from_answers_and_released_ones_are_due_at_once() {
         let source = source();
         let documents = Documents::default();
-        assert!(documents.claim_attempt(&source, 1_000));
-        assert!(!documents.claim_attempt(&source, 1_000 + 29_999));
-        assert!(documents.claim_attempt(&source, 1_000 + 30_000));
+        assert_eq!(documents.claim(&source, 1_000), Ok(1_000));
+        assert_eq!(
+            documents.claim(&source, 1_001),
+            Err(Step::Wait { claimed_at: 1_000 })
+        );
+        // Its owner went away: the next request fetches at once.
+        documents.release(&source, 1_000);
+        assert_eq!(documents.claim(&source, 1_002), Ok(1_002));
+        documents.answer(
+            &source,
+            1_002,
+            Some(Document::new(1_500, "keys".as_bytes())),
+        );
+        assert_eq!(documents.version(&source), Some(1_500));
+        assert_eq!(documents.claim(&source, 1_002 + 29_999), Err(Step::TooSoon));
+        assert_eq!(documents.claim(&source, 1_002 + 30_000), Ok(31_002));
+        // A late answer to an old attempt does not end the new one.
+        documents.answer(&source, 1_002, None);
+        assert!(documents
+            .attempt(&source)
+            .is_some_and(|a| a.is_live(&source, 31_003)));
         assert!(source.refresh_due(None, 0));
         assert!(!source.refresh_due(Some(0), 299_999));
         assert!(source.refresh_due(Some(0), 300_000));

@@ -82,9 +82,9 @@ impl ConfigStore {
             last.clone_from(&text);
         }
         match Engine::from_config(&text, &self.registry) {
-            Ok(engine) => {
+            Ok(mut engine) => {
                 let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
-                engine.documents().carry_over(current.documents());
+                engine.keep_documents_of(&current);
                 *current = Arc::new(engine);
                 Reload::Applied
             }

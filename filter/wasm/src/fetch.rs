@@ -1,21 +1,28 @@
-//! Remote documents in the Wasm host (see `policy_executor::remote`).
+//! Remote documents in the Wasm host: the transport and the cross-VM record
+//! for the rules in `policy_executor::remote::attempt`.
 //!
 //! Envoy runs one VM per worker, each with its own root context and its own
 //! [`Engine`](policy_executor::Engine). So that a source is fetched once for
-//! all of them, not once per worker, two entries of Envoy's shared data (one
-//! store for every VM of the plugin's `vm_id`) hold, per source:
+//! all of them, two entries of Envoy's shared data (one store for every VM
+//! of the plugin's `vm_id`) hold, per source:
 //!
 //! * the document: the fetch time (8 bytes, big-endian milliseconds) then
 //!   the body; every VM copies a newer one into its engine's cache on its
 //!   next tick, or at once when a request asks for a refetch;
-//! * the last fetch attempt (8 bytes of time, then 1 while it is in flight,
-//!   0 once answered), claimed with compare-and-swap: only the VM whose
-//!   swap succeeds sends the request to the source's cluster. A request on
-//!   another VM that needs the same document waits for that attempt (see
-//!   `http`) instead of being refused while the answer is on its way.
+//! * the last fetch attempt ([`Attempt::encode`]), claimed with
+//!   compare-and-swap: only the VM whose swap succeeds sends the request.
+//!
+//! Only root contexts fetch. A callout belongs to the context that sent it:
+//! Envoy cancels a stream's callouts when the stream ends, and the SDK
+//! routes an answer to the context that was active when it was sent. A
+//! root context lives as long as its plugin, renews its claims on every
+//! tick, and releases them when it is done; a VM that Envoy destroys
+//! without telling it (one that only checked a configuration) stops
+//! renewing, and its claim lapses within `OWNER_LEASE`.
 
 use std::time::UNIX_EPOCH;
 
+use policy_executor::remote::{Attempt, AttemptState, Step};
 use policy_executor::{Document, Documents, RemoteSource};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, Status};
@@ -46,8 +53,7 @@ pub(crate) fn sync_from_shared(documents: &Documents, source: &RemoteSource) -> 
     let Some(fetched_at) = read_u64(&bytes) else {
         return false;
     };
-    let cached = documents.get(source).map(|d| d.fetched_at);
-    if cached.is_some_and(|at| at >= fetched_at) {
+    if documents.version(source).is_some_and(|at| at >= fetched_at) {
         return false;
     }
     let body = bytes.get(8..).unwrap_or_default();
@@ -55,88 +61,100 @@ pub(crate) fn sync_from_shared(documents: &Documents, source: &RemoteSource) -> 
     true
 }
 
-/// The last fetch attempt of `source` by any VM: when it was claimed, and
-/// whether it is still in flight.
-pub(crate) fn last_attempt(source: &RemoteSource) -> Option<(u64, bool)> {
-    let (bytes, _) = hostcalls::get_shared_data(&attempt_key(source)).ok()?;
-    let bytes = bytes?;
-    Some((read_u64(&bytes)?, bytes.get(8) == Some(&1)))
-}
-
-/// What a claim on the next fetch attempt found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Claim {
-    /// This VM is to fetch now; its claim is stamped with this time.
-    Won { claimed_at: u64 },
-    /// Some VM's attempt is in flight; its answer is due by this time.
-    InFlight { answer_by: u64 },
-    /// The last attempt was answered too recently to try again.
-    TooSoon,
-}
-
 fn attempt_key(source: &RemoteSource) -> String {
     format!("{ATTEMPT_KEY}{}", source.key())
 }
 
-/// Claims the next fetch attempt of `source` for this VM, if one is due.
-pub(crate) fn claim_attempt(source: &RemoteSource, now: u64) -> Claim {
-    let key = attempt_key(source);
-    let (last, cas) = match hostcalls::get_shared_data(&key) {
-        Ok((bytes, cas)) => (bytes, cas),
+/// The last attempt on `source` by any VM, with the entry's
+/// compare-and-swap token.
+fn read_attempt(key: &str) -> (Option<Attempt>, Option<u32>) {
+    match hostcalls::get_shared_data(key) {
+        Ok((bytes, cas)) => (bytes.as_deref().and_then(Attempt::decode), cas),
         Err(status) => {
             log::warn!("cannot read shared data {key:?}: {status:?}");
-            return Claim::TooSoon;
+            (None, None)
         }
-    };
-    let last_time = last.as_deref().and_then(read_u64);
-    let in_flight = last.as_deref().and_then(|b| b.get(8)) == Some(&1);
-    let timeout = u64::try_from(source.timeout.as_millis()).unwrap_or(u64::MAX);
-    if let (Some(at), true) = (last_time, in_flight) {
-        let answer_by = at.saturating_add(timeout);
-        if now < answer_by {
-            return Claim::InFlight { answer_by };
-        }
-    }
-    if !source.attempt_due(last_time, now) {
-        return Claim::TooSoon;
-    }
-    let mut entry = now.to_be_bytes().to_vec();
-    entry.push(1);
-    // Another VM that claimed first changed the entry: the swap fails.
-    match hostcalls::set_shared_data(&key, Some(&entry), cas) {
-        Ok(()) => Claim::Won { claimed_at: now },
-        Err(_) => match last_attempt(source) {
-            Some((claimed_at, true)) => Claim::InFlight {
-                answer_by: claimed_at.saturating_add(timeout),
-            },
-            _ => Claim::TooSoon,
-        },
     }
 }
 
-/// Marks this VM's attempt on `source`, claimed at `claimed_at`, as
-/// answered, so requests elsewhere stop waiting for it. `released` (the
-/// request never left, e.g. the callout could not be dispatched) also
-/// forgets the attempt, so the next claim is due at once. An entry another
-/// VM claimed since is left alone: its own attempt is still on its way.
-pub(crate) fn finish_attempt(source: &RemoteSource, claimed_at: u64, released: bool) {
+/// The last attempt on `source` by any VM.
+pub(crate) fn last_attempt(source: &RemoteSource) -> Option<Attempt> {
+    read_attempt(&attempt_key(source)).0
+}
+
+/// Creates the attempt entry of `source` if there is none. Compare-and-swap
+/// cannot guard an entry that does not exist (Envoy accepts any token for
+/// a new key), so claims only ever swap an existing one.
+pub(crate) fn ensure_attempt_entry(source: &RemoteSource) {
     let key = attempt_key(source);
-    let Ok((Some(entry), cas)) = hostcalls::get_shared_data(&key) else {
-        return;
-    };
-    if read_u64(&entry) != Some(claimed_at) {
-        return;
+    if let Ok((None, _)) = hostcalls::get_shared_data(&key) {
+        if let Err(status) = hostcalls::set_shared_data(&key, Some(&[]), None) {
+            log::warn!("cannot create shared data {key:?}: {status:?}");
+        }
     }
-    let update = if released {
-        Vec::new()
-    } else {
-        let mut answered = claimed_at.to_be_bytes().to_vec();
-        answered.push(0);
-        answered
-    };
-    if let Err(status) = hostcalls::set_shared_data(&key, Some(&update), cas) {
-        log::debug!("shared data {key:?} changed meanwhile: {status:?}");
+}
+
+/// Claims the next attempt on `source` at `now` for this VM if the rules
+/// say to fetch. `Ok` carries the claim's time; `Err` what to do instead.
+pub(crate) fn claim(source: &RemoteSource, now: u64) -> Result<u64, Step> {
+    let key = attempt_key(source);
+    let (last, cas) = read_attempt(&key);
+    match source.next_step(last.as_ref(), now) {
+        Step::Fetch => {}
+        other => return Err(other),
     }
+    let Some(cas) = cas else {
+        // No entry (it is created at configure time): do not race for it.
+        ensure_attempt_entry(source);
+        return Err(Step::TooSoon);
+    };
+    match hostcalls::set_shared_data(&key, Some(&Attempt::claimed(now).encode()), Some(cas)) {
+        Ok(()) => Ok(now),
+        // Another VM swapped first: follow its attempt.
+        Err(_) => Err(source.next_step(read_attempt(&key).0.as_ref(), now)),
+    }
+}
+
+/// Rewrites this VM's attempt on `source`, claimed at `claimed_at`, with
+/// `change`; an entry another VM claimed since is left alone.
+fn update_own(source: &RemoteSource, claimed_at: u64, change: impl Fn(Attempt) -> Attempt) {
+    let key = attempt_key(source);
+    // A swap lost to another VM's write is retried on the fresh entry.
+    for _ in 0..3 {
+        let (Some(attempt), Some(cas)) = read_attempt(&key) else {
+            return;
+        };
+        if attempt.claimed_at != claimed_at {
+            return;
+        }
+        match hostcalls::set_shared_data(&key, Some(&change(attempt).encode()), Some(cas)) {
+            Ok(()) => return,
+            Err(Status::CasMismatch) => continue,
+            Err(status) => {
+                log::warn!("cannot update shared data {key:?}: {status:?}");
+                return;
+            }
+        }
+    }
+}
+
+/// Shows that this VM's attempt is still on its way.
+pub(crate) fn renew(source: &RemoteSource, claimed_at: u64, now: u64) {
+    update_own(source, claimed_at, |attempt| match attempt.state {
+        AttemptState::InFlight { .. } => {
+            attempt.with_state(AttemptState::InFlight { renewed_at: now })
+        }
+        _ => attempt,
+    });
+}
+
+/// Gives up this VM's attempt before its answer: the next claim is due at
+/// once.
+pub(crate) fn release(source: &RemoteSource, claimed_at: u64) {
+    update_own(source, claimed_at, |attempt| match attempt.state {
+        AttemptState::InFlight { .. } => attempt.with_state(AttemptState::Released),
+        _ => attempt,
+    });
 }
 
 /// Sends the fetch of `source` to its cluster; the answer comes to the
@@ -151,26 +169,19 @@ pub(crate) fn dispatch(source: &RemoteSource) -> Result<u32, Status> {
     hostcalls::dispatch_http_call(&source.cluster, headers, None, vec![], source.timeout)
 }
 
-/// Takes the answer to a fetch of `source`: a 200 is shared with every VM
-/// and cached here; anything else (Envoy reports a timeout or a connection
-/// failure as an answer without headers) leaves the cached document alone.
-pub(crate) fn complete(
-    documents: &Documents,
-    source: &RemoteSource,
-    claimed_at: u64,
-    body_size: usize,
-) -> bool {
-    let stored = match answer_body(source, body_size) {
-        Some(body) => {
-            share(documents, source, body);
-            true
-        }
-        None => false,
-    };
+/// Takes the answer to this VM's fetch of `source`: a 200 is shared with
+/// every VM and cached here; anything else (Envoy reports a timeout or a
+/// connection failure as an answer without headers) leaves the cached
+/// document alone. Either way the attempt is answered.
+pub(crate) fn complete(documents: &Documents, source: &RemoteSource, claimed_at: u64, body: usize) {
+    if let Some(body) = answer_body(source, body) {
+        share(documents, source, body);
+    }
     // Only now: a VM that sees the attempt answered must also see its
     // document.
-    finish_attempt(source, claimed_at, false);
-    stored
+    update_own(source, claimed_at, |attempt| {
+        attempt.with_state(AttemptState::Answered)
+    });
 }
 
 /// The body of a 200 answer to a fetch of `source`; `None` (logged) for

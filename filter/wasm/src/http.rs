@@ -1,19 +1,19 @@
 //! One HTTP stream: translates proxy-wasm callbacks into executor phases.
 //!
-//! A stream whose policy needs a fresher remote document either fetches it
-//! (an HTTP callout of its own) or, when another stream or another worker's
-//! VM is already fetching it, waits in this VM's list of waiting streams
-//! until that answer lands (or is overdue), so no request is refused just
-//! for arriving during a fetch. Whoever sees the answer first (the stream
-//! that fetched, or the root context's tick, which also takes other VMs'
-//! answers from shared data) wakes the waiting streams with
-//! [`wake_waiting`]. That is why a stream's state sits behind an `Rc`: it
-//! must be reachable from other contexts' callbacks.
+//! A stream whose policy needs a fresher remote document waits in this VM's
+//! list of waiting streams; it never fetches itself (see `fetch` for why
+//! only root contexts do). The root context's tick, which runs often while
+//! anyone waits, polls each waiting stream with the executor's rules
+//! (`Waiting::poll`): it fetches for the streams whose awaited attempt
+//! lapsed, and resumes those whose document arrived or whose attempt was
+//! answered. That is why a stream's state sits behind an `Rc`: it must be
+//! reachable from the root context's callbacks.
 
 use std::cell::RefCell;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 
+use policy_executor::remote::{Step, WaitStep, Waiting};
 use policy_executor::{
     AttributeKind, AttributeSet, AttributeValue, Connection, Documents, Engine, Exchange,
     HeaderChange, HeaderMap, HeaderMutations, LocalReply, Outcome, RemoteSource, Start,
@@ -22,7 +22,8 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType, Status};
 
-use crate::fetch::{self, Claim};
+use crate::fetch;
+use crate::Tick;
 
 /// One request on this worker, as the proxy-wasm SDK holds it.
 pub(crate) struct Stream {
@@ -30,18 +31,18 @@ pub(crate) struct Stream {
 }
 
 impl Stream {
-    pub(crate) fn new(engine: Rc<Engine>, context_id: u32) -> Self {
+    pub(crate) fn new(engine: Rc<Engine>, tick: Rc<Tick>, context_id: u32) -> Self {
         let state = Rc::new_cyclic(|me| {
             RefCell::new(StreamState {
                 engine,
+                tick,
                 context_id,
                 me: Weak::clone(me),
                 exchange: None,
                 replied: false,
                 request_body_done: false,
                 response_body_done: false,
-                hold: None,
-                woken: false,
+                waiting: false,
                 request_headers_ended: false,
                 request_body_end: None,
             })
@@ -66,18 +67,11 @@ impl Stream {
     }
 }
 
-/// Why the request headers are held.
-enum Hold {
-    /// This stream's own fetch (callout token) of the source, claimed at
-    /// the given time.
-    Fetching(u32, RemoteSource, u64),
-    /// Another fetch of a document this stream needs.
-    Waiting,
-}
-
 /// The state of one request on this worker.
 pub(crate) struct StreamState {
     engine: Rc<Engine>,
+    /// Its root context's timer, hurried while this stream waits.
+    tick: Rc<Tick>,
     context_id: u32,
     /// This state's own `Rc`, for the list of waiting streams.
     me: Weak<RefCell<StreamState>>,
@@ -89,9 +83,7 @@ pub(crate) struct StreamState {
     request_body_done: bool,
     response_body_done: bool,
     /// The request-headers phase waits for a remote document.
-    hold: Option<Hold>,
-    /// Resumed from another context's callback (see `wake_waiting`).
-    woken: bool,
+    waiting: bool,
     request_headers_ended: bool,
     /// The request body ended (with this size) while the headers waited.
     request_body_end: Option<usize>,
@@ -111,81 +103,42 @@ impl StreamState {
         }
     }
 
-    /// Holds the request while `source` is fetched: by this stream, or by
-    /// whichever stream or VM already is. It goes on at once if another VM
-    /// already has a newer copy, or if the last answer came too recently to
-    /// ask again (the policy then decides with what is cached).
+    /// Holds the request until `source` is fetched by this VM's root
+    /// context or another VM, as the executor's rules say. It goes on at
+    /// once if another VM already has a newer copy, or if the last answer
+    /// came too recently to ask again (the policy then decides with what is
+    /// cached).
     fn refetch(&mut self, source: RemoteSource) -> Action {
         let documents = Arc::clone(self.engine.documents());
         if fetch::sync_from_shared(&documents, &source) {
             return self.resume_request_headers();
         }
-        match fetch::claim_attempt(&source, fetch::now_millis()) {
-            // A woken stream runs inside another context's callback, where
-            // the SDK would hand this stream's callout answer to that
-            // context: it decides with what is cached instead.
-            Claim::Won { claimed_at } if self.woken => {
-                fetch::finish_attempt(&source, claimed_at, true);
-            }
-            Claim::Won { claimed_at } => match fetch::dispatch(&source) {
-                Ok(token) => {
-                    self.hold = Some(Hold::Fetching(token, source, claimed_at));
-                    return Action::Pause;
-                }
-                Err(status) => {
-                    log::warn!(
-                        "cannot fetch {} from cluster {:?}: {status:?}",
-                        source.uri,
-                        source.cluster
-                    );
-                    fetch::finish_attempt(&source, claimed_at, true);
-                }
-            },
-            Claim::InFlight { answer_by } => {
-                let seen = documents.get(&source).map(|d| d.fetched_at);
-                self.hold = Some(Hold::Waiting);
-                WAITING.with(|waiting| {
-                    waiting.borrow_mut().push(Waiter {
-                        // A tick's grace, for an answer seen on another VM.
-                        answer_by: answer_by.saturating_add(WAKE_GRACE_MS),
-                        source,
-                        seen,
-                        documents,
-                        context_id: self.context_id,
-                        stream: Weak::clone(&self.me),
-                    });
-                });
-                return Action::Pause;
-            }
-            Claim::TooSoon => {}
-        }
-        self.resume_request_headers()
-    }
-
-    /// This stream's fetch was answered: store it, go on, and wake the
-    /// streams that waited for the same document.
-    fn on_fetch_answer(&mut self, token: u32, body: usize) {
-        let (source, claimed_at) = match self.hold.take() {
-            Some(Hold::Fetching(expected, source, claimed_at)) if expected == token => {
-                (source, claimed_at)
-            }
-            other => {
-                self.hold = other;
-                return;
-            }
+        let now = fetch::now_millis();
+        let awaited = match source.next_step(fetch::last_attempt(&source).as_ref(), now) {
+            Step::TooSoon => return self.resume_request_headers(),
+            Step::Wait { claimed_at } => claimed_at,
+            // The root context claims the next attempt for it: any attempt
+            // claimed from now on is one it waits for.
+            Step::Fetch => now,
         };
-        fetch::complete(self.engine.documents(), &source, claimed_at, body);
-        if let Action::Continue = self.resume_request_headers() {
-            if let Err(status) = hostcalls::resume_http_request() {
-                log::error!("cannot resume the request: {status:?}");
-            }
-        }
-        wake_waiting(Some(&source));
+        let waiting = Waiting::new(&source, documents.version(&source), awaited, now);
+        self.waiting = true;
+        WAITING.with(|list| {
+            list.borrow_mut().push(Waiter {
+                source,
+                waiting,
+                documents,
+                context_id: self.context_id,
+                stream: Weak::clone(&self.me),
+            });
+        });
+        self.tick.hurry();
+        Action::Pause
     }
 
     /// Finishes the request-headers phase after a refetch.
     fn resume_request_headers(&mut self) -> Action {
-        self.hold = None;
+        self.waiting = false;
         let Some(outcome) = self.exchange.as_mut().map(Exchange::resume) else {
             return Action::Continue;
         };
@@ -203,7 +156,7 @@ impl StreamState {
     /// While the headers wait for a fetch, the body is held too: letting a
     /// chunk continue would let the headers through.
     fn hold_while_fetching(&mut self, end: Option<usize>) -> bool {
-        if self.hold.is_none() {
+        if !self.waiting {
             return false;
         }
         if end.is_some() {
@@ -412,14 +365,7 @@ impl StreamState {
     }
 }
 
-impl Context for Stream {
-    fn on_http_call_response(&mut self, token: u32, _headers: usize, body: usize, _: usize) {
-        self.with(|state| {
-            state.on_fetch_answer(token, body);
-            Action::Continue
-        });
-    }
-}
+impl Context for Stream {}
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, headers: usize, end_of_stream: bool) -> Action {
@@ -447,31 +393,13 @@ impl HttpContext for Stream {
     }
 }
 
-/// How long past an attempt's deadline a waiting stream is given, for the
-/// answer to reach this VM on the root context's next tick.
-const WAKE_GRACE_MS: u64 = 1_000;
-
-/// A stream waiting for a fetch it did not make.
+/// A stream waiting for a document.
 struct Waiter {
     source: RemoteSource,
-    /// The version of the document it had, if any.
-    seen: Option<u64>,
-    /// When to stop waiting: the attempt is overdue.
-    answer_by: u64,
+    waiting: Waiting,
     documents: Arc<Documents>,
     context_id: u32,
     stream: Weak<RefCell<StreamState>>,
-}
-
-impl Waiter {
-    fn ready(&self, answered: Option<&RemoteSource>, now: u64) -> bool {
-        answered == Some(&self.source)
-            || now >= self.answer_by
-            || self.documents.get(&self.source).map(|d| d.fetched_at) > self.seen
-            // Answered on another VM with nothing new (a failed fetch): no
-            // attempt is in flight any more.
-            || !matches!(fetch::last_attempt(&self.source), Some((_, true)))
-    }
 }
 
 thread_local! {
@@ -479,39 +407,70 @@ thread_local! {
     static WAITING: RefCell<Vec<Waiter>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Resumes the waiting streams whose document arrived (or whose fetch was
-/// `answered` here, or is overdue); the policy then decides with what is
-/// cached. Called after every fetch answer and on the root context's tick.
-pub(crate) fn wake_waiting(answered: Option<&RemoteSource>) {
-    let now = fetch::now_millis();
-    let ready: Vec<Waiter> = WAITING.with(|waiting| {
-        let Ok(mut waiting) = waiting.try_borrow_mut() else {
+/// Whether any stream of this VM waits for a document.
+pub(crate) fn any_waiting() -> bool {
+    WAITING.with(|list| list.try_borrow().map_or(true, |list| !list.is_empty()))
+}
+
+/// Polls the waiting streams at `now`: resumes those whose document
+/// arrived, whose attempt was answered, or who waited long enough (their
+/// policy then decides with what is cached), and returns the sources the
+/// root context is to fetch for the others. Streams that ended are
+/// dropped.
+pub(crate) fn poll_waiting(now: u64) -> Vec<RemoteSource> {
+    let mut fetch_for = Vec::new();
+    let ready: Vec<Waiter> = WAITING.with(|list| {
+        let Ok(mut list) = list.try_borrow_mut() else {
             return Vec::new();
         };
-        let (ready, still): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut *waiting)
-            .into_iter()
-            .filter(|w| w.stream.strong_count() > 0)
-            .partition(|w| w.ready(answered, now));
-        *waiting = still;
+        let mut ready = Vec::new();
+        for mut waiter in std::mem::take(&mut *list) {
+            if waiter.stream.strong_count() == 0 {
+                continue;
+            }
+            // Another root context of this VM, or another VM, may have
+            // fetched it.
+            fetch::sync_from_shared(&waiter.documents, &waiter.source);
+            let version = waiter.documents.version(&waiter.source);
+            let last = fetch::last_attempt(&waiter.source);
+            match waiter
+                .waiting
+                .poll(&waiter.source, version, last.as_ref(), now)
+            {
+                WaitStep::Resume => ready.push(waiter),
+                WaitStep::Wait => list.push(waiter),
+                WaitStep::FetchForIt => {
+                    if !fetch_for.contains(&waiter.source) {
+                        fetch_for.push(waiter.source.clone());
+                    }
+                    list.push(waiter);
+                }
+            }
+        }
         ready
     });
     for waiter in ready {
-        let Some(stream) = waiter.stream.upgrade() else {
-            continue;
-        };
-        let Ok(mut state) = stream.try_borrow_mut() else {
-            continue;
-        };
-        // Host calls from here on act on the waiting stream.
-        if let Err(status) = hostcalls::set_effective_context(waiter.context_id) {
-            log::warn!("cannot resume a waiting request: {status:?}");
-            continue;
-        }
-        state.woken = true;
-        if let Action::Continue = state.resume_request_headers() {
-            if let Err(status) = hostcalls::resume_http_request() {
-                log::error!("cannot resume the request: {status:?}");
-            }
+        resume(&waiter);
+    }
+    fetch_for
+}
+
+/// Resumes a waiting stream from another context's callback.
+fn resume(waiter: &Waiter) {
+    let Some(stream) = waiter.stream.upgrade() else {
+        return;
+    };
+    let Ok(mut state) = stream.try_borrow_mut() else {
+        return;
+    };
+    // Host calls from here on act on the waiting stream.
+    if let Err(status) = hostcalls::set_effective_context(waiter.context_id) {
+        log::warn!("cannot resume a waiting request: {status:?}");
+        return;
+    }
+    if let Action::Continue = state.resume_request_headers() {
+        if let Err(status) = hostcalls::resume_http_request() {
+            log::error!("cannot resume the request: {status:?}");
         }
     }
 }

@@ -15,7 +15,7 @@
 //! * policies that need a remote document (a JWKS) get it from the root
 //!   context, which fetches it on a timer and shares it with the other
 //!   workers' VMs (`fetch`); a request whose policy asks for a refetch
-//!   waits for one HTTP callout of its own.
+//!   waits while the root context fetches it, or another VM does.
 //!
 //! Host calls go through `proxy_wasm::hostcalls`, which return `Result`s,
 //! rather than the SDK's trait helpers, which `unwrap` (a header value that
@@ -30,6 +30,7 @@
 mod fetch;
 mod http;
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::OnceLock;
@@ -50,56 +51,119 @@ pub fn install(build: Build) {
     // Installs the logger and a panic hook that reports to Envoy's log.
     // Host calls are not allowed yet; `on_configure` adopts Envoy's level.
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(PluginRoot::default()) });
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
+        Box::new(PluginRoot::new(context_id))
+    });
 }
 
-/// How often the root context looks for documents due for a refresh, and
-/// for answers other VMs shared that a waiting request needs.
-const TICK: Duration = Duration::from_millis(500);
+/// How often the root context looks for documents due for a refresh.
+const SLOW_TICK: Duration = Duration::from_millis(500);
+
+/// How often it looks while a stream waits for a document: for the answers
+/// other VMs share, and for attempts that lapsed and need a fetch.
+const FAST_TICK: Duration = Duration::from_millis(20);
+
+/// A root context's timer, which its streams hurry while they wait.
+#[derive(Default)]
+pub(crate) struct Tick {
+    fast: Cell<bool>,
+}
+
+impl Tick {
+    /// Ticks fast until nothing waits. Envoy restarts the timer whenever its
+    /// period is set, so it is set only on a change, or a stream arriving
+    /// every few milliseconds would postpone the tick forever. Called from a
+    /// stream, it sets its root context's timer.
+    pub(crate) fn hurry(&self) {
+        self.set(true);
+    }
+
+    fn set(&self, fast: bool) {
+        if self.fast.get() == fast {
+            return;
+        }
+        let period = if fast { FAST_TICK } else { SLOW_TICK };
+        match hostcalls::set_tick_period(period) {
+            Ok(()) => self.fast.set(fast),
+            Err(status) => log::error!("cannot set the refresh timer: {status:?}"),
+        }
+    }
+}
 
 /// The per-VM root context: owns the compiled configuration and keeps its
-/// remote documents fresh.
-#[derive(Default)]
+/// remote documents fresh. It makes every fetch of this VM (see `fetch`).
 struct PluginRoot {
+    context_id: u32,
     engine: Option<Rc<Engine>>,
     remote_sources: Vec<RemoteSource>,
+    tick: Rc<Tick>,
     /// Fetches in flight, by callout token, with the time of their claim.
     fetching: HashMap<u32, (RemoteSource, u64)>,
 }
 
 impl PluginRoot {
-    /// Takes what other VMs fetched, and fetches what is due and not
-    /// claimed by another VM.
+    fn new(context_id: u32) -> Self {
+        Self {
+            context_id,
+            engine: None,
+            remote_sources: Vec::new(),
+            tick: Rc::default(),
+            fetching: HashMap::new(),
+        }
+    }
+
+    /// Takes what other VMs fetched, resumes the streams that waited for
+    /// it, renews this VM's claims, and fetches what is due (or what a
+    /// waiting stream needs) and not claimed by another VM.
     fn refresh_documents(&mut self) {
-        let Some(engine) = self.engine.as_ref() else {
+        let Some(engine) = self.engine.as_ref().map(Rc::clone) else {
             return;
         };
         let documents = engine.documents();
         let now = fetch::now_millis();
         for source in &self.remote_sources {
             fetch::sync_from_shared(documents, source);
-            let fetched_at = documents.get(source).map(|d| d.fetched_at);
-            if !source.refresh_due(fetched_at, now) {
-                continue;
-            }
-            let fetch::Claim::Won { claimed_at } = fetch::claim_attempt(source, now) else {
-                continue;
-            };
-            match fetch::dispatch(source) {
-                Ok(token) => {
-                    self.fetching.insert(token, (source.clone(), claimed_at));
-                }
-                Err(status) => {
-                    log::warn!(
-                        "cannot fetch {} from cluster {:?}: {status:?}",
-                        source.uri,
-                        source.cluster
-                    );
-                    fetch::finish_attempt(source, claimed_at, true);
-                }
+        }
+        let mut wanted = http::poll_waiting(now);
+        // Resuming a stream made it the effective context; a callout sent
+        // now would belong to it and die with it.
+        if let Err(status) = hostcalls::set_effective_context(self.context_id) {
+            log::error!("cannot act as the root context: {status:?}");
+            return;
+        }
+        for (source, claimed_at) in self.fetching.values() {
+            fetch::renew(source, *claimed_at, now);
+        }
+        for source in &self.remote_sources {
+            if source.refresh_due(documents.version(source), now) && !wanted.contains(source) {
+                wanted.push(source.clone());
             }
         }
-        http::wake_waiting(None);
+        for source in wanted {
+            self.fetch(source, now);
+        }
+        self.tick.set(http::any_waiting());
+    }
+
+    /// Claims and sends a fetch of `source`, unless another VM's attempt is
+    /// live or one was answered too recently.
+    fn fetch(&mut self, source: RemoteSource, now: u64) {
+        let Ok(claimed_at) = fetch::claim(&source, now) else {
+            return;
+        };
+        match fetch::dispatch(&source) {
+            Ok(token) => {
+                self.fetching.insert(token, (source, claimed_at));
+            }
+            Err(status) => {
+                log::warn!(
+                    "cannot fetch {} from cluster {:?}: {status:?}",
+                    source.uri,
+                    source.cluster
+                );
+                fetch::release(&source, claimed_at);
+            }
+        }
     }
 }
 
@@ -111,7 +175,16 @@ impl Context for PluginRoot {
             return;
         };
         fetch::complete(engine.documents(), &source, claimed_at, body);
-        http::wake_waiting(Some(&source));
+        http::poll_waiting(fetch::now_millis());
+    }
+
+    /// The plugin is going away, and Envoy cancels its callouts: the next
+    /// claim on each is due at once.
+    fn on_done(&mut self) -> bool {
+        for (source, claimed_at) in self.fetching.values() {
+            fetch::release(source, *claimed_at);
+        }
+        true
     }
 }
 
@@ -150,10 +223,13 @@ impl RootContext for PluginRoot {
                 self.remote_sources = engine.remote_sources();
                 self.engine = Some(Rc::new(engine));
                 if !self.remote_sources.is_empty() {
-                    if let Err(status) = hostcalls::set_tick_period(TICK) {
-                        log::error!("cannot start the refresh timer: {status:?}");
+                    for source in &self.remote_sources {
+                        fetch::ensure_attempt_entry(source);
                     }
-                    self.refresh_documents();
+                    // The first fetch waits for the first tick: Envoy also
+                    // configures VMs only to check a configuration, then
+                    // destroys them, and their claims would lapse unanswered.
+                    self.tick.hurry();
                 }
                 true
             }
@@ -171,7 +247,11 @@ impl RootContext for PluginRoot {
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Envoy creates no HTTP context before a successful `on_configure`.
         let engine = Rc::clone(self.engine.as_ref()?);
-        Some(Box::new(http::Stream::new(engine, context_id)))
+        Some(Box::new(http::Stream::new(
+            engine,
+            Rc::clone(&self.tick),
+            context_id,
+        )))
     }
 
     fn get_type(&self) -> Option<ContextType> {
