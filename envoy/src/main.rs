@@ -15,10 +15,16 @@
 //! `--host wasm` (the default) runs the policies inside Envoy as the Wasm
 //! filter; `--host extproc` runs them in the ext_proc shim behind Envoy's
 //! `ext_proc` filter, on the same configuration.
+//!
+//! SIGINT or SIGTERM, to the whole process group (a terminal's Ctrl-C) or to
+//! this process alone (`kill`), stops Envoy, the shim and the upstream, then
+//! exits.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::Duration;
 
 use local_envoy::echo::EchoUpstream;
 use local_envoy::shim::Shim;
@@ -75,6 +81,8 @@ fn main() -> ExitCode {
 
 fn run() -> Result<(), String> {
     let args = parse_args()?;
+    // Watched from the start, so a signal while Envoy starts is not lost.
+    let stop = termination();
     let config = std::fs::read_to_string(&args.config)
         .map_err(|e| format!("reading {}: {e}", args.config.display()))?;
     let upstream = EchoUpstream::start(SocketAddr::from(([127, 0, 0, 1], args.upstream_port)))
@@ -96,9 +104,10 @@ fn run() -> Result<(), String> {
             let mut options = Options::new(vec![filters::ext_proc()], upstream.addr());
             options.clusters = vec![filters::ext_proc_cluster(shim.addr())];
             let engine = format!(
-                "the ext_proc shim on {} (pid {}; edit the configuration file and it reloads)",
+                "the ext_proc shim on {} (pid {}; edit the configuration file and it reloads)\nshim log: {}",
                 shim.addr(),
-                shim.pid()
+                shim.pid(),
+                shim.log_path().display()
             );
             (options, Some(shim), engine)
         }
@@ -112,34 +121,54 @@ fn run() -> Result<(), String> {
         private_key: dir.join("server.key"),
         client_ca: Some(dir.join("ca.pem")),
     });
-    let envoy = Envoy::start(&options).map_err(|e| e.to_string())?;
+    let mut envoy = Envoy::start(&options).map_err(|e| e.to_string())?;
     let base = envoy.url("");
-    let try_these = match &args.mtls {
+    let try_these: Vec<(String, &str)> = match &args.mtls {
         Some(dir) => {
             let port = envoy.addr().port();
-            let curl = |team: &str| {
+            let curl = |team: &str, path: &str| {
                 format!(
-                    "curl -i --cacert {dir}/ca.pem --cert {dir}/{team}.pem --key {dir}/{team}.key \\\n                           --resolve api.github.com:{port}:127.0.0.1 https://api.github.com:{port}",
+                    "curl -i --cacert {dir}/ca.pem --cert {dir}/{team}.pem --key {dir}/{team}.key --resolve api.github.com:{port}:127.0.0.1 https://api.github.com:{port}{path}",
                     dir = dir.display()
                 )
             };
-            format!(
-                "  {}/zen -H 'x-internal-debug: 1'   # team-a: 200, headers injected and stripped\n                   {}/zen                          # team-b: 403\n                   {}/users/torvalds               # team-a, outside the allowlist: 403",
-                curl("team-a"),
-                curl("team-b"),
-                curl("team-a"),
-            )
+            vec![
+                (
+                    format!("{} -H 'x-internal-debug: 1'", curl("team-a", "/zen")),
+                    "team-a: 200, headers injected and stripped",
+                ),
+                (curl("team-b", "/zen"), "team-b: 403"),
+                (
+                    curl("team-a", "/users/torvalds"),
+                    "team-a, outside the allowlist: 403",
+                ),
+            ]
         }
-        None => format!(
-            "  curl -i {base}/api/hello -H 'x-internal-debug: 1'   # request header set and removed, response header added\n               curl -i {base}/public/page                          # a route with an empty chain\n               curl -i {base}/healthz                              # answered by the filter; the upstream sees nothing\n               curl -i {base}/anything-else                        # no chain matches: denied (fail closed)"
-        ),
+        None => vec![
+            (
+                format!("curl -i {base}/api/hello -H 'x-internal-debug: 1'"),
+                "request header set and removed, response header added",
+            ),
+            (
+                format!("curl -i {base}/public/page"),
+                "a route with an empty chain",
+            ),
+            (
+                format!("curl -i {base}/healthz"),
+                "answered by the filter; the upstream sees nothing",
+            ),
+            (
+                format!("curl -i {base}/anything-else"),
+                "no chain matches: denied (fail closed)",
+            ),
+        ],
     };
     println!(
         "\nEnvoy {} is serving on {base} with the policy engine in {}\n\
          plugin configuration: {}\n\
          generated Envoy configuration and log: {}\n\
          echo upstream: http://{}   admin: http://{}\n\n\
-         Try:\n{try_these}\n\n\
+         Try:\n{}\n\
          Ctrl-C stops everything.",
         envoy.pid(),
         engine,
@@ -147,9 +176,81 @@ fn run() -> Result<(), String> {
         envoy.dir().display(),
         upstream.addr(),
         envoy.admin_addr(),
+        aligned(&try_these),
     );
+    loop {
+        if let Ok(signal) = stop.try_recv() {
+            eprintln!("local-envoy: {signal}: stopping Envoy, the shim and the upstream");
+            // Dropping them stops them: Envoy first, then the shim (whose
+            // client Envoy is), then the upstream.
+            drop(envoy);
+            drop(shim);
+            drop(upstream);
+            return Ok(());
+        }
+        if envoy.has_exited() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let log = envoy.wait().map_err(|e| e.to_string())?;
     eprintln!("{log}");
     drop(shim);
-    Ok(())
+    Err("Envoy exited".into())
+}
+
+/// Each command, then its comment in one column, one per line with a blank
+/// line after a command too long to share its line with the comment.
+fn aligned(commands: &[(String, &str)]) -> String {
+    const WIDEST: usize = 64;
+    let column = commands
+        .iter()
+        .map(|(command, _)| command.len())
+        .filter(|len| *len <= WIDEST)
+        .max()
+        .unwrap_or(0);
+    let mut lines = String::new();
+    for (command, comment) in commands {
+        if command.len() <= WIDEST {
+            lines.push_str(&format!("  {command:column$}   # {comment}\n"));
+        } else {
+            lines.push_str(&format!("  # {comment}\n  {command}\n\n"));
+        }
+    }
+    lines
+}
+
+/// Receives the name of the first SIGINT or SIGTERM this process gets.
+fn termination() -> mpsc::Receiver<&'static str> {
+    let (sender, received) = mpsc::channel();
+    let watch = move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut interrupt), Ok(mut terminate)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                eprintln!("local-envoy: cannot watch for signals");
+                return;
+            };
+            let name = tokio::select! {
+                _ = interrupt.recv() => "SIGINT",
+                _ = terminate.recv() => "SIGTERM",
+            };
+            let _ = sender.send(name);
+        });
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(watch)
+    {
+        eprintln!("local-envoy: cannot watch for signals: {e}");
+    }
+    received
 }

@@ -1,19 +1,69 @@
 //! Runs the ext_proc shim (`policy-extproc`) as a child process.
+//!
+//! Its log goes to `target/logs/`, never beside its configuration: that may
+//! be a file in the source tree (`make run` serves `envoy/`).
 
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::{extproc_bin, EnvoyError};
+use crate::{extproc_bin, repo_root, EnvoyError};
+
+static LOGS: AtomicU32 = AtomicU32::new(0);
+
+/// A new log file under `target/logs/`, named for this process and the
+/// configuration it serves.
+fn new_log_path(config: &Path) -> Result<PathBuf, EnvoyError> {
+    let dir = repo_root().join("target/logs");
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| EnvoyError::Io(format!("creating {}", dir.display()), e))?;
+    let stem = config
+        .file_stem()
+        .map_or("shim".into(), |s| s.to_string_lossy());
+    Ok(dir.join(format!(
+        "{stem}.shim-{}-{}.log",
+        std::process::id(),
+        LOGS.fetch_add(1, Ordering::SeqCst)
+    )))
+}
+
+/// TLS for the shim's gRPC port: its `--tls-cert`, `--tls-key` and, for
+/// mutual TLS, `--client-ca`.
+#[derive(Debug, Clone)]
+pub struct ShimTls {
+    /// The shim's certificate chain (PEM).
+    pub certificate: PathBuf,
+    /// Its private key (PEM).
+    pub private_key: PathBuf,
+    /// When set, clients must present a certificate this CA signed.
+    pub client_ca: Option<PathBuf>,
+}
+
+impl ShimTls {
+    fn args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec![
+            "--tls-cert".into(),
+            self.certificate.clone().into(),
+            "--tls-key".into(),
+            self.private_key.clone().into(),
+        ];
+        if let Some(ca) = &self.client_ca {
+            args.extend(["--client-ca".into(), ca.clone().into()]);
+        }
+        args
+    }
+}
 
 /// A running shim; killed when dropped.
 pub struct Shim {
     child: Child,
     addr: SocketAddr,
-    log: std::path::PathBuf,
+    log: PathBuf,
 }
 
 impl Shim {
@@ -26,7 +76,28 @@ impl Shim {
         cpu: Option<u32>,
         log_level: &str,
     ) -> Result<Self, EnvoyError> {
-        let log = config.with_extension("shim.log");
+        Self::spawn(config, listen, cpu, log_level, Vec::new())
+    }
+
+    /// Like [`Shim::start`], serving gRPC over TLS (mutual TLS when
+    /// `tls.client_ca` is set).
+    pub fn start_tls(
+        config: &Path,
+        listen: SocketAddr,
+        log_level: &str,
+        tls: &ShimTls,
+    ) -> Result<Self, EnvoyError> {
+        Self::spawn(config, listen, None, log_level, tls.args())
+    }
+
+    fn spawn(
+        config: &Path,
+        listen: SocketAddr,
+        cpu: Option<u32>,
+        log_level: &str,
+        extra_args: Vec<OsString>,
+    ) -> Result<Self, EnvoyError> {
+        let log = new_log_path(config)?;
         let log_file = std::fs::File::create(&log)
             .map_err(|e| EnvoyError::Io("creating the shim log".into(), e))?;
         let mut command = match cpu {
@@ -44,6 +115,7 @@ impl Shim {
             .arg(listen.to_string())
             .args(["--reload-interval", "0.2", "--shutdown-grace", "5"])
             .args(["--log-level", log_level])
+            .args(extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log_file)
@@ -89,6 +161,11 @@ impl Shim {
     /// Its process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Where it logs.
+    pub fn log_path(&self) -> &Path {
+        &self.log
     }
 
     /// Everything it has logged so far.

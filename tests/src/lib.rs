@@ -6,7 +6,13 @@
     reason = "test support: a step that fails must fail the test that called it"
 )]
 
+pub mod auth_chain;
+pub mod certs;
 pub mod jwks;
+pub mod load;
+pub mod measure;
+pub mod raw;
+pub mod wrk;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -95,7 +101,15 @@ impl Stack {
         clusters: Vec<Value>,
         workers: u32,
     ) -> Self {
-        Self::try_start_full(host, None, plugin_config, None, clusters, workers)
+        Self::try_start_full(host, None, plugin_config, None, clusters, workers, true)
+            .unwrap_or_else(|e| panic!("{host:?}: {e}"))
+    }
+
+    /// Starts `host` on `plugin_config` with Envoy's own edge hardening off
+    /// (see `Options::edge_hardening`): the engine alone stands between the
+    /// client's raw path and headers and the upstream.
+    pub fn start_without_edge_hardening(host: Host, plugin_config: &str) -> Self {
+        Self::try_start_full(host, None, plugin_config, None, Vec::new(), 1, false)
             .unwrap_or_else(|e| panic!("{host:?}: {e}"))
     }
 
@@ -105,7 +119,7 @@ impl Stack {
         plugin_config: &str,
         tls: Option<ListenerTls>,
     ) -> Result<Self, EnvoyError> {
-        Self::try_start_full(host, module, plugin_config, tls, Vec::new(), 1)
+        Self::try_start_full(host, module, plugin_config, tls, Vec::new(), 1, true)
     }
 
     fn try_start_full(
@@ -115,6 +129,7 @@ impl Stack {
         tls: Option<ListenerTls>,
         clusters: Vec<Value>,
         workers: u32,
+        edge_hardening: bool,
     ) -> Result<Self, EnvoyError> {
         let upstream = EchoUpstream::start(SocketAddr::from(([127, 0, 0, 1], 0)))
             .map_err(|e| EnvoyError::Io("starting the echo upstream".into(), e))?;
@@ -148,6 +163,7 @@ impl Stack {
         let mut options = Options {
             tls,
             concurrency: workers,
+            edge_hardening,
             ..options
         };
         options.clusters.extend(clusters);

@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use integration_tests::raw::send_raw;
 use integration_tests::{send, yaml_files, Host, Stack};
 use serde::Deserialize;
 
@@ -19,6 +20,14 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 struct Suite {
     config: String,
+    /// Envoy's own edge hardening on the listener (on unless a suite turns
+    /// it off to test the engine's canonicalization alone).
+    #[serde(default = "yes")]
+    edge_hardening: bool,
+    /// Requests are written byte for byte (`integration_tests::raw`), not
+    /// through an HTTP client that would clean them up.
+    #[serde(default)]
+    raw_requests: bool,
     cases: Vec<Case>,
 }
 
@@ -37,8 +46,32 @@ struct Request {
     method: String,
     path: String,
     #[serde(default)]
-    headers: BTreeMap<String, String>,
+    headers: Headers,
     body: Option<String>,
+}
+
+/// A map of request headers, or a list of `[name, value]` pairs where
+/// order, repeats and spelling matter.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Headers {
+    Map(BTreeMap<String, String>),
+    List(Vec<(String, String)>),
+}
+
+impl Default for Headers {
+    fn default() -> Self {
+        Self::Map(BTreeMap::new())
+    }
+}
+
+impl Headers {
+    fn pairs(&self) -> Vec<(&str, &str)> {
+        match self {
+            Self::Map(map) => map.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect(),
+            Self::List(list) => list.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect(),
+        }
+    }
 }
 
 fn get() -> String {
@@ -84,20 +117,26 @@ fn suites() -> Vec<(String, Suite)> {
 }
 
 /// Runs one case; returns what differed from the expectation.
-fn run_case(stack: &Stack, case: &Case) -> Vec<String> {
+fn run_case(stack: &Stack, raw: bool, case: &Case) -> Vec<String> {
     let request = &case.request;
-    let headers: Vec<(&str, &str)> = request
-        .headers
-        .iter()
-        .map(|(n, v)| (n.as_str(), v.as_str()))
-        .collect();
+    let headers = request.headers.pairs();
     let before = stack.upstream.requests_seen();
-    let reply = send(
-        &stack.envoy.url(&request.path),
-        &request.method,
-        &headers,
-        request.body.as_deref(),
-    );
+    let reply = if raw {
+        send_raw(
+            stack.envoy.addr(),
+            &request.method,
+            &request.path,
+            &headers,
+            request.body.as_deref(),
+        )
+    } else {
+        send(
+            &stack.envoy.url(&request.path),
+            &request.method,
+            &headers,
+            request.body.as_deref(),
+        )
+    };
     let reached = stack.upstream.requests_seen() > before;
     let expect = &case.expect;
     let mut faults = Vec::new();
@@ -167,10 +206,14 @@ fn conforms(host: Host) {
     let mut failures = Vec::new();
     let mut ran = 0;
     for (file, suite) in suites() {
-        let stack = Stack::start_on(host, &suite.config);
+        let stack = if suite.edge_hardening {
+            Stack::start_on(host, &suite.config)
+        } else {
+            Stack::start_without_edge_hardening(host, &suite.config)
+        };
         for case in &suite.cases {
             ran += 1;
-            for fault in run_case(&stack, case) {
+            for fault in run_case(&stack, suite.raw_requests, case) {
                 failures.push(format!("{file} / {}: {fault}", case.name));
             }
         }

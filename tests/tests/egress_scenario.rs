@@ -10,51 +10,12 @@
     reason = "a test crate: a failed step must fail the test"
 )]
 
-use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 
+use integration_tests::certs::Certificates;
 use integration_tests::{Host, Stack};
-use local_envoy::{extproc_bin, filter_wasm, filters, repo_root, EnvoyError, ListenerTls};
+use local_envoy::{extproc_bin, filter_wasm, filters, repo_root, EnvoyError};
 use serde_json::Value;
-
-struct Certificates(PathBuf);
-
-static MADE: AtomicU32 = AtomicU32::new(0);
-
-impl Certificates {
-    fn make() -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "egress-certs-{}-{}",
-            std::process::id(),
-            MADE.fetch_add(1, Ordering::SeqCst)
-        ));
-        let status = Command::new(repo_root().join("envoy/examples/make-certs.sh"))
-            .arg(&dir)
-            .status()
-            .expect("running make-certs.sh (needs openssl)");
-        assert!(status.success(), "make-certs.sh failed");
-        Self(dir)
-    }
-
-    fn file(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    fn listener(&self) -> ListenerTls {
-        ListenerTls {
-            certificate: self.file("server.pem"),
-            private_key: self.file("server.key"),
-            client_ca: Some(self.file("ca.pem")),
-        }
-    }
-}
-
-impl Drop for Certificates {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// What curl got: the status (0 when the TLS handshake failed) and body.
 struct Answer {

@@ -385,7 +385,12 @@ async fn sigterm_finishes_streams_in_flight() {
     assert!(responses.next().await.unwrap().is_ok());
 
     shim.signal_terminate();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Until it says so, the signal may not have reached it yet.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !shim.log().contains("shutting down") {
+        assert!(std::time::Instant::now() < deadline, "{}", shim.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // The stream in flight is still answered...
     outbound.send(response_headers(true)).await.unwrap();
     let reply = responses.next().await.unwrap().unwrap();
@@ -396,11 +401,12 @@ async fn sigterm_finishes_streams_in_flight() {
     // ...and once it ends the shim exits cleanly.
     drop(outbound);
     assert!(responses.next().await.is_none());
+    let log = shim.log_path().to_owned();
     assert!(tokio::task::spawn_blocking(move || shim.wait())
         .await
         .unwrap());
-    let log = std::fs::read_to_string(scratch.config().with_extension("shim.log")).unwrap();
-    assert!(log.contains("shutting down"), "{log}");
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(log.contains("finishing those in flight"), "{log}");
 }
 
 #[tokio::test]

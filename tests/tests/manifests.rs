@@ -4,7 +4,15 @@
 //!
 //! The CRD schemas are checked structurally (JSON Schema); their CEL
 //! `x-kubernetes-validations` rules need a Kubernetes API server and are not
-//! evaluated here.
+//! evaluated here. A few kinds the examples use have no CRD among the shared
+//! files ([`WITHOUT_SHARED_CRD`]); they are validated as soon as their CRD is
+//! added there, and until then the tests below check the fields that make
+//! them what they are for (edge hardening, mutual TLS).
+//!
+//! Beyond schemas: every example fails closed (no `unmatched: allow`, and
+//! each embedded plugin configuration passes the shim's `--check`), the
+//! Kubernetes manifests fence the shim (NetworkPolicy, PodDisruptionBudget,
+//! resources), and the gateway examples set Envoy's edge hardening.
 
 #![allow(
     clippy::unwrap_used,
@@ -62,6 +70,24 @@ fn crd_schemas() -> Vec<(String, String, Value)> {
     schemas
 }
 
+/// Custom resources the examples use whose CRDs are not among the shared
+/// files: Envoy Gateway's ClientTrafficPolicy and Backend (v1.9), Istio's
+/// EnvoyFilter.
+const WITHOUT_SHARED_CRD: [(&str, &str); 3] = [
+    ("gateway.envoyproxy.io/v1alpha1", "ClientTrafficPolicy"),
+    ("gateway.envoyproxy.io/v1alpha1", "Backend"),
+    ("networking.istio.io/v1alpha3", "EnvoyFilter"),
+];
+
+/// Kinds Kubernetes serves itself (no CRD): the core group and the
+/// built-in groups the examples use.
+fn is_built_in(api_version: &str) -> bool {
+    match api_version.split_once('/') {
+        None => true, // "v1": the core group
+        Some((group, _)) => matches!(group, "apps" | "policy" | "networking.k8s.io"),
+    }
+}
+
 fn manifests() -> Vec<(PathBuf, Value)> {
     let mut all = Vec::new();
     // The examples as committed, and as `make build` renders them with the
@@ -89,13 +115,20 @@ fn custom_resources_validate_against_the_real_crds() {
     for (file, doc) in manifests() {
         let api_version = doc["apiVersion"].as_str().unwrap();
         let kind = doc["kind"].as_str().unwrap();
-        if !api_version.contains(".io/") || api_version.starts_with("apps/") {
-            continue; // a built-in kind: see the test below
+        if is_built_in(api_version) {
+            continue; // a built-in kind: see the tests below
         }
-        let (_, _, schema) = schemas
+        let Some((_, _, schema)) = schemas
             .iter()
             .find(|(v, k, _)| v == api_version && k == kind)
-            .unwrap_or_else(|| panic!("{}: no CRD for {api_version} {kind}", file.display()));
+        else {
+            assert!(
+                WITHOUT_SHARED_CRD.contains(&(api_version, kind)),
+                "{}: no CRD for {api_version} {kind}",
+                file.display()
+            );
+            continue;
+        };
         let validator = jsonschema::validator_for(schema).unwrap();
         let errors: Vec<String> = validator
             .iter_errors(&doc)
@@ -143,34 +176,183 @@ fn the_kubernetes_deployment_is_what_the_shim_needs() {
     };
     let deployment = find("Deployment");
     assert_eq!(deployment["spec"]["replicas"], 2);
+    let shim_pods = &deployment["spec"]["selector"]["matchLabels"];
+    assert!(shim_pods.is_object());
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
     assert!(container["readinessProbe"]["grpc"]["port"].is_number());
     assert!(container["livenessProbe"]["grpc"]["port"].is_number());
-    assert!(container["resources"]["requests"]["cpu"].is_string());
+    for bound in ["requests", "limits"] {
+        for resource in ["cpu", "memory"] {
+            assert!(
+                container["resources"][bound][resource].is_string(),
+                "resources.{bound}.{resource} missing"
+            );
+        }
+    }
+
+    // Voluntary disruptions leave a replica serving.
+    let budget = find("PodDisruptionBudget");
+    assert_eq!(&budget["spec"]["selector"]["matchLabels"], shim_pods);
+    assert_eq!(budget["spec"]["minAvailable"], 1);
+
+    // Only the gateway's pods reach the shim, and only its gRPC port.
+    let fence = find("NetworkPolicy");
+    assert_eq!(&fence["spec"]["podSelector"]["matchLabels"], shim_pods);
+    assert_eq!(fence["spec"]["policyTypes"], serde_json::json!(["Ingress"]));
+    let rules = fence["spec"]["ingress"].as_array().unwrap();
+    assert_eq!(rules.len(), 1, "one ingress rule: from the gateway");
+    for peer in rules[0]["from"].as_array().unwrap() {
+        // Both selectors in one peer: these pods in this namespace. An
+        // empty or missing selector would admit every pod or namespace.
+        for selector in ["namespaceSelector", "podSelector"] {
+            let labels = peer[selector]["matchLabels"].as_object();
+            assert!(
+                labels.is_some_and(|labels| !labels.is_empty()),
+                "{selector} must name the gateway's: {peer}"
+            );
+        }
+    }
+    assert_eq!(rules[0]["ports"][0]["port"], "grpc");
     let service = find("Service");
     assert_eq!(
         service["spec"]["ports"][0]["appProtocol"],
         "kubernetes.io/h2c"
     );
+}
 
-    // The configuration it ships...
-    let config = find("ConfigMap")["data"]["policies.yaml"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    // It is valid for the default build's shim.
-    let file = std::env::temp_dir().join(format!("configmap-{}.yaml", std::process::id()));
-    std::fs::write(&file, config).unwrap();
-    let check = std::process::Command::new(local_envoy::extproc_bin())
-        .arg("--check")
-        .arg("--config")
-        .arg(&file)
-        .output()
-        .unwrap();
-    let _ = std::fs::remove_file(&file);
+/// The plugin configurations the examples embed: the shim's ConfigMap, the
+/// Envoy Gateway Wasm `config`, the Istio `pluginConfig`.
+fn plugin_configurations() -> Vec<(String, Value)> {
+    let mut found = Vec::new();
+    for (file, doc) in manifests() {
+        let name = format!("{} ({})", file.display(), doc["kind"]);
+        match doc["kind"].as_str() {
+            Some("ConfigMap") => {
+                let text = doc["data"]["policies.yaml"].as_str().unwrap();
+                found.push((name, serde_yaml::from_str(text).unwrap()));
+            }
+            Some("EnvoyExtensionPolicy") => {
+                for wasm in doc["spec"]["wasm"].as_array().into_iter().flatten() {
+                    found.push((name.clone(), wasm["config"].clone()));
+                }
+            }
+            Some("WasmPlugin") => found.push((name, doc["spec"]["pluginConfig"].clone())),
+            _ => {}
+        }
+    }
     assert!(
-        check.status.success(),
-        "the ConfigMap's policies.yaml: {}",
-        String::from_utf8_lossy(&check.stdout)
+        found.len() >= 3,
+        "only {} plugin configurations",
+        found.len()
     );
+    found
+}
+
+#[test]
+fn the_examples_fail_closed_and_are_valid_for_the_shim() {
+    for (index, (name, config)) in plugin_configurations().into_iter().enumerate() {
+        // Absent means deny; `allow` would pass what no entry maps.
+        assert_ne!(
+            config["unmatched"], "allow",
+            "{name}: unmatched: allow lets a forgotten route through"
+        );
+        // Valid for the default build, with the same errors as the filter.
+        let file =
+            std::env::temp_dir().join(format!("example-{}-{index}.json", std::process::id()));
+        std::fs::write(&file, config.to_string()).unwrap();
+        let check = std::process::Command::new(local_envoy::extproc_bin())
+            .arg("--check")
+            .arg("--config")
+            .arg(&file)
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_file(&file);
+        assert!(
+            check.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&check.stdout)
+        );
+    }
+}
+
+/// Finds the one resource of `kind` among the examples.
+fn example(kind: &str) -> Value {
+    let found: Vec<Value> = manifests()
+        .into_iter()
+        .filter(|(file, doc)| doc["kind"] == kind && file.starts_with(repo().join("envoy")))
+        .map(|(_, doc)| doc)
+        .collect();
+    assert_eq!(found.len(), 1, "expected one {kind} among the examples");
+    found.into_iter().next().unwrap()
+}
+
+#[test]
+fn the_gateway_examples_set_envoys_edge_hardening() {
+    // Envoy Gateway: normalize_path is always on; the rest is the policy's.
+    let client = example("ClientTrafficPolicy");
+    assert_eq!(client["spec"]["targetRefs"][0]["kind"], "Gateway");
+    assert_eq!(
+        client["spec"]["path"]["escapedSlashesAction"],
+        "RejectRequest"
+    );
+    assert_ne!(client["spec"]["path"]["disableMergeSlashes"], true);
+    assert!(
+        ["RejectRequest", "DropHeader"].contains(
+            &client["spec"]["headers"]["withUnderscoresAction"]
+                .as_str()
+                .unwrap()
+        ),
+        "{client}"
+    );
+
+    // Istio: the gateway's HTTP connection managers.
+    let filter = example("EnvoyFilter");
+    let patch = &filter["spec"]["configPatches"][0];
+    assert_eq!(patch["applyTo"], "NETWORK_FILTER");
+    assert_eq!(patch["match"]["context"], "GATEWAY");
+    assert_eq!(
+        patch["match"]["listener"]["filterChain"]["filter"]["name"],
+        "envoy.filters.network.http_connection_manager"
+    );
+    let hcm = &patch["patch"]["value"]["typed_config"];
+    assert_eq!(hcm["normalize_path"], true);
+    assert_eq!(hcm["merge_slashes"], true);
+    assert_eq!(hcm["path_with_escaped_slashes_action"], "REJECT_REQUEST");
+    assert_eq!(
+        hcm["common_http_protocol_options"]["headers_with_underscores_action"],
+        "REJECT_REQUEST"
+    );
+    // On the pods the WasmPlugin runs in.
+    assert_eq!(
+        filter["spec"]["workloadSelector"]["labels"],
+        example("WasmPlugin")["spec"]["selector"]["matchLabels"]
+    );
+}
+
+#[test]
+fn the_envoy_gateway_tls_example_verifies_both_ends() {
+    let backend = example("Backend");
+    let tls = &backend["spec"]["tls"];
+    assert!(tls["caCertificateRefs"][0]["name"].is_string(), "{tls}");
+    assert!(tls["clientCertificateRef"]["name"].is_string(), "{tls}");
+    assert!(tls["sni"].is_string(), "{tls}");
+    assert_ne!(tls["insecureSkipVerify"], true);
+
+    let through_backend: Vec<Value> = manifests()
+        .into_iter()
+        .filter(|(_, doc)| doc["kind"] == "EnvoyExtensionPolicy")
+        .flat_map(|(_, doc)| {
+            doc["spec"]["extProc"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter(|ext_proc| ext_proc["backendRefs"][0]["kind"] == "Backend")
+        .collect();
+    assert_eq!(through_backend.len(), 1);
+    assert_eq!(
+        through_backend[0]["backendRefs"][0]["name"],
+        backend["metadata"]["name"]
+    );
+    assert_eq!(through_backend[0]["failOpen"], false);
 }

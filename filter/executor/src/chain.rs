@@ -42,7 +42,7 @@ use std::sync::Arc;
 
 use crate::attributes::{AttributeSet, Connection};
 use crate::expr::Expression;
-use crate::headers::{HeaderMap, HeaderMutations};
+use crate::headers::{HeaderMap, HeaderMutations, HeaderName};
 use crate::policy::{Action, Context, LocalReply, Phases, Policy, RouteInfo};
 use crate::remote::{Documents, RemoteSource};
 
@@ -54,6 +54,9 @@ pub(crate) struct ChainEntry {
     pub(crate) phases: Phases,
     /// The `when:` guard.
     pub(crate) guard: Option<Expression>,
+    /// The request headers the policy asserts ([`Policy::asserted_headers`]),
+    /// stripped in its place when its guard skips it.
+    pub(crate) asserted: Vec<HeaderName>,
 }
 
 /// A compiled, immutable chain of policy instances, shared by all requests
@@ -172,12 +175,15 @@ pub struct Exchange {
 
 impl Exchange {
     /// Starts an exchange over `chain` for a request with these headers;
-    /// `documents` is the engine's cache of fetched documents.
+    /// `documents` is the engine's cache of fetched documents, and
+    /// `rewrites` the changes already made to the request (making it
+    /// canonical), which go upstream with the chain's own.
     pub fn new(
         chain: Arc<Chain>,
         route_name: Option<String>,
         request: HeaderMap,
         documents: Arc<Documents>,
+        rewrites: HeaderMutations,
     ) -> Self {
         let route = RouteInfo {
             chain: Arc::clone(&chain.name),
@@ -186,7 +192,7 @@ impl Exchange {
         let passed = chain.entries.len();
         Self {
             chain,
-            cx: Context::new(route, request, documents),
+            cx: Context::new(route, request, documents, rewrites),
             passed,
             skipped: Vec::new(),
             finished: false,
@@ -313,7 +319,18 @@ impl Exchange {
                     self.skipped[position] = !guard_holds(&chain.name, entry, guard, &self.cx);
                 }
             }
-            if !entry.phases.contains(phase) || self.is_skipped(position) {
+            if self.is_skipped(position) {
+                // What the policy would have asserted is not the client's
+                // to assert either.
+                if phase == Phases::REQUEST_HEADERS {
+                    let mut headers = self.cx.headers_mut();
+                    for name in &entry.asserted {
+                        headers.remove_variants(name);
+                    }
+                }
+                continue;
+            }
+            if !entry.phases.contains(phase) {
                 continue;
             }
             let action = run(entry.policy.as_ref(), &mut self.cx);
@@ -457,13 +474,15 @@ fn guard_holds(chain: &str, entry: &ChainEntry, guard: &Expression, cx: &Context
             log::debug!("chain {chain:?}: {} skipped: `when` is false", entry.label);
             false
         }
+        // A guard that cannot be decided never skips a check: the policy
+        // runs and decides (fail closed).
         Err(error) => {
             log::debug!(
-                "chain {chain:?}: {} skipped: `when` {:?} failed: {error}",
+                "chain {chain:?}: {} runs: `when` {:?} could not be evaluated: {error}",
                 entry.label,
                 guard.source()
             );
-            false
+            true
         }
     }
 }

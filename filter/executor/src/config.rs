@@ -6,7 +6,8 @@
 //! instance. Nothing is parsed or compiled per request. JSON and YAML are both
 //! accepted (Envoy Gateway passes JSON; people write YAML): JSON is read as
 //! YAML, and YAML is read into a JSON value first so that both give the same
-//! errors.
+//! errors. A key given twice in one mapping is refused, not silently
+//! resolved (see `document`).
 //!
 //! ```yaml
 //! routes:
@@ -24,7 +25,12 @@
 //! unmatched: deny                   # deny (default, 403) | allow
 //!                                   # | { deny: { status, body } }
 //!                                   # | { policies: [...] }
+//! paths:
+//!   escaped_slashes: reject         # reject (default: %2F, %5C get 400) | keep
+//!                                   # (see `canonical`)
 //! ```
+
+mod document;
 
 use std::fmt;
 use std::sync::Arc;
@@ -32,6 +38,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::canonical::EscapedSlashes;
 use crate::chain::{Chain, ChainEntry};
 use crate::expr::{Expression, Phase};
 use crate::policy::LocalReply;
@@ -92,6 +99,15 @@ struct RawConfig {
     routes: Vec<RawRoute>,
     #[serde(default)]
     unmatched: Option<RawUnmatched>,
+    #[serde(default)]
+    paths: RawPaths,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPaths {
+    #[serde(default)]
+    escaped_slashes: EscapedSlashes,
 }
 
 #[derive(Deserialize)]
@@ -177,7 +193,7 @@ pub fn compile(text: &[u8], registry: &Registry) -> Result<RouteTable, ConfigErr
     if text.trim().is_empty() {
         return Err(ConfigError::document(None, "the configuration is empty"));
     }
-    let document: Value = serde_yaml::from_str(text)
+    let document::Document(document) = serde_yaml::from_str(text)
         .map_err(|e| ConfigError::document(None, format!("not valid JSON or YAML: {e}")))?;
     let raw: RawConfig = serde_path_to_error::deserialize(&document).map_err(|e| {
         let path = e.path().to_string();
@@ -233,7 +249,11 @@ fn compile_raw(raw: RawConfig, registry: &Registry) -> Result<RouteTable, Config
             Unmatched::Chain(Arc::new(chain))
         }
     };
-    Ok(RouteTable { entries, unmatched })
+    Ok(RouteTable {
+        entries,
+        unmatched,
+        escaped_slashes: raw.paths.escaped_slashes,
+    })
 }
 
 fn compile_conditions(raw: RawConditions) -> Result<Conditions, (String, String)> {
@@ -340,6 +360,7 @@ fn compile_chain(
         entries.push(ChainEntry {
             label,
             phases: policy.phases(),
+            asserted: policy.asserted_headers(),
             policy,
             guard,
         });

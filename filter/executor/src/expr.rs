@@ -57,6 +57,7 @@ use cel::common::types::{
 use cel::Value;
 
 use crate::attributes::{Attribute, AttributeSet};
+use crate::canonical::strip_port;
 use crate::headers::HeaderMap;
 use crate::policy::Context;
 
@@ -123,6 +124,7 @@ impl Expression {
         if source.trim().is_empty() {
             return Err(fault("the expression is empty".into()));
         }
+        check_size(source).map_err(fault)?;
         let program = env().compile(source).map_err(|errors| {
             let reason = errors.to_string();
             fault(format!("syntax error: {}", reason.trim()))
@@ -131,6 +133,8 @@ impl Expression {
             phase,
             fields: Fields::NONE,
             bound: Vec::new(),
+            depth: 0,
+            nodes: 0,
         };
         check.visit(program.expression()).map_err(fault)?;
         let constant = (check.fields == Fields::NONE)
@@ -443,16 +447,116 @@ const TYPE_NAMES: [&str; 11] = [
     "dyn",
 ];
 
+/// The longest expression accepted, in bytes. Policies are a few lines of
+/// CEL; a longer one is a mistake or an attack on the parser.
+pub const MAX_EXPRESSION_BYTES: usize = 4096;
+
+/// The deepest nesting of brackets accepted in the source, checked before
+/// parsing. The parser recurses once per level, and a Wasm VM's stack is
+/// small: past this, the Wasm filter would trap where the shim succeeds.
+pub const MAX_SOURCE_NESTING: usize = 32;
+
+/// The most operators (`+`, `==`, `||`, `.`, ...) accepted in the source,
+/// counted before parsing. The parser recurses once per operator in a chain
+/// (about half a KiB of stack each, optimised): 256 stay far inside a Wasm
+/// VM's 1 MiB, and a source past it would be refused as too deep anyway.
+pub const MAX_SOURCE_OPERATORS: usize = 256;
+
+/// The deepest parsed expression accepted (a chain of `+` or `||` is one
+/// level per term): the evaluator recurses once per level.
+pub const MAX_EXPRESSION_DEPTH: usize = 64;
+
+/// The most nodes accepted in one parsed expression.
+pub const MAX_EXPRESSION_NODES: usize = 1024;
+
+/// Refuses, before parsing, a source too long, nested too deep or with too
+/// many operators for the parser to be safe on it, with the same reason in
+/// every host.
+fn check_size(source: &str) -> Result<(), String> {
+    if source.len() > MAX_EXPRESSION_BYTES {
+        return Err(format!(
+            "the expression is {} bytes long; at most {MAX_EXPRESSION_BYTES} are accepted",
+            source.len()
+        ));
+    }
+    let mut depth = 0usize;
+    let mut operators = 0usize;
+    let mut in_operator = false;
+    let mut quote: Option<u8> = None;
+    let mut escaped = false;
+    for byte in source.bytes() {
+        // A run of operator characters (`&&`, `!=`, `.`) is one operator.
+        let is_operator = quote.is_none() && b"+-*/%<>=!&|?:.".contains(&byte);
+        if is_operator && !in_operator {
+            operators += 1;
+            if operators > MAX_SOURCE_OPERATORS {
+                return Err(format!(
+                    "the expression has more than {MAX_SOURCE_OPERATORS} operators"
+                ));
+            }
+        }
+        in_operator = is_operator;
+        match quote {
+            Some(q) => {
+                if escaped {
+                    escaped = false;
+                } else if byte == b'\\' {
+                    escaped = true;
+                } else if byte == q {
+                    quote = None;
+                }
+            }
+            None => match byte {
+                b'"' | b'\'' => quote = Some(byte),
+                b'(' | b'[' | b'{' => {
+                    depth += 1;
+                    if depth > MAX_SOURCE_NESTING {
+                        return Err(format!(
+                            "the expression nests brackets deeper than {MAX_SOURCE_NESTING} levels"
+                        ));
+                    }
+                }
+                b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            },
+        }
+    }
+    Ok(())
+}
+
 /// The static check: a walk over the parsed expression.
 struct Check {
     phase: Phase,
     fields: Fields,
     /// Variables bound by comprehensions (`all(x, ...)`) around this point.
     bound: Vec<String>,
+    /// How deep the walk is now.
+    depth: usize,
+    /// Nodes seen so far.
+    nodes: usize,
 }
 
 impl Check {
     fn visit(&mut self, expr: &IdedExpr) -> Result<(), String> {
+        self.nodes += 1;
+        if self.nodes > MAX_EXPRESSION_NODES {
+            return Err(format!(
+                "the expression has more than {MAX_EXPRESSION_NODES} terms"
+            ));
+        }
+        if self.depth >= MAX_EXPRESSION_DEPTH {
+            return Err(format!(
+                "the expression is deeper than {MAX_EXPRESSION_DEPTH} levels (a chain of \
+                 operators counts one level per term)"
+            ));
+        }
+        self.depth += 1;
+        let checked = self.visit_node(expr);
+        self.depth -= 1;
+        checked
+    }
+
+    fn visit_node(&mut self, expr: &IdedExpr) -> Result<(), String> {
         match &expr.expr {
             Expr::Ident(name) => self.attribute(name, &[]),
             Expr::Select(_) => match select_path(expr) {
@@ -464,6 +568,7 @@ impl Check {
             },
             Expr::Call(call) => {
                 check_function(&call.func_name)?;
+                check_header_index(call)?;
                 if let Some(target) = &call.target {
                     self.visit(target)?;
                 }
@@ -562,6 +667,34 @@ fn select_path(expr: &IdedExpr) -> Option<(&str, Vec<&str>)> {
     }
 }
 
+/// Refuses `request.headers["X-Upper"]` and the like: header names are
+/// lower-case, so such a key never matches, and the check it guards would
+/// silently never hold.
+fn check_header_index(call: &cel::common::ast::CallExpr) -> Result<(), String> {
+    if call.func_name != cel::common::ast::operators::INDEX {
+        return Ok(());
+    }
+    let [map, key] = call.args.as_slice() else {
+        return Ok(());
+    };
+    let reads_headers = matches!(
+        select_path(map),
+        Some(("request" | "response", path)) if path == ["headers"]
+    );
+    if let (true, Expr::Literal(cel::common::ast::LiteralValue::String(name))) =
+        (reads_headers, &key.expr)
+    {
+        let name: &str = name;
+        if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(format!(
+                "header names are lower-case, so [{name:?}] never matches: write [{:?}]",
+                name.to_ascii_lowercase()
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn check_function(name: &str) -> Result<(), String> {
     let is_operator = name.starts_with('_') || name.starts_with('@') || name.ends_with('_');
     if is_operator || FUNCTIONS.contains(&name) {
@@ -600,6 +733,7 @@ fn bind<'a>(fields: Fields, cx: &'a Context) -> Vars<'a> {
             request
                 .get(":authority")
                 .or(request.get("host"))
+                // Already canonical (`Engine::start`): lower case, no dot.
                 .map(strip_port),
         )
     });
@@ -725,16 +859,6 @@ fn text(value: Option<&str>) -> Option<Val<'_>> {
 
 fn int<'a>(value: i64) -> Val<'a> {
     Box::new(CelInt::from(value))
-}
-
-/// `host:port` or `[v6]:port` without the port.
-fn strip_port(authority: &str) -> &str {
-    if let Some(rest) = authority.strip_prefix('[') {
-        return rest.split_once(']').map_or(authority, |(host, _)| host);
-    }
-    authority
-        .split_once(':')
-        .map_or(authority, |(host, _)| host)
 }
 
 fn header_map(headers: &HeaderMap) -> Val<'_> {

@@ -60,12 +60,21 @@ impl HeaderMap {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Every entry whose name is `name` or a variant of it (see
+    /// [`HeaderName::is_variant`]), in order.
+    pub fn variants_of<'m: 'n, 'n>(
+        &'m self,
+        name: &'n HeaderName,
+    ) -> impl Iterator<Item = (&'m str, &'m str)> + 'n {
+        self.iter().filter(move |(n, _)| name.is_variant(n))
+    }
+
     /// All entries in order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.entries.iter().map(|(n, v)| (n.as_str(), v.as_str()))
     }
 
-    fn set(&mut self, name: &str, value: &str) {
+    pub(crate) fn set(&mut self, name: &str, value: &str) {
         self.remove(name);
         self.append(name, value);
     }
@@ -144,7 +153,7 @@ impl HeaderMutations {
         }
     }
 
-    fn set(&mut self, name: &str, value: &str) {
+    pub(crate) fn set(&mut self, name: &str, value: &str) {
         self.record(name, HeaderChange::Replace(vec![value.to_owned()]));
     }
 
@@ -198,6 +207,32 @@ impl HeadersMut<'_> {
         self.changes.remove(name.as_str());
     }
 
+    /// Removes every value of `name` and of each of its variants
+    /// (`x_user` for `x-user`; see [`HeaderName::is_variant`]): what a
+    /// policy asserts must not reach the upstream from the client under a
+    /// spelling the upstream reads as the same header.
+    pub fn remove_variants(&mut self, name: &HeaderName) {
+        let mut others: Vec<String> = Vec::new();
+        for (n, _) in self.map.variants_of(name) {
+            if n != name.as_str() && !others.iter().any(|o| o == n) {
+                others.push(n.to_owned());
+            }
+        }
+        self.remove(name);
+        for other in &others {
+            self.map.remove(other);
+            self.changes.remove(other);
+        }
+    }
+
+    /// Replaces every value of `name` with `value` and removes its other
+    /// variants, so that an upstream reading `_` as `-` finds this value
+    /// and no other: how a policy asserts a header.
+    pub fn set_only(&mut self, name: &HeaderName, value: &HeaderValue) {
+        self.remove_variants(name);
+        self.set(name, value);
+    }
+
     /// Rewrites where the request goes. Only meaningful in request phases;
     /// Envoy picks the upstream cluster before filters run, so this changes
     /// what the upstream sees, not which upstream it is.
@@ -233,6 +268,11 @@ pub enum InvalidHeader {
     Name(String),
     /// The name is a pseudo-header, which header policies may not touch.
     PseudoHeader(String),
+    /// The name is a hop-by-hop or framing header (`content-length`,
+    /// `transfer-encoding`, `connection`, ...), or `host`: editing one could
+    /// make Envoy and the upstream read the message differently (request
+    /// smuggling) or send it elsewhere.
+    Framing(String),
     /// The value contains CR, LF or NUL.
     Value(String),
 }
@@ -242,6 +282,15 @@ impl fmt::Display for InvalidHeader {
         match self {
             Self::Name(n) => write!(f, "invalid header name {n:?}"),
             Self::PseudoHeader(n) => write!(f, "pseudo-header {n:?} cannot be changed here"),
+            Self::Framing(n) => write!(
+                f,
+                "{n:?} frames the message or the connection and cannot be changed by a policy{}",
+                if n == "host" {
+                    " (rewrite the host with transformation's `host:`)"
+                } else {
+                    ""
+                }
+            ),
             Self::Value(v) => write!(f, "header value {v:?} contains CR, LF or NUL"),
         }
     }
@@ -249,12 +298,28 @@ impl fmt::Display for InvalidHeader {
 
 impl std::error::Error for InvalidHeader {}
 
-/// A validated, lower-case, regular (non-pseudo) header name.
+/// Headers that frame the message or the connection, and `host`; no policy
+/// may edit them (see [`InvalidHeader::Framing`]).
+pub const FRAMING_HEADERS: [&str; 9] = [
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "host",
+];
+
+/// A validated, lower-case, regular (non-pseudo) header name that a policy
+/// may edit.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct HeaderName(String);
 
 impl HeaderName {
-    /// Validates `name` as an RFC 9110 token and lower-cases it.
+    /// Validates `name` as an RFC 9110 token that is not a framing header,
+    /// and lower-cases it.
     pub fn parse(name: &str) -> Result<Self, InvalidHeader> {
         if name.starts_with(':') {
             return Err(InvalidHeader::PseudoHeader(name.to_owned()));
@@ -263,12 +328,32 @@ impl HeaderName {
         if name.is_empty() || !name.bytes().all(is_tchar) {
             return Err(InvalidHeader::Name(name.to_owned()));
         }
-        Ok(Self(name.to_ascii_lowercase()))
+        let name = name.to_ascii_lowercase();
+        if FRAMING_HEADERS.contains(&name.as_str()) {
+            return Err(InvalidHeader::Framing(name));
+        }
+        Ok(Self(name))
     }
 
     /// The name as a string.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// Whether `other` (a lower-case name, as in a [`HeaderMap`]) is this
+    /// name or a variant of it: the same once every `_` in either is read
+    /// as `-`. Many upstream frameworks read them as one header (CGI-style
+    /// `HTTP_X_USER`, nginx with `underscores_in_headers`), so a header
+    /// the engine asserts or strips must be asserted or stripped under
+    /// every such spelling.
+    pub fn is_variant(&self, other: &str) -> bool {
+        let dash = |b: u8| if b == b'_' { b'-' } else { b };
+        self.0.len() == other.len()
+            && self
+                .0
+                .bytes()
+                .zip(other.bytes())
+                .all(|(a, b)| dash(a) == dash(b))
     }
 }
 
@@ -386,6 +471,42 @@ mod tests {
     }
 
     #[test]
+    fn variants_read_underscores_as_dashes_and_are_removed_together() {
+        assert!(name("x-user").is_variant("x_user"));
+        assert!(name("x_user").is_variant("x-user"));
+        assert!(name("x-user").is_variant("x-user"));
+        assert!(!name("x-user").is_variant("x-users"));
+        assert!(!name("x-user").is_variant("xuser"));
+        let mut map = HeaderMap::from_pairs([
+            ("x_user", "forged"),
+            ("X-User", "forged"),
+            ("x-User_", "other"),
+            ("x_User", "again"),
+        ]);
+        let mut changes = HeaderMutations::default();
+        let mut h = HeadersMut {
+            map: &mut map,
+            changes: &mut changes,
+        };
+        h.set_only(&name("x-user"), &value("alice"));
+        assert_eq!(
+            map.iter().collect::<Vec<_>>(),
+            [("x-user_", "other"), ("x-user", "alice")]
+        );
+        let got: Vec<_> = changes
+            .iter()
+            .map(|(n, c)| (n.to_owned(), c.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("x-user".into(), HeaderChange::Replace(vec!["alice".into()])),
+                ("x_user".into(), HeaderChange::Remove),
+            ]
+        );
+    }
+
+    #[test]
     fn names_and_values_are_validated() {
         assert_eq!(name("X-Tenant").as_str(), "x-tenant");
         assert!(matches!(
@@ -401,5 +522,25 @@ mod tests {
             HeaderValue::parse("a\r\nb"),
             Err(InvalidHeader::Value(_))
         ));
+    }
+
+    #[test]
+    fn framing_headers_and_host_cannot_be_named_in_any_case() {
+        for framing in [
+            "Content-Length",
+            "transfer-encoding",
+            "CONNECTION",
+            "te",
+            "upgrade",
+            "host",
+        ] {
+            assert!(
+                matches!(HeaderName::parse(framing), Err(InvalidHeader::Framing(_))),
+                "{framing}"
+            );
+        }
+        assert!(InvalidHeader::Framing("host".into())
+            .to_string()
+            .contains("transformation's `host:`"));
     }
 }

@@ -10,6 +10,8 @@
 //!
 //! * [`policy`]: the [`Policy`] trait, its [`Context`] and [`Action`]s.
 //! * [`chain`]: the order phases run in and what a short-circuit skips.
+//! * [`canonical`]: the one form of the path and host every decision is
+//!   made on, and what goes upstream.
 //! * [`route`]: which chain a request gets, and the fail-closed default.
 //! * [`config`]: the plugin configuration and its precise errors.
 //! * [`expr`]: CEL expressions over request attributes, checked when the
@@ -24,6 +26,7 @@
 //! * [`schema`]: the check of each instance's parameters against its schema.
 
 pub mod attributes;
+pub mod canonical;
 pub mod chain;
 pub mod config;
 pub mod credentials;
@@ -37,6 +40,7 @@ pub mod schema;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 pub use attributes::{
@@ -66,8 +70,10 @@ pub struct Engine {
 pub enum Start {
     /// Run this exchange: call [`Exchange::on_request_headers`] next.
     Run(Exchange),
-    /// No chain applies and the configuration lets the request through.
-    Pass,
+    /// No chain applies and the configuration lets the request through,
+    /// with these changes (the canonical path and host, when the client's
+    /// differed).
+    Pass(HeaderMutations),
     /// No chain applies and the configuration denies it with this reply.
     Respond(LocalReply),
 }
@@ -123,10 +129,26 @@ impl Engine {
 
     /// Selects the chain for a request and starts its exchange.
     ///
+    /// The request is made canonical first (see [`canonical`]): route
+    /// matching, expressions and policies see only that form, and the
+    /// changes that made it go upstream with the request. A path that
+    /// cannot be made canonical gets 400.
+    ///
     /// `route_name` reads Envoy's route name (`xds.route_name`) from the
     /// host; it is called at most once, and only if a route entry that
     /// matches on the name is reached.
-    pub fn start(&self, route_name: impl FnOnce() -> Option<String>, request: HeaderMap) -> Start {
+    pub fn start(
+        &self,
+        route_name: impl FnOnce() -> Option<String>,
+        mut request: HeaderMap,
+    ) -> Start {
+        let rewrites = match make_canonical(&mut request, self.routes.escaped_slashes) {
+            Ok(rewrites) => rewrites,
+            Err(error) => {
+                log::debug!("refused {:?}: {error}", request.get(":path"));
+                return Start::Respond(LocalReply::text(400, format!("bad request: {error}\n")));
+            }
+        };
         let mut route_name = LazyRouteName::new(route_name);
         let selection = self
             .routes
@@ -137,9 +159,30 @@ impl Engine {
                 route_name.into_fetched(),
                 request,
                 Arc::clone(&self.documents),
+                rewrites,
             )),
-            Selection::Allow => Start::Pass,
+            Selection::Allow => Start::Pass(rewrites),
             Selection::Deny(reply) => Start::Respond(reply.clone()),
         }
     }
+}
+
+/// Puts the canonical `:path` and `:authority` in `request`, and returns
+/// the changes that made them, for the upstream.
+fn make_canonical(
+    request: &mut HeaderMap,
+    slashes: canonical::EscapedSlashes,
+) -> Result<HeaderMutations, canonical::NotCanonical> {
+    let mut rewrites = HeaderMutations::default();
+    let path = request.get(":path").unwrap_or("/");
+    if let Cow::Owned(path) = canonical::canonical_path(path, slashes)? {
+        rewrites.set(":path", &path);
+        request.set(":path", &path);
+    }
+    let authority = request.get(":authority").unwrap_or_default();
+    if let Cow::Owned(authority) = canonical::canonical_authority(authority)? {
+        rewrites.set(":authority", &authority);
+        request.set(":authority", &authority);
+    }
+    Ok(rewrites)
 }

@@ -135,7 +135,12 @@ pub struct Context {
 }
 
 impl Context {
-    pub(crate) fn new(route: RouteInfo, request: HeaderMap, documents: Arc<Documents>) -> Self {
+    pub(crate) fn new(
+        route: RouteInfo,
+        request: HeaderMap,
+        documents: Arc<Documents>,
+        pending: HeaderMutations,
+    ) -> Self {
         Self {
             route,
             request,
@@ -143,7 +148,7 @@ impl Context {
             connection: None,
             metadata: Metadata::new(),
             direction: Direction::Request,
-            pending: HeaderMutations::default(),
+            pending,
             documents,
             refetched: Vec::new(),
         }
@@ -306,6 +311,18 @@ pub trait Policy: Send + Sync {
     /// The documents this instance reads with [`Context::document`]; the
     /// host fetches and refreshes them (see [`crate::remote`]).
     fn remote_sources(&self) -> Vec<RemoteSource> {
+        Vec::new()
+    }
+
+    /// The request headers this instance asserts to the upstream: it sets
+    /// them to a value it computed (an identity, a credential of its own)
+    /// and removes them, with their `_` variants, when it cannot compute
+    /// one, so the client's copy never reaches the upstream. When the
+    /// policy does not run (its `when:` guard is false), the chain must do
+    /// that removal for it, at the policy's place in the chain: policies
+    /// before it may still need to read the client's header (a `jwt` reads
+    /// the `Authorization` a later `backend-auth` replaces).
+    fn asserted_headers(&self) -> Vec<crate::headers::HeaderName> {
         Vec::new()
     }
 

@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+use crate::canonical::{strip_port, EscapedSlashes};
 use crate::chain::Chain;
 use crate::headers::HeaderMap;
 use crate::policy::LocalReply;
@@ -138,16 +139,6 @@ impl Conditions {
     }
 }
 
-fn strip_port(authority: &str) -> &str {
-    match authority.rsplit_once(':') {
-        // `[::1]:8080` and `host:8080`, but not a bare IPv6 literal.
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !host.ends_with(':') => {
-            host
-        }
-        _ => authority,
-    }
-}
-
 /// What happens to a request no route entry matches.
 pub enum Unmatched {
     /// Answer with this reply (the default: 403).
@@ -167,6 +158,8 @@ pub(crate) struct RouteEntry {
 pub struct RouteTable {
     pub(crate) entries: Vec<RouteEntry>,
     pub(crate) unmatched: Unmatched,
+    /// What `%2F` and `%5C` in a path get (see `canonical`).
+    pub(crate) escaped_slashes: EscapedSlashes,
 }
 
 /// The route table's verdict for one request.

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use crate::{
-    ConfigError, Context, Engine, Exchange, HeaderChange, HeaderMap, Outcome, PolicyFactory,
-    RouteInfo, Start,
+    ConfigError, Context, Engine, Exchange, HeaderChange, HeaderMap, HeaderMutations, Outcome,
+    PolicyFactory, RouteInfo, Start,
 };
 
 /// An engine with one route entry (`test`) running `factory` with `config`.
@@ -41,7 +41,7 @@ pub fn context(request: HeaderMap) -> Context {
         chain: Arc::from("test"),
         route_name: None,
     };
-    Context::new(route, request, Arc::default())
+    Context::new(route, request, Arc::default(), HeaderMutations::default())
 }
 
 /// The header changes of an outcome that let the message go on, in order;
@@ -59,7 +59,7 @@ pub fn changes(outcome: Outcome) -> Vec<(String, HeaderChange)> {
 pub fn start(engine: &Engine, request: HeaderMap) -> Option<Exchange> {
     match engine.start(|| Some("test".to_owned()), request) {
         Start::Run(exchange) => Some(exchange),
-        Start::Pass | Start::Respond(_) => None,
+        Start::Pass(_) | Start::Respond(_) => None,
     }
 }
 

@@ -397,7 +397,7 @@ routes:
 fn unmatched_outcomes_are_configurable() {
     let allow = engine("routes: []\nunmatched: allow\n");
     let never = || -> Option<String> { panic!("no entry matches on the route name") };
-    assert!(matches!(allow.start(never, request("/")), Start::Pass));
+    assert!(matches!(allow.start(never, request("/")), Start::Pass(m) if m.is_empty()));
 
     let deny = engine("unmatched: { deny: { status: 404, body: gone } }\n");
     match deny.start(|| None, request("/")) {
@@ -529,15 +529,25 @@ fn a_guard_runs_its_policy_only_when_true_and_for_every_phase() {
 }
 
 #[test]
-fn a_guard_sees_metadata_from_earlier_policies_and_fails_as_false() {
+fn a_guard_sees_metadata_from_earlier_policies_and_an_undecidable_one_runs_its_policy() {
     let e = chain(
         r#"[{name: probe, config: {id: a}},
             {name: probe, config: {id: b}, when: '"a:request_headers" in metadata.trace'},
-            {name: probe, config: {id: c}, when: 'request.headers["x-missing"] == "1"'}]"#,
+            {name: probe, config: {id: c}, when: 'request.headers["x-missing"] != "partner"'},
+            {name: probe, config: {id: d}, when: '"x-missing" in request.headers'}]"#,
     );
     let mut x = exchange(&e, "/");
     x.on_request_headers();
-    assert_eq!(trace(&x), ["a:request_headers", "b:request_headers"]);
+    // c's guard reads a header the request lacks: it cannot be evaluated,
+    // so c runs; a guard that is false (d) skips.
+    assert_eq!(
+        trace(&x),
+        [
+            "a:request_headers",
+            "b:request_headers",
+            "c:request_headers"
+        ]
+    );
 }
 
 #[test]
@@ -610,4 +620,105 @@ fn a_policy_waits_for_a_refetch_then_the_chain_goes_on_where_it_stopped() {
     let mut x = exchange(&e, "/");
     assert_eq!(x.on_request_headers(), Outcome::Refetch(fetcher_source()));
     assert!(matches!(x.resume(), Outcome::Respond(r) if r.status == 401));
+}
+
+#[test]
+fn routes_and_policies_see_the_canonical_request_and_so_does_the_upstream() {
+    let e = engine(
+        "routes:\n  - name: public\n    match: { path: { prefix: /public } }\n    policies: []\n  - name: admin\n    match: { path: { prefix: /admin } }\n    policies: [{name: probe, config: {id: a}}]\nunmatched: allow\n",
+    );
+    for raw in [
+        "/public/../admin",
+        "/public/%2e%2e/admin",
+        "//admin",
+        "/%61dmin/./",
+    ] {
+        let mut x = exchange(&e, raw);
+        assert_eq!(x.context().route().chain.as_ref(), "admin", "{raw}");
+        let Outcome::Continue(upstream) = x.on_request_headers() else {
+            panic!("{raw}: expected the request to go on");
+        };
+        let path = x
+            .context()
+            .request_headers()
+            .get(":path")
+            .unwrap_or_default()
+            .to_owned();
+        assert!(path.starts_with("/admin"), "{raw}: policies saw {path}");
+        assert!(
+            upstream
+                .iter()
+                .any(|(n, c)| n == ":path" && *c == HeaderChange::Replace(vec![path.clone()])),
+            "{raw}: the upstream must get {path}: {upstream:?}"
+        );
+    }
+    // Already canonical: nothing is rewritten.
+    let mut x = exchange(&e, "/admin/x?q=1");
+    let Outcome::Continue(upstream) = x.on_request_headers() else {
+        panic!("expected the request to go on");
+    };
+    assert!(upstream.iter().all(|(n, _)| n != ":path"), "{upstream:?}");
+    // Passing unmatched requests carry the rewrite too.
+    match e.start(|| None, request("/x/../y")) {
+        Start::Pass(m) => assert!(m
+            .iter()
+            .any(|(n, c)| n == ":path" && *c == HeaderChange::Replace(vec!["/y".into()]))),
+        _ => panic!("expected the unmatched request to pass"),
+    }
+}
+
+#[test]
+fn a_path_that_cannot_be_made_canonical_gets_400_before_any_route() {
+    let e = engine("routes: []\nunmatched: allow\n");
+    for raw in ["/a/..%2Fadmin", "/a%5cb", "/a\\b", "/a%zz", "relative"] {
+        match e.start(|| None, request(raw)) {
+            Start::Respond(reply) => assert_eq!(reply.status, 400, "{raw}"),
+            _ => panic!("{raw} was not refused"),
+        }
+    }
+    let keep = engine("routes: []\nunmatched: allow\npaths: { escaped_slashes: keep }\n");
+    assert!(matches!(
+        keep.start(|| None, request("/a/..%2Fadmin")),
+        Start::Pass(_)
+    ));
+    assert!(config_error("paths: { escaped_slashes: decode }\n").contains("paths.escaped_slashes"));
+}
+
+#[test]
+fn hosts_are_matched_and_read_in_canonical_form() {
+    let e = engine(
+        "routes:\n  - name: gh\n    match: { host: api.github.com }\n    policies: [{name: probe, config: {id: g}}]\n",
+    );
+    for authority in ["API.GitHub.com", "api.github.com.", "Api.Github.Com.:443"] {
+        let mut headers = request("/");
+        headers = HeaderMap::from_pairs(headers.into_pairs().into_iter().map(|(n, v)| {
+            if n == ":authority" {
+                (n, authority.to_owned())
+            } else {
+                (n, v)
+            }
+        }));
+        let Start::Run(x) = e.start(|| None, headers) else {
+            panic!("{authority} did not match the host");
+        };
+        let seen = x
+            .context()
+            .request_headers()
+            .get(":authority")
+            .unwrap_or_default();
+        assert!(seen.starts_with("api.github.com"), "{authority}: {seen}");
+    }
+}
+
+#[test]
+fn duplicate_keys_are_refused_wherever_they_are() {
+    for config in [
+        "unmatched: allow\nunmatched: deny\n",
+        "routes:\n  - name: a\n    name: b\n    policies: []\n",
+        "routes:\n  - policies: [{name: probe, config: {id: a, id: b}}]\n",
+        "{\"unmatched\": \"allow\", \"unmatched\": \"deny\"}",
+    ] {
+        let error = config_error(config);
+        assert!(error.contains("duplicate"), "{config}: {error}");
+    }
 }

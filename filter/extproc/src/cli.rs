@@ -7,6 +7,11 @@
 //! stops accepting streams, reports NOT_SERVING on the gRPC health service,
 //! and waits up to `--shutdown-grace` seconds for streams in flight.
 //! `--check` only validates the configuration and exits.
+//!
+//! gRPC is cleartext HTTP/2 by default, for a shim Envoy reaches over
+//! loopback or a network it trusts. `--tls-cert` and `--tls-key` serve it
+//! over TLS instead, and `--client-ca` also requires a client certificate
+//! signed by that CA ([`crate::tls`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,6 +29,7 @@ use tonic_health::ServingStatus;
 
 use crate::service::PolicyProcessor;
 use crate::store::{ConfigStore, Reload};
+use crate::tls::TlsFiles;
 
 /// The policy engine's ext_proc server: the same policies as the Wasm
 /// filter, out of Envoy's process.
@@ -49,6 +55,20 @@ struct Args {
     /// How long to wait for streams in flight on shutdown, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
     shutdown_grace: f64,
+
+    /// Serve gRPC over TLS with this certificate chain (PEM); needs
+    /// --tls-key.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+
+    /// Require clients to present a certificate signed by this CA (PEM);
+    /// needs --tls-cert and --tls-key.
+    #[arg(long, value_name = "FILE")]
+    client_ca: Option<PathBuf>,
 
     /// Only check the configuration against this build's policies, print
     /// the verdict, and exit (0 when valid).
@@ -116,6 +136,16 @@ fn seconds(value: f64, flag: &str) -> Result<Duration, String> {
 async fn serve(args: Args, build: Build) -> Result<(), String> {
     let reload_every = seconds(args.reload_interval, "reload-interval")?;
     let grace = seconds(args.shutdown_grace, "shutdown-grace")?;
+    // TLS is checked before anything starts: a bad flag or file stops the
+    // shim here, with the flag at fault, never after it has announced its
+    // address.
+    let tls = TlsFiles::from_flags(args.tls_cert, args.tls_key, args.client_ca)?;
+    let mut builder = Server::builder();
+    if let Some(files) = &tls {
+        builder = builder
+            .tls_config(files.server_config()?)
+            .map_err(|e| format!("--tls-cert/--tls-key/--client-ca: {}", error_chain(&e)))?;
+    }
     log::info!("policy engine {}", build.description);
     let store =
         Arc::new(ConfigStore::load(&args.config, (build.registry)()).map_err(|e| e.to_string())?);
@@ -170,9 +200,13 @@ async fn serve(args: Args, build: Build) -> Result<(), String> {
     });
     let mut grace_over = stop_requested.clone();
 
+    let transport = tls
+        .as_ref()
+        .map_or_else(|| "cleartext HTTP/2".to_owned(), TlsFiles::describe);
+
     println!("policy-extproc listening on {address}");
-    log::info!("serving ext_proc on {address}");
-    let server = Server::builder()
+    log::info!("serving ext_proc on {address} ({transport})");
+    let server = builder
         .add_service(health_service)
         .add_service(ExternalProcessorServer::new(PolicyProcessor::new(store)))
         // Every ext_proc message is a small frame waiting on a reply: Nagle's
@@ -193,6 +227,18 @@ async fn serve(args: Args, build: Build) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// An error and its sources, `: `-separated (tonic's own message is only
+/// "transport error"; the reason is in its source).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

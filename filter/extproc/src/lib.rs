@@ -22,4 +22,5 @@ pub mod fetch;
 pub mod service;
 pub mod store;
 pub mod stream;
+pub mod tls;
 pub mod translate;

@@ -78,8 +78,8 @@ impl StreamState {
             .start(|| translate::route_name(attributes), headers)
         {
             Start::Run(exchange) => exchange,
-            Start::Pass => {
-                let mut response = headers_response(Direction::Request, None);
+            Start::Pass(rewrites) => {
+                let mut response = headers_response(Direction::Request, Some(&rewrites));
                 response.mode_override = Some(translate::mode_done());
                 return response;
             }

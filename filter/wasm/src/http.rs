@@ -299,7 +299,10 @@ impl StreamState {
         };
         let mut exchange = match self.engine.start(route_name, headers) {
             Start::Run(exchange) => exchange,
-            Start::Pass => return Action::Continue,
+            Start::Pass(rewrites) => {
+                apply_mutations(MapType::HttpRequestHeaders, &rewrites);
+                return Action::Continue;
+            }
             Start::Respond(reply) => return self.respond(&reply),
         };
         let wanted = exchange.attributes();

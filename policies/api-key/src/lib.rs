@@ -3,7 +3,7 @@
 //! ```yaml
 //! - name: api-key
 //!   config:
-//!     from: { header: x-api-key }        # the default; or { query: api_key }
+//!     from: { header: x-api-key }        # the default; or { query: api_key }, or a list
 //!     keys:
 //!       - consumer: team-a
 //!         sha256: 4052a09c...            # printf %s "$KEY" | sha256sum
@@ -15,11 +15,16 @@
 //! like any other file. The presented key is hashed once and compared with
 //! every stored hash without stopping early, so the time taken says nothing
 //! about which key, or how much of one, matched. The consumer is written to
-//! the metadata as `api-key.consumer` for later policies and CEL. A missing
-//! or unknown key gets 401 with `WWW-Authenticate: ApiKey`; keys are never
-//! logged.
+//! the metadata as `api-key.consumer` for later policies and CEL. A missing,
+//! malformed or unknown key gets 401 with `WWW-Authenticate: ApiKey`; two
+//! keys (a repeated `x-api-key` or query parameter, or keys in two of the
+//! `from` locations) get 400, so no upstream ever reads another key than
+//! the one checked. The key is read as `policy_executor::credentials`
+//! reads every credential (query names and values percent-decoded). The
+//! consumer header is the engine's alone: the client's copy, with `_` for
+//! `-` too, never reaches the upstream. Keys are never logged.
 
-use policy_executor::credentials::{same_digest, Location, RawLocation};
+use policy_executor::credentials::{same_digest, CredentialError, Location, RawLocation};
 use policy_executor::{
     parse_params, Action, Context, HeaderName, HeaderValue, LocalReply, ParamError, Phases, Policy,
     PolicyFactory,
@@ -41,11 +46,19 @@ pub const CONSUMER: &str = "api-key.consumer";
 #[serde(deny_unknown_fields)]
 struct Params {
     #[serde(default)]
-    from: Option<RawLocation>,
+    from: Option<RawLocations>,
     keys: Vec<RawKey>,
     consumer_header: Option<String>,
     #[serde(default)]
     strip: bool,
+}
+
+/// `from`: one location, or a list of them.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawLocations {
+    One(RawLocation),
+    List(Vec<RawLocation>),
 }
 
 #[derive(Deserialize)]
@@ -56,7 +69,7 @@ struct RawKey {
 }
 
 struct ApiKey {
-    source: Location,
+    from: Vec<Location>,
     keys: Vec<([u8; 32], serde_json::Value)>,
     consumer_header: Option<HeaderName>,
     strip: bool,
@@ -66,9 +79,17 @@ fn build(config: &serde_json::Value) -> Result<Box<dyn Policy>, ParamError> {
     let params: Params = parse_params(config)?;
     let header =
         |field: &str, name: &str| HeaderName::parse(name).map_err(|e| ParamError::at(field, e));
-    let source = match params.from {
-        None => Location::Header(header("from.header", "x-api-key")?, String::new()),
-        Some(raw) => Location::parse(raw, "from")?,
+    let from = match params.from {
+        None => vec![Location::Header(
+            header("from.header", "x-api-key")?,
+            String::new(),
+        )],
+        Some(RawLocations::One(raw)) => vec![Location::parse(raw, "from")?],
+        Some(RawLocations::List(list)) => Location::parse_list(list, "from")?,
+    };
+    let consumer_header = match params.consumer_header {
+        Some(name) => Some(header("consumer_header", &name)?),
+        None => None,
     };
     if params.keys.is_empty() {
         return Err(ParamError::at("keys", "at least one key is needed"));
@@ -77,6 +98,12 @@ fn build(config: &serde_json::Value) -> Result<Box<dyn Policy>, ParamError> {
     for (i, raw) in params.keys.into_iter().enumerate() {
         if raw.consumer.is_empty() {
             return Err(ParamError::at(format!("keys[{i}].consumer"), "empty"));
+        }
+        if consumer_header.is_some() && HeaderValue::parse(&raw.consumer).is_err() {
+            return Err(ParamError::at(
+                format!("keys[{i}].consumer"),
+                "cannot be sent in `consumer_header`: it has CR, LF or NUL",
+            ));
         }
         let hash = decode_sha256(&raw.sha256).ok_or_else(|| {
             ParamError::at(
@@ -92,12 +119,8 @@ fn build(config: &serde_json::Value) -> Result<Box<dyn Policy>, ParamError> {
         }
         keys.push((hash, serde_json::Value::String(raw.consumer)));
     }
-    let consumer_header = match params.consumer_header {
-        Some(name) => Some(header("consumer_header", &name)?),
-        None => None,
-    };
     Ok(Box::new(ApiKey {
-        source,
+        from,
         keys,
         consumer_header,
         strip: params.strip,
@@ -143,27 +166,56 @@ fn unauthorized() -> Action {
     })
 }
 
+fn deny_unknown(why: &str, cx: &Context) -> Action {
+    log::debug!(
+        "api-key: route {:?} denied 401: {why}, caller {}",
+        cx.route().chain,
+        cx.caller()
+    );
+    unauthorized()
+}
+
+fn refuse(error: CredentialError, cx: &Context) -> Action {
+    log::debug!(
+        "api-key: route {:?} denied {}: {error}, caller {}",
+        cx.route().chain,
+        error.status(),
+        cx.caller()
+    );
+    match error {
+        CredentialError::Duplicate => {
+            Action::Respond(LocalReply::text(error.status(), "more than one API key\n"))
+        }
+        _ => unauthorized(),
+    }
+}
+
 impl Policy for ApiKey {
     fn phases(&self) -> Phases {
         Phases::REQUEST_HEADERS
     }
 
+    fn asserted_headers(&self) -> Vec<HeaderName> {
+        self.consumer_header.iter().cloned().collect()
+    }
+
     fn on_request_headers(&self, cx: &mut Context) -> Action {
-        let Some(consumer) = self.source.find(cx).and_then(|key| self.consumer(key)) else {
-            log::debug!(
-                "api-key: route {:?} denied: missing or unknown key, caller {}",
-                cx.route().chain,
-                cx.caller()
-            );
-            return unauthorized();
+        let (source, key) = match Location::find_one(&self.from, cx) {
+            Ok(Some(found)) => found,
+            Ok(None) => return deny_unknown("no key", cx),
+            Err(error) => return refuse(error, cx),
         };
-        let consumer = consumer.clone();
+        let Some(consumer) = self.consumer(&key).cloned() else {
+            return deny_unknown("unknown key", cx);
+        };
         if self.strip {
-            self.source.strip(cx);
+            source.strip(cx);
         }
         if let Some(header) = &self.consumer_header {
-            if let Some(value) = consumer.as_str().and_then(|c| HeaderValue::parse(c).ok()) {
-                cx.headers_mut().set(header, &value);
+            // Checked at load: every consumer is a valid header value.
+            match consumer.as_str().map(HeaderValue::parse) {
+                Some(Ok(value)) => cx.headers_mut().set_only(header, &value),
+                _ => cx.headers_mut().remove_variants(header),
             }
         }
         cx.metadata_mut().insert(CONSUMER.into(), consumer);

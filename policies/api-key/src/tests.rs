@@ -94,4 +94,125 @@ fn bad_parameters_are_refused() {
         error(json!({"from": {}, "keys": [{"consumer": "a", "sha256": TEAM_A}]}))
             .contains("field config.from")
     );
+    assert!(error(
+        json!({"from": [{"query": "k"}, {"query": "k"}], "keys": [{"consumer": "a", "sha256": TEAM_A}]})
+    )
+    .contains("listed twice"));
+}
+
+fn status(outcome: &Outcome) -> Option<u16> {
+    match outcome {
+        Outcome::Respond(reply) => Some(reply.status),
+        _ => None,
+    }
+}
+
+#[test]
+fn two_keys_get_400_and_malformed_ones_401() {
+    let header = json!({"keys": [{"consumer": "team-a", "sha256": TEAM_A}]});
+    let both = json!({
+        "from": [{"header": "x-api-key"}, {"query": "api_key"}],
+        "keys": [{"consumer": "team-a", "sha256": TEAM_A}],
+    });
+    let key = "s3cr3t-team-a";
+    // (configuration, path, headers, expected status)
+    type Case<'a> = (
+        &'a serde_json::Value,
+        &'a str,
+        &'a [(&'a str, &'a str)],
+        u16,
+    );
+    let cases: [Case; 13] = [
+        (
+            &header,
+            "/",
+            &[("x-api-key", key), ("x-api-key", "other")],
+            400,
+        ),
+        (&header, "/", &[("x-api-key", key), ("x-api-key", key)], 400),
+        (&header, "/", &[("x-api-key", "s3cr3t-team-a,other")], 400),
+        (
+            &header,
+            "/",
+            &[("x-api-key", key), ("x_api_key", "other")],
+            400,
+        ),
+        (&both, "/?api_key=other", &[("x-api-key", key)], 400),
+        (&both, "/?api_key=s3cr3t-team-a&api_key=other", &[], 400),
+        (&both, "/?api_key=s3cr3t-team-a&api%5Fkey=other", &[], 400),
+        (&both, "/?api_key=s3cr3t-team-a&API_KEY=other", &[], 400),
+        (&header, "/", &[("x_api_key", key)], 401),
+        (&header, "/", &[("x-api-key", "s3cr3t team-a")], 401),
+        (&header, "/", &[("x-api-key", " ")], 401),
+        (&both, "/?api_key=%zz", &[], 401),
+        (&both, "/?API_KEY=s3cr3t-team-a", &[], 401),
+    ];
+    for (config, path, headers, expected) in cases {
+        let (outcome, consumer) = outcome(config.clone(), path, headers);
+        assert_eq!(status(&outcome), Some(expected), "{path} {headers:?}");
+        assert_eq!(consumer, None);
+    }
+}
+
+#[test]
+fn a_query_key_is_percent_decoded_and_every_encoding_of_its_name_stripped() {
+    let config = json!({
+        "from": [{"header": "x-api-key"}, {"query": "api_key"}],
+        "keys": [{"consumer": "ci", "sha256": TEAM_A}],
+        "strip": true,
+    });
+    let (outcome, consumer) = outcome(config, "/items?%61pi%5Fkey=s3cr3t%2Dteam%2Da&page=2", &[]);
+    assert_eq!(consumer, Some(json!("ci")));
+    assert_eq!(
+        changes(outcome),
+        [(
+            ":path".into(),
+            HeaderChange::Replace(vec!["/items?page=2".into()])
+        )]
+    );
+}
+
+#[test]
+fn the_consumer_header_is_the_engines_whatever_the_client_sent() {
+    let config = json!({
+        "keys": [{"consumer": "team-a", "sha256": TEAM_A}],
+        "consumer_header": "x-consumer",
+    });
+    let engine = engine_for(FACTORY, config.clone()).unwrap();
+    let policy = build(&config).unwrap();
+    assert_eq!(
+        policy.asserted_headers(),
+        [HeaderName::parse("x-consumer").unwrap()]
+    );
+    let mut x = start(
+        &engine,
+        request(
+            "GET",
+            "/",
+            &[
+                ("x-api-key", "s3cr3t-team-a"),
+                ("x-consumer", "admin"),
+                ("X_Consumer", "admin"),
+            ],
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        changes(x.on_request_headers()),
+        [
+            (
+                "x-consumer".into(),
+                HeaderChange::Replace(vec!["team-a".into()])
+            ),
+            ("x_consumer".into(), HeaderChange::Remove),
+        ]
+    );
+    let error = engine_for(
+        FACTORY,
+        json!({"keys": [{"consumer": "a\nb", "sha256": TEAM_A}], "consumer_header": "x-consumer"}),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(error.contains("field config.keys[0].consumer"), "{error}");
 }

@@ -142,3 +142,226 @@ fn weak_or_unknown_hashes_are_refused_at_load() {
         .to_string()
         .contains("htpasswd line 2: user \"a\" is listed twice"));
 }
+
+fn request_with(config: &serde_json::Value, headers: &[(&str, &str)]) -> Outcome {
+    let engine = engine_for(FACTORY, config.clone()).unwrap_or_else(|e| panic!("{e}"));
+    let mut x = start(&engine, request("GET", "/", headers)).unwrap();
+    x.on_request_headers()
+}
+
+fn status(outcome: &Outcome) -> Option<u16> {
+    match outcome {
+        Outcome::Respond(reply) => Some(reply.status),
+        _ => None,
+    }
+}
+
+#[test]
+fn the_scheme_is_read_in_any_case_and_malformed_or_duplicate_credentials_are_refused() {
+    let config = json!({"users": [{"name": "alice", "hash": sha_hash("alice-pw")}]});
+    let good = basic("alice", "alice-pw");
+    let encoded = good.trim_start_matches("Basic ");
+    for scheme in ["Basic ", "basic ", "BASIC ", "Basic   "] {
+        let value = format!("{scheme}{encoded}");
+        let outcome = request_with(&config, &[("authorization", &value)]);
+        assert_eq!(status(&outcome), None, "{value}");
+    }
+    let overlong = basic("alice", &"x".repeat(MAX_CREDENTIALS_BYTES));
+    let refused: [(&[(&str, &str)], u16); 10] = [
+        (&[("authorization", &format!("Basic\t{encoded}"))], 401),
+        (&[("authorization", &format!("Basic:{encoded}"))], 401),
+        (&[("authorization", "Basic")], 401),
+        (&[("authorization", "Basic ")], 401),
+        (&[("authorization", "")], 401),
+        (&[("authorization", &format!("Basic {encoded} x"))], 401),
+        (&[("authorization", &overlong)], 401),
+        (&[("authorization", &good), ("authorization", &good)], 400),
+        (
+            &[
+                ("authorization", &good),
+                ("authorization", "Basic bWFsbG9yeTp4"),
+            ],
+            400,
+        ),
+        (
+            &[("authorization", &format!("{good},Basic bWFsbG9yeTp4"))],
+            400,
+        ),
+    ];
+    for (headers, expected) in refused {
+        assert_eq!(
+            status(&request_with(&config, headers)),
+            Some(expected),
+            "{headers:?}"
+        );
+    }
+}
+
+#[test]
+fn the_user_header_is_the_engines_whatever_the_client_sent() {
+    let config = json!({"users": [{"name": "alice", "hash": sha_hash("alice-pw")}], "user_header": "x-user"});
+    assert_eq!(
+        parse(&config).unwrap().asserted_headers(),
+        [HeaderName::parse("x-user").unwrap()]
+    );
+    let outcome = request_with(
+        &config,
+        &[
+            ("authorization", &basic("alice", "alice-pw")),
+            ("x-user", "admin"),
+            ("x_user", "admin"),
+        ],
+    );
+    assert_eq!(
+        changes(outcome),
+        [
+            ("authorization".into(), HeaderChange::Remove),
+            ("x-user".into(), HeaderChange::Replace(vec!["alice".into()])),
+            ("x_user".into(), HeaderChange::Remove),
+        ]
+    );
+    let error = engine_for(
+        FACTORY,
+        json!({"users": [{"name": "a\rb", "hash": sha_hash("x")}], "user_header": "x-user"}),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(error.contains("field config.users[0]: this user name cannot be sent"));
+}
+
+#[test]
+fn sha256_crypt_users_authenticate() {
+    let hash =
+        sha_crypt::sha256_simple("dave-pw", &sha_crypt::Sha256Params::new(1_000).unwrap()).unwrap();
+    let policy = parse(&json!({"users": [{"name": "dave", "hash": hash}]})).unwrap();
+    assert!(policy.authenticate("dave", "dave-pw"));
+    assert!(!policy.authenticate("dave", "dave-pw!"));
+}
+
+#[test]
+fn costly_or_broken_hashes_are_refused_at_load_with_their_field() {
+    let error = |hash: &str| {
+        engine_for(FACTORY, json!({"users": [{"name": "a", "hash": hash}]}))
+            .err()
+            .map(|e| e.to_string())
+    };
+    let cost4 = bcrypt_hash("pw");
+    let cost12 = cost4.replacen("$04$", "$12$", 1);
+    assert_eq!(error(&cost12), None, "cost 12 is accepted");
+    let cost13 = cost4.replacen("$04$", "$13$", 1);
+    let message = error(&cost13).unwrap();
+    assert!(
+        message.contains("field config.users[0]: bcrypt cost 13 is above 12"),
+        "{message}"
+    );
+    assert!(error(&cost4.replacen("$04$", "$03$", 1))
+        .unwrap()
+        .contains("below 4"));
+    assert!(error(&cost4.replacen("$04$", "$4$", 1)).is_some());
+    assert!(error(&format!("{}!", &cost4[..cost4.len() - 1])).is_some());
+    assert!(error(&cost4[..cost4.len() - 1]).is_some());
+    // The salt's last character carries 4 spare bits that must be zero.
+    let mut spare = cost4.clone().into_bytes();
+    spare[7 + 21] = b'/';
+    assert!(error(&String::from_utf8(spare).unwrap()).is_some());
+
+    let sha = |rounds: usize| {
+        sha_crypt::sha512_simple("pw", &sha_crypt::Sha512Params::new(rounds).unwrap()).unwrap()
+    };
+    assert_eq!(error(&sha(MAX_SHA_CRYPT_ROUNDS)), None);
+    assert!(error(&sha(MAX_SHA_CRYPT_ROUNDS + 1))
+        .unwrap()
+        .contains("SHA-crypt rounds 1000001 is above 1000000"));
+    let digest = ".".repeat(43);
+    assert!(error(&format!("$5$rounds=999$salt${digest}"))
+        .unwrap()
+        .contains("below 1000"));
+    // These would have made the sha-crypt crate panic when verified.
+    for broken in [
+        "$5$salt$short".to_owned(),
+        format!("$5$salt${}", "!".repeat(43)),
+        format!("$5$rounds=x$salt${digest}"),
+        format!("$5$a-salt-longer-than-16${digest}"),
+        "$6$salt".to_owned(),
+    ] {
+        assert!(error(&broken).is_some(), "{broken}");
+    }
+}
+
+#[test]
+fn unknown_users_are_verified_against_a_dummy_of_the_commonest_cost() {
+    let sha256 =
+        sha_crypt::sha256_simple("pw", &sha_crypt::Sha256Params::new(2_000).unwrap()).unwrap();
+    let htpasswd = format!(
+        "a:{}\nb:{}\nc:{sha256}\nd:{}\n",
+        bcrypt_hash("pw"),
+        bcrypt_hash("pw"),
+        sha_hash("pw")
+    );
+    let policy = parse(&json!({ "htpasswd": htpasswd })).unwrap();
+    assert_eq!(policy.dummy.cost(), Cost::Bcrypt(4));
+    // A tie goes to the costlier.
+    let htpasswd = format!("a:{sha256}\nb:{}\n", sha_hash("pw"));
+    let policy = parse(&json!({ "htpasswd": htpasswd })).unwrap();
+    assert_eq!(policy.dummy.cost(), Cost::ShaCrypt(ShaBits::Sha256, 2_000));
+}
+
+#[test]
+fn dummies_do_the_full_work_and_match_no_password() {
+    for cost in [
+        Cost::Bcrypt(4),
+        Cost::ShaCrypt(ShaBits::Sha256, 1_000),
+        Cost::ShaCrypt(ShaBits::Sha512, 1_000),
+        Cost::Sha1,
+    ] {
+        let dummy = Hash::dummy(cost);
+        assert!(!dummy.verify("pw"), "{cost:?}");
+        assert!(!dummy.verify(""), "{cost:?}");
+        // Verifying computes the hash rather than failing on its format.
+        match &dummy {
+            Hash::Bcrypt { text, .. } => assert_eq!(bcrypt::verify("pw", text).ok(), Some(false)),
+            Hash::ShaCrypt {
+                bits: ShaBits::Sha256,
+                rounds,
+                salt,
+                ..
+            } => assert!(sha_crypt::sha256_crypt_b64(
+                b"pw",
+                salt.as_bytes(),
+                &sha_crypt::Sha256Params::new(*rounds).unwrap()
+            )
+            .is_ok()),
+            Hash::ShaCrypt { rounds, salt, .. } => assert!(sha_crypt::sha512_crypt_b64(
+                b"pw",
+                salt.as_bytes(),
+                &sha_crypt::Sha512Params::new(*rounds).unwrap()
+            )
+            .is_ok()),
+            Hash::Sha1(_) => {}
+        }
+    }
+}
+
+#[test]
+fn an_unknown_user_costs_about_what_a_wrong_password_does() {
+    let hash = bcrypt::hash_with_salt("alice-pw", 8, [7; 16])
+        .unwrap()
+        .format_for_version(bcrypt::Version::TwoY);
+    let policy = parse(&json!({"users": [{"name": "alice", "hash": hash}]})).unwrap();
+    let fastest = |user: &str| {
+        (0..3)
+            .map(|i| {
+                let began = std::time::Instant::now();
+                assert!(!policy.authenticate(user, &format!("wrong-{i}")));
+                began.elapsed()
+            })
+            .min()
+            .unwrap()
+    };
+    let (known, unknown) = (fastest("alice"), fastest("mallory"));
+    // Without the dummy an unknown user costs a hash lookup: thousands of
+    // times less. A loose bound, for a busy machine.
+    assert!(unknown * 4 > known, "known {known:?}, unknown {unknown:?}");
+    assert!(known * 4 > unknown, "known {known:?}, unknown {unknown:?}");
+}

@@ -26,6 +26,15 @@
 //! request headers if mapped. Failure gets 401 with `WWW-Authenticate:
 //! Bearer` (403 for missing scopes, RFC 6750); the token is never logged.
 //!
+//! The token is read as `policy_executor::credentials` reads every
+//! credential: `bearer` in any case, a malformed one (`Bearer<TAB>x`, an
+//! empty token) gets 401 even with `allow_missing`, which only lets
+//! through a request with no token at all; two tokens (two
+//! `Authorization` lines, a header and a query parameter) get 400
+//! `invalid_request`. A mapped header (`claim_to_headers`) is the engine's
+//! alone: whatever the client sent under its name, or with `_` for `-`,
+//! is removed, and it is set only from a verified token's claim.
+//!
 //! Remote key sets are fetched by the host (see `policy_executor::remote`):
 //! a token naming an unknown `kid` makes the request wait for one refetch,
 //! at most once per `min_refetch_interval`. Verified tokens are cached per
@@ -40,7 +49,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jwt_simple::prelude::{Base64UrlSafeNoPadding, Token, UnixTimeStamp, VerificationOptions};
 use jwt_simple::reexports::ct_codecs::Decoder;
-use policy_executor::credentials::{Location, RawLocation};
+use policy_executor::credentials::{CredentialError, Location, RawLocation};
 use policy_executor::{
     parse_params, Action, Context, HeaderName, HeaderValue, LocalReply, ParamError, Phases, Policy,
     PolicyFactory, RemoteSource, JWT_CLAIMS,
@@ -150,6 +159,9 @@ struct Provider {
 
 struct Jwt {
     providers: Vec<Provider>,
+    /// Every provider's mapped headers, once each: all are cleared before
+    /// the verifying provider's are set.
+    asserted: Vec<HeaderName>,
     from: Vec<Location>,
     forward: bool,
     allow_missing: bool,
@@ -189,17 +201,17 @@ fn parse(config: &serde_json::Value) -> Result<Jwt, ParamError> {
     }
     let from = match params.from {
         None => vec![bearer()?],
-        Some(list) if list.is_empty() => {
-            return Err(ParamError::at("from", "at least one location is needed"))
-        }
-        Some(list) => list
-            .into_iter()
-            .enumerate()
-            .map(|(i, raw)| Location::parse(raw, &format!("from[{i}]")))
-            .collect::<Result<_, _>>()?,
+        Some(list) => Location::parse_list(list, "from")?,
     };
+    let mut asserted: Vec<HeaderName> = Vec::new();
+    for (_, header) in providers.iter().flat_map(|p| &p.claim_to_headers) {
+        if !asserted.contains(header) {
+            asserted.push(header.clone());
+        }
+    }
     Ok(Jwt {
         providers,
+        asserted,
         from,
         forward: params.forward,
         allow_missing: params.allow_missing,
@@ -332,6 +344,8 @@ fn now_seconds() -> u64 {
 enum Refusal {
     /// No token where one is looked for.
     Missing,
+    /// Something that cannot be read as one token: malformed, or two.
+    Unreadable(CredentialError),
     /// A token that does not verify; the reason is logged, not sent.
     Invalid(String),
     /// A valid token without a required scope.
@@ -564,6 +578,16 @@ impl Jwt {
         let realm = self.realm.as_deref().unwrap_or(&cx.route().chain);
         let (status, challenge, body) = match refusal {
             Refusal::Missing => (401, format!("Bearer realm=\"{realm}\""), "missing token\n"),
+            Refusal::Unreadable(error @ CredentialError::Duplicate) => (
+                error.status(),
+                format!("Bearer realm=\"{realm}\", error=\"invalid_request\""),
+                "more than one token\n",
+            ),
+            Refusal::Unreadable(error) => (
+                error.status(),
+                format!("Bearer realm=\"{realm}\", error=\"invalid_token\""),
+                "invalid token\n",
+            ),
             Refusal::Invalid(_) => (
                 401,
                 format!("Bearer realm=\"{realm}\", error=\"invalid_token\""),
@@ -575,8 +599,13 @@ impl Jwt {
                 "insufficient scope\n",
             ),
         };
+        let unreadable;
         let reason = match refusal {
             Refusal::Missing => "no token",
+            Refusal::Unreadable(error) => {
+                unreadable = error.to_string();
+                &unreadable
+            }
             Refusal::Invalid(reason) => reason,
             Refusal::InsufficientScope => "a required scope is missing",
         };
@@ -595,19 +624,32 @@ impl Jwt {
         })
     }
 
+    /// Sets the mapped headers from `verified`'s claims, and removes every
+    /// mapped header (of any provider, in any `_` variant) it gives no
+    /// value: none is ever left as the client sent it.
+    fn assert_headers(&self, verified: Option<&Verified>, cx: &mut Context) {
+        for header in &self.asserted {
+            cx.headers_mut().remove_variants(header);
+        }
+        let Some(verified) = verified else {
+            return;
+        };
+        let Some(provider) = self.providers.get(verified.provider) else {
+            return;
+        };
+        for (claim, header) in &provider.claim_to_headers {
+            let value = verified.claims.get(claim).and_then(claim_text);
+            if let Some(value) = value.and_then(|v| HeaderValue::parse(&v).ok()) {
+                cx.headers_mut().set(header, &value);
+            }
+        }
+    }
+
     fn accept(&self, verified: &Verified, location: &Location, cx: &mut Context) {
         let Some(provider) = self.providers.get(verified.provider) else {
             return;
         };
-        // A mapped header is set from the token or removed, never left as
-        // the client sent it.
-        for (claim, header) in &provider.claim_to_headers {
-            let value = verified.claims.get(claim).and_then(claim_text);
-            match value.and_then(|v| HeaderValue::parse(&v).ok()) {
-                Some(value) => cx.headers_mut().set(header, &value),
-                None => cx.headers_mut().remove(header),
-            }
-        }
+        self.assert_headers(Some(verified), cx);
         if !self.forward {
             location.strip(cx);
         }
@@ -652,18 +694,23 @@ impl Policy for Jwt {
             .collect()
     }
 
+    fn asserted_headers(&self) -> Vec<HeaderName> {
+        self.asserted.clone()
+    }
+
     fn on_request_headers(&self, cx: &mut Context) -> Action {
-        let found = self
-            .from
-            .iter()
-            .find_map(|location| location.find(cx).map(|token| (location, token)));
+        let found = match Location::find_one(&self.from, cx) {
+            Ok(found) => found,
+            Err(error) => return self.refuse(&Refusal::Unreadable(error), cx),
+        };
         let Some((location, token)) = found else {
             if self.allow_missing {
+                self.assert_headers(None, cx);
                 return Action::Continue;
             }
             return self.refuse(&Refusal::Missing, cx);
         };
-        match self.check(token, cx) {
+        match self.check(&token, cx) {
             Verdict::Verified(verified) => {
                 self.accept(&verified, location, cx);
                 Action::Continue

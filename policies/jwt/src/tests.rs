@@ -231,6 +231,8 @@ fn a_missing_token_may_be_allowed_and_tokens_come_from_other_places() {
     // A token that is there but bad is refused even when missing is allowed.
     let (outcome, _) = run(&engine, &[("cookie", "session=garbage")]);
     assert_eq!(status(&outcome), Some(401));
+    let (outcome, _) = run(&engine, &[("cookie", "session=")]);
+    assert_eq!(status(&outcome), Some(401));
 }
 
 fn remote_config() -> Value {
@@ -358,4 +360,250 @@ fn a_verified_token_is_served_from_the_cache_without_its_signature_checked() {
     };
     policy.cache.lock().unwrap().insert(digest, planted, now);
     assert!(verify(&forged));
+}
+
+/// An engine with one ES256 key that maps `sub` to `x-user` and `tenant`
+/// to `x-tenant`, with `extra` top-level parameters.
+fn mapping_engine(key: &ES256KeyPair, extra: Value) -> Engine {
+    let mut config = inline(
+        json!({"keys": [es256_jwk(key, "k1")]}),
+        &["ES256"],
+        json!({"claim_to_headers": [
+            {"claim_name": "sub", "header_name": "x-user"},
+            {"claim_name": "tenant", "header_name": "x-tenant"},
+        ]}),
+    );
+    if let (Some(c), Some(e)) = (config.as_object_mut(), extra.as_object()) {
+        c.extend(e.clone());
+    }
+    engine_for(FACTORY, config).unwrap()
+}
+
+fn challenge(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Respond(reply) => reply.headers[0].1.clone(),
+        other => panic!("let through: {other:?}"),
+    }
+}
+
+#[test]
+fn the_scheme_is_read_in_any_case_with_one_or_more_spaces() {
+    let key = ES256KeyPair::generate();
+    let engine = mapping_engine(&key, json!({}));
+    let token = key.sign(claims(json!({}))).unwrap();
+    for scheme in ["Bearer ", "bearer ", "BEARER ", "Bearer   "] {
+        let (outcome, claims) = run(&engine, &[("authorization", &format!("{scheme}{token}"))]);
+        assert_eq!(status(&outcome), None, "{scheme:?}");
+        assert!(claims.is_some(), "{scheme:?}");
+    }
+}
+
+#[test]
+fn allow_missing_lets_through_no_token_but_never_a_malformed_one() {
+    let key = ES256KeyPair::generate();
+    let engine = mapping_engine(&key, json!({"allow_missing": true}));
+    let token = key.sign(claims(json!({}))).unwrap();
+    let malformed = [
+        format!("Bearer\t{token}"),
+        format!("Bearer:{token}"),
+        format!("Bearer{token}"),
+        "Bearer".to_owned(),
+        "Bearer ".to_owned(),
+        "bearer \t".to_owned(),
+        String::new(),
+        format!("Bearer {token} extra"),
+        format!("Bearer  \t{token}"),
+    ];
+    for value in &malformed {
+        let (outcome, claims) = run(&engine, &[("authorization", value)]);
+        assert_eq!(status(&outcome), Some(401), "{value:?}");
+        assert!(challenge(&outcome).contains("invalid_token"), "{value:?}");
+        assert_eq!(claims, None);
+    }
+    // Another scheme is not a token (RFC 6750 section 3.1): missing, and
+    // left for the upstream.
+    let (outcome, claims) = run(&engine, &[("authorization", "Basic YWxpY2U6cHc=")]);
+    assert_eq!(claims, None);
+    assert_eq!(
+        changes(outcome),
+        [
+            ("x-user".into(), HeaderChange::Remove),
+            ("x-tenant".into(), HeaderChange::Remove),
+        ]
+    );
+}
+
+#[test]
+fn without_a_token_the_client_never_sets_a_mapped_header() {
+    let key = ES256KeyPair::generate();
+    let engine = mapping_engine(&key, json!({"allow_missing": true}));
+    let (outcome, claims) = run(
+        &engine,
+        &[
+            ("x-user", "admin"),
+            ("X_User", "admin"),
+            ("x_tenant", "acme"),
+            ("x-other", "kept"),
+        ],
+    );
+    assert_eq!(claims, None);
+    assert_eq!(
+        changes(outcome),
+        [
+            ("x-user".into(), HeaderChange::Remove),
+            ("x_user".into(), HeaderChange::Remove),
+            ("x-tenant".into(), HeaderChange::Remove),
+            ("x_tenant".into(), HeaderChange::Remove),
+        ]
+    );
+}
+
+#[test]
+fn with_a_token_mapped_headers_come_from_its_claims_only() {
+    let key = ES256KeyPair::generate();
+    let engine = mapping_engine(&key, json!({}));
+    // No `tenant` claim: the client's x-tenant and x_tenant go, and its
+    // x_user does not ride along beside the verified x-user.
+    let token = key.sign(claims(json!({}))).unwrap();
+    let (outcome, _) = run(
+        &engine,
+        &[
+            ("authorization", &bearer(&token)),
+            ("x_user", "admin"),
+            ("x-tenant", "acme"),
+            ("x_tenant", "acme"),
+        ],
+    );
+    assert_eq!(
+        changes(outcome),
+        [
+            ("x-user".into(), HeaderChange::Replace(vec!["alice".into()])),
+            ("x_user".into(), HeaderChange::Remove),
+            ("x-tenant".into(), HeaderChange::Remove),
+            ("x_tenant".into(), HeaderChange::Remove),
+            ("authorization".into(), HeaderChange::Remove),
+        ]
+    );
+}
+
+#[test]
+fn another_providers_mapped_headers_are_cleared_too() {
+    let corp = ES256KeyPair::generate();
+    let partner = ES256KeyPair::generate();
+    let provider = |issuer: &str, key: &ES256KeyPair, header: &str| {
+        json!({
+            "issuer": issuer,
+            "algorithms": ["ES256"],
+            "local_jwks": {"inline_string": json!({"keys": [es256_jwk(key, "k1")]}).to_string()},
+            "claim_to_headers": [{"claim_name": "sub", "header_name": header}],
+        })
+    };
+    let config = json!({"providers": [
+        provider(ISSUER, &corp, "x-user"),
+        provider("https://partner.test", &partner, "x-partner-user"),
+    ]});
+    let policy = parse(&config).unwrap();
+    assert_eq!(
+        policy.asserted_headers(),
+        [
+            HeaderName::parse("x-user").unwrap(),
+            HeaderName::parse("x-partner-user").unwrap()
+        ]
+    );
+    let engine = engine_for(FACTORY, config).unwrap();
+    let token = corp.sign(claims(json!({}))).unwrap();
+    let (outcome, _) = run(
+        &engine,
+        &[
+            ("authorization", &bearer(&token)),
+            ("x-partner-user", "forged"),
+        ],
+    );
+    assert_eq!(
+        changes(outcome),
+        [
+            ("x-user".into(), HeaderChange::Replace(vec!["alice".into()])),
+            ("x-partner-user".into(), HeaderChange::Remove),
+            ("authorization".into(), HeaderChange::Remove),
+        ]
+    );
+}
+
+#[test]
+fn two_tokens_get_400_invalid_request_whichever_is_valid() {
+    let key = ES256KeyPair::generate();
+    let mut config = inline(
+        json!({"keys": [es256_jwk(&key, "k1")]}),
+        &["ES256"],
+        json!({}),
+    );
+    config["allow_missing"] = json!(true);
+    config["from"] = json!([
+        {"header": "authorization", "prefix": "Bearer "},
+        {"query": "access_token"},
+    ]);
+    let engine = engine_for(FACTORY, config).unwrap();
+    let good = key.sign(claims(json!({}))).unwrap();
+    let other = key.sign(claims(json!({})).with_subject("mallory")).unwrap();
+    let run_at = |path: &str, headers: &[(&str, &str)]| {
+        let mut x = start(&engine, request("GET", path, headers)).unwrap();
+        x.on_request_headers()
+    };
+    let cases = [
+        (
+            "/",
+            vec![
+                ("authorization", bearer(&good)),
+                ("authorization", bearer(&other)),
+            ],
+        ),
+        (
+            "/",
+            vec![("authorization", format!("Bearer {good},Bearer {other}"))],
+        ),
+        (
+            &*format!("/?access_token={other}"),
+            vec![("authorization", bearer(&good))],
+        ),
+        (
+            &*format!("/?access_token={good}&access_token={other}"),
+            vec![],
+        ),
+        (
+            &*format!("/?access_token={good}&%61ccess_token={other}"),
+            vec![],
+        ),
+        (
+            &*format!("/?access_token={good}&ACCESS_TOKEN={other}"),
+            vec![],
+        ),
+    ];
+    for (path, headers) in &cases {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let outcome = run_at(path, &headers);
+        assert_eq!(status(&outcome), Some(400), "{path} {headers:?}");
+        assert!(challenge(&outcome).contains("error=\"invalid_request\""));
+    }
+}
+
+#[test]
+fn a_query_token_is_found_under_an_encoded_name_and_every_copy_is_stripped() {
+    let key = ES256KeyPair::generate();
+    let mut config = inline(
+        json!({"keys": [es256_jwk(&key, "k1")]}),
+        &["ES256"],
+        json!({}),
+    );
+    config["from"] = json!([{"query": "access_token"}]);
+    let engine = engine_for(FACTORY, config).unwrap();
+    let token = key.sign(claims(json!({}))).unwrap();
+    let path = format!("/orders?page=2&%61ccess%5Ftoken={token}");
+    let mut x = start(&engine, request("GET", &path, &[])).unwrap();
+    assert_eq!(
+        changes(x.on_request_headers()),
+        [(
+            ":path".into(),
+            HeaderChange::Replace(vec!["/orders?page=2".into()])
+        )]
+    );
 }

@@ -105,8 +105,10 @@ impl Edits {
         for name in &self.remove {
             headers.remove(name);
         }
+        // Set means this value only: no client copy survives, in any
+        // spelling an upstream reads as the same header.
         for (name, value) in &self.set {
-            headers.set(name, value);
+            headers.set_only(name, value);
         }
         for (name, value) in &self.add {
             headers.append(name, value);
@@ -138,6 +140,16 @@ impl Policy for SetHeaders {
 
     fn reads_response_headers(&self) -> bool {
         false
+    }
+
+    /// The request headers it sets, stripped from the client's request
+    /// even when its guard skips it.
+    fn asserted_headers(&self) -> Vec<HeaderName> {
+        self.request
+            .set
+            .iter()
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
     fn on_request_headers(&self, cx: &mut Context) -> Action {

@@ -17,9 +17,17 @@
 //! Every expression of a section is evaluated first, against the message as
 //! it arrived at this policy; then the edits apply in the order remove, set,
 //! add, path, host. A value whose expression fails (a missing attribute),
-//! yields `null`, or is not a valid header value leaves that one edit
-//! undone and is logged at debug level; the request goes on. Use a `when:`
-//! guard or an `authorization` policy where a missing value must stop it.
+//! yields `null`, or is not a valid header value is logged at debug level,
+//! and then:
+//! * for `set`, the header is removed: what the engine asserts is never the
+//!   client's, so the client's own `x-caller-identity` cannot stand in for
+//!   one that could not be computed;
+//! * for `add`, nothing is added;
+//! * for `path` or `host`, the request is refused with 500: it cannot be
+//!   sent where the configuration says.
+//!
+//! Use a `when:` guard or an `authorization` policy where a missing value
+//! must stop the request with another status.
 //!
 //! Rewriting the path or host changes what the upstream sees; Envoy has
 //! already picked the upstream cluster.
@@ -27,8 +35,8 @@
 use std::collections::BTreeMap;
 
 use policy_executor::{
-    parse_params, Action, AttributeSet, Context, Expression, HeaderName, HeaderValue, ParamError,
-    Phase, Phases, Policy, PolicyFactory, RequestTarget,
+    parse_params, Action, AttributeSet, Context, Expression, HeaderName, HeaderValue, LocalReply,
+    ParamError, Phase, Phases, Policy, PolicyFactory, RequestTarget,
 };
 use serde::Deserialize;
 
@@ -120,20 +128,37 @@ impl Edits {
         headers.chain(&self.path).chain(&self.host)
     }
 
-    fn apply(&self, cx: &mut Context) {
+    fn apply(&self, cx: &mut Context) -> Action {
         let set = values(&self.set, cx);
         let add = values(&self.add, cx);
-        let path = self.path.as_ref().and_then(|e| new_path(value(e, cx)?, cx));
-        let host = self.host.as_ref().and_then(|e| value(e, cx));
+        let path = match &self.path {
+            Some(e) => match value(e, cx).and_then(|p| new_path(p, cx)) {
+                Some(path) => Some(path),
+                None => return cannot_rewrite("path"),
+            },
+            None => None,
+        };
+        let host = match &self.host {
+            Some(e) => match value(e, cx) {
+                Some(host) => Some(host),
+                None => return cannot_rewrite("host"),
+            },
+            None => None,
+        };
         let mut headers = cx.headers_mut();
         for name in &self.remove {
             headers.remove(name);
         }
         for (name, value) in &set {
-            headers.set(name, value);
+            match value {
+                Some(value) => headers.set_only(name, value),
+                None => headers.remove_variants(name),
+            }
         }
         for (name, value) in &add {
-            headers.append(name, value);
+            if let Some(value) = value {
+                headers.append(name, value);
+            }
         }
         if let Some(path) = &path {
             headers.rewrite(RequestTarget::Path, path);
@@ -141,17 +166,23 @@ impl Edits {
         if let Some(host) = &host {
             headers.rewrite(RequestTarget::Authority, host);
         }
+        Action::Continue
     }
 }
 
-/// The headers whose values could be computed, with their values.
+fn cannot_rewrite(what: &str) -> Action {
+    Action::Respond(LocalReply::text(
+        500,
+        format!("the request's {what} could not be rewritten\n"),
+    ))
+}
+
+/// Each header with its value, `None` where it could not be computed.
 fn values<'a>(
     list: &'a [(HeaderName, Expression)],
     cx: &Context,
-) -> Vec<(&'a HeaderName, HeaderValue)> {
-    list.iter()
-        .filter_map(|(name, e)| Some((name, value(e, cx)?)))
-        .collect()
+) -> Vec<(&'a HeaderName, Option<HeaderValue>)> {
+    list.iter().map(|(name, e)| (name, value(e, cx))).collect()
 }
 
 /// An expression's value as a header value, or `None` (logged) when it has
@@ -235,14 +266,22 @@ impl Policy for Transformation {
         self.attributes
     }
 
+    /// The request headers it sets: when its guard skips it, the client's
+    /// copies are stripped all the same.
+    fn asserted_headers(&self) -> Vec<HeaderName> {
+        self.request
+            .set
+            .iter()
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
     fn on_request_headers(&self, cx: &mut Context) -> Action {
-        self.request.apply(cx);
-        Action::Continue
+        self.request.apply(cx)
     }
 
     fn on_response_headers(&self, cx: &mut Context) -> Action {
-        self.response.apply(cx);
-        Action::Continue
+        self.response.apply(cx)
     }
 }
 

@@ -1,6 +1,6 @@
 use super::*;
 use policy_executor::testing::{changes, engine_for, request, start};
-use policy_executor::{Attribute, AttributeValue, Connection, HeaderChange, HeaderMap};
+use policy_executor::{Attribute, AttributeValue, Connection, HeaderChange, HeaderMap, Outcome};
 use serde_json::json;
 
 #[test]
@@ -52,7 +52,7 @@ fn the_egress_headers_come_from_the_caller_identity() {
 }
 
 #[test]
-fn a_value_that_cannot_be_computed_leaves_only_that_edit_undone() {
+fn a_header_whose_value_cannot_be_computed_is_removed_never_left_as_the_client_sent_it() {
     let engine = engine_for(
         FACTORY,
         json!({"request": {"set": {
@@ -63,11 +63,39 @@ fn a_value_that_cannot_be_computed_leaves_only_that_edit_undone() {
         }}}),
     )
     .unwrap();
-    let mut x = start(&engine, request("GET", "/", &[("x-tenant", "acme")])).unwrap();
+    let mut x = start(
+        &engine,
+        request(
+            "GET",
+            "/",
+            &[("x-tenant", "acme"), ("x-caller-identity", "team-a/team-a")],
+        ),
+    )
+    .unwrap();
     assert_eq!(
         changes(x.on_request_headers()),
-        [("x-tenant".into(), replace("ACME"))]
+        [
+            ("x-caller-identity".into(), HeaderChange::Remove),
+            ("x-newline".into(), HeaderChange::Remove),
+            ("x-null".into(), HeaderChange::Remove),
+            ("x-tenant".into(), replace("ACME")),
+        ]
     );
+}
+
+#[test]
+fn a_rewrite_that_cannot_be_computed_refuses_the_request() {
+    for edit in [
+        json!({"path": "request.headers[\"x-to\"]"}),
+        json!({"host": "source.identity.namespace"}),
+    ] {
+        let engine = engine_for(FACTORY, json!({ "request": edit })).unwrap();
+        let mut x = start(&engine, request("GET", "/a", &[])).unwrap();
+        match x.on_request_headers() {
+            Outcome::Respond(reply) => assert_eq!(reply.status, 500, "{edit}"),
+            other => panic!("{edit}: {other:?}"),
+        }
+    }
 }
 
 #[test]
@@ -112,9 +140,14 @@ fn path_and_host_rewrites_keep_the_query() {
         changes(x.on_request_headers()),
         [(":path".into(), replace("/search?q=rust"))]
     );
+    // A path that is not one (no leading slash) cannot be sent upstream,
+    // and the request is refused rather than sent on unchanged.
     let engine = engine_for(FACTORY, json!({"request": {"path": r#""relative""#}})).unwrap();
     let mut x = start(&engine, request("GET", "/a", &[])).unwrap();
-    assert_eq!(changes(x.on_request_headers()), []);
+    match x.on_request_headers() {
+        Outcome::Respond(reply) => assert_eq!(reply.status, 500),
+        other => panic!("expected a 500, got {other:?}"),
+    }
 }
 
 #[test]

@@ -27,6 +27,8 @@ use std::net::SocketAddr;
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
+use integration_tests::measure::{env_or, quantile};
+use integration_tests::{auth_chain, wrk};
 use local_envoy::echo::EchoUpstream;
 use local_envoy::shim::Shim;
 use local_envoy::{filter_wasm, filters, repo_root, Envoy, Options};
@@ -86,74 +88,6 @@ routes:
             set: { x-upstream-status: string(response.code) }
 "#;
 
-/// The key `api-key` expects in the auth chain (its SHA-256 is below).
-const BENCH_API_KEY: &str = "s3cr3t-team-a";
-
-/// The chain users reach for first: a JWT (ES256, the same token on every
-/// request, so the verified-token cache serves it) read by CEL
-/// authorization and transformation, then an API key and a header edit.
-/// The key pair is made here; returns the configuration and the headers
-/// each request carries. Without `cache`, every request pays for the
-/// signature (`cache_size: 0`), which is what the cache saves.
-fn auth_chain(cache: bool) -> Result<(String, Vec<(String, String)>), String> {
-    use jwt_simple::prelude::*;
-    use jwt_simple::reexports::ct_codecs::Encoder;
-    let key = ES256KeyPair::generate().with_key_id("bench");
-    let point = key.public_key().public_key().to_bytes_uncompressed();
-    let b64 = |bytes: &[u8]| Base64UrlSafeNoPadding::encode_to_string(bytes).unwrap_or_default();
-    let jwks = serde_json::json!({"keys": [{
-        "kty": "EC", "crv": "P-256", "kid": "bench",
-        "x": b64(&point[1..33]), "y": b64(&point[33..]),
-    }]});
-    let claims = Claims::create(jwt_simple::prelude::Duration::from_hours(24))
-        .with_issuer("https://issuer.bench")
-        .with_audience("bench")
-        .with_subject("bench-user");
-    let token = key
-        .sign(claims)
-        .map_err(|e| format!("signing the bench token: {e}"))?;
-    let cache_size = if cache { 1024 } else { 0 };
-    let config = format!(
-        r#"
-routes:
-  - name: bench
-    match: {{ route: echo-default }}
-    policies:
-      - name: jwt
-        config:
-          providers:
-            - issuer: https://issuer.bench
-              audiences: [bench]
-              algorithms: [ES256]
-              local_jwks: {{ inline_string: '{jwks}' }}
-              claim_to_headers: [{{ claim_name: sub, header_name: x-user }}]
-          cache_size: {cache_size}
-      - name: authorization
-        config:
-          rules:
-            - {{ allow: 'jwt.sub == "bench-user" && request.method == "GET"' }}
-          default: deny
-      - name: transformation
-        config:
-          request:
-            set: {{ x-caller: 'jwt.sub + "@" + request.host' }}
-      - name: api-key
-        config:
-          keys: [{{ consumer: bench, sha256: 4052a09cc5fb1c394828ee26788be2daf3a181e5730ecc68a96aed9ee43da056 }}]
-          strip: true
-      - name: set-headers
-        config:
-          request: {{ set: {{ x-bench: "on" }} }}
-          response: {{ set: {{ x-bench: "on" }} }}
-"#
-    );
-    let headers = vec![
-        ("authorization".into(), format!("Bearer {token}")),
-        ("x-api-key".into(), BENCH_API_KEY.into()),
-    ];
-    Ok((config, headers))
-}
-
 /// The same header work as one set-headers instance, in Lua.
 const LUA_SET_HEADERS: &str = r#"
 function envoy_on_request(handle)
@@ -167,8 +101,8 @@ end
 fn configs() -> Result<Vec<Config>, String> {
     let module = filter_wasm();
     let longest = 8;
-    let (auth, auth_headers) = auth_chain(true)?;
-    let (uncached, uncached_headers) = auth_chain(false)?;
+    let (auth, auth_headers) = auth_chain::inline(true)?;
+    let (uncached, uncached_headers) = auth_chain::inline(false)?;
     Ok(vec![
         Config {
             name: "baseline".into(),
@@ -281,13 +215,6 @@ struct Target {
     headers: Vec<(String, String)>,
 }
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// CPU seconds (user + system) Envoy has used so far.
 fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -298,18 +225,6 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) / 100.0) // USER_HZ is 100 on Linux
 }
 
-fn parse_duration_ms(text: &str) -> Option<f64> {
-    let split = text.find(|c: char| c.is_ascii_alphabetic())?;
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().ok()?;
-    match unit {
-        "us" => Some(number / 1000.0),
-        "ms" => Some(number),
-        "s" => Some(number * 1000.0),
-        _ => None,
-    }
-}
-
 fn wrk(target: &Target, seconds: u32, connections: u32) -> Result<Burst, String> {
     let envoy = &target.envoy;
     let shim_pid = target.shim.as_ref().map(Shim::pid);
@@ -317,56 +232,34 @@ fn wrk(target: &Target, seconds: u32, connections: u32) -> Result<Burst, String>
     let shim_before = shim_pid.and_then(cpu_seconds);
     let started = Instant::now();
     let output = Command::new("taskset")
-        .args(["-c", "1", "wrk", "-t1", "--latency"])
-        .arg(format!("-c{connections}"))
-        .arg(format!("-d{seconds}s"))
-        .args(
-            target
-                .headers
-                .iter()
-                .flat_map(|(name, value)| ["-H".to_owned(), format!("{name}: {value}")]),
-        )
-        .arg(envoy.url("/bench"))
+        .args(["-c", "1", "wrk"])
+        .args(wrk::args(
+            1,
+            connections,
+            seconds,
+            &target.headers,
+            &envoy.url("/bench"),
+        ))
         .output()
         .map_err(|e| format!("running wrk: {e}"))?;
     let after = cpu_seconds(envoy.pid()).unwrap_or(0.0);
     let shim_after = shim_pid.and_then(cpu_seconds);
     let wall = started.elapsed().as_secs_f64();
     let text = String::from_utf8_lossy(&output.stdout);
-    if text.contains("Non-2xx") || text.contains("Socket errors") {
+    let summary = wrk::parse(&text)?;
+    if summary.failures() > 0 {
         return Err(format!("wrk saw failed requests:\n{text}"));
     }
-    let field = |prefix: &str| {
-        text.lines()
-            .map(str::trim)
-            .find_map(|l| l.strip_prefix(prefix))
-            .map(str::trim)
-    };
-    let rps = field("Requests/sec:").and_then(|v| v.parse().ok());
-    let p50 = field("50%").and_then(parse_duration_ms);
-    let p99 = field("99%").and_then(parse_duration_ms);
-    match (rps, p50, p99) {
-        (Some(rps), Some(p50_ms), Some(p99_ms)) => Ok(Burst {
-            rps,
+    match (summary.p50_ms, summary.p99_ms) {
+        (Some(p50_ms), Some(p99_ms)) => Ok(Burst {
+            rps: summary.rps,
             p50_ms,
             p99_ms,
             cpu: (after - before) / wall,
             shim_cpu: shim_before.zip(shim_after).map(|(b, a)| (a - b) / wall),
         }),
-        _ => Err(format!("cannot read wrk's output:\n{text}")),
+        _ => Err(format!("cannot read wrk's latency distribution:\n{text}")),
     }
-}
-
-fn quantile(values: &[f64], q: f64) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let position = q * (sorted.len() - 1) as f64;
-    let (low, high) = (position.floor() as usize, position.ceil() as usize);
-    let weight = position - low as f64;
-    sorted[low] * (1.0 - weight) + sorted[high] * weight
 }
 
 /// Times the builder; returns the report's "Build" section.

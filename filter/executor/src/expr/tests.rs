@@ -11,6 +11,7 @@ fn context(headers: &[(&str, &str)]) -> Context {
         route,
         HeaderMap::from_pairs(headers.iter().copied()),
         Default::default(),
+        Default::default(),
     )
 }
 
@@ -235,4 +236,54 @@ fn every_listed_function_evaluates() {
     for sample in samples {
         assert_eq!(eval(sample, &cx), Ok(true), "{sample}");
     }
+}
+
+#[test]
+fn oversized_and_overdeep_expressions_are_refused_before_they_can_hurt() {
+    let long = vec!["request.path"; 2_000].join(" + ");
+    let error = Expression::compile(&long, Phase::Request).unwrap_err();
+    assert!(error.reason.contains("bytes long"), "{error}");
+    let nested = format!("{}true{}", "(".repeat(40), ")".repeat(40));
+    let error = Expression::compile(&nested, Phase::Request).unwrap_err();
+    assert!(error.reason.contains("brackets deeper"), "{error}");
+    let many = vec!["1"; 300].join(" + ");
+    let error = Expression::compile(&many, Phase::Request).unwrap_err();
+    assert!(error.reason.contains("operators"), "{error}");
+    let chain = vec!["1"; 100].join(" + ");
+    let error = Expression::compile(&format!("{chain} > 0"), Phase::Request).unwrap_err();
+    assert!(error.reason.contains("deeper than"), "{error}");
+    // Brackets inside strings are text, not nesting.
+    let quoted = format!("request.path == \"{}\"", "(".repeat(40));
+    assert!(Expression::compile(&quoted, Phase::Request).is_ok());
+    // What people write fits easily.
+    let rules = vec!["request.headers[\"x-team\"] == \"a\""; 20].join(" || ");
+    assert!(Expression::compile(&rules, Phase::Request).is_ok());
+}
+
+#[test]
+fn the_parser_survives_the_longest_source_on_a_small_stack() {
+    // A Wasm VM's stack is about 1 MiB; the worst accepted source must
+    // parse (and be refused) within it even unoptimised, where frames are
+    // several times larger than in the module.
+    let worst = "1+".repeat(MAX_SOURCE_OPERATORS) + "1";
+    let refused = std::thread::Builder::new()
+        .stack_size(1024 * 1024)
+        .spawn(move || Expression::compile(&worst, Phase::Request).is_err())
+        .unwrap()
+        .join()
+        .unwrap();
+    assert!(refused);
+}
+
+#[test]
+fn header_keys_that_can_never_match_are_refused_with_a_hint() {
+    let error =
+        Expression::compile(r#"request.headers["X-Upper"] == "1""#, Phase::Request).unwrap_err();
+    assert!(
+        error.reason.contains(r#"write ["x-upper"]"#),
+        "{}",
+        error.reason
+    );
+    assert!(Expression::compile(r#"request.headers["x-upper"] == "1""#, Phase::Request).is_ok());
+    assert!(Expression::compile(r#"request.query["Mixed"] == "1""#, Phase::Request).is_ok());
 }

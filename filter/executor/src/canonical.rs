@@ -1,0 +1,466 @@
+//! The one form of a request's path and host that every decision is made
+//! on, in both hosts.
+//!
+//! An attacker who can make the engine see one path while the upstream
+//! resolves another walks around every rule: `/repos/../users/x` passes a
+//! `startsWith("/repos/")` allowlist, and `API.Example.com.` passes a
+//! `request.host == "api.example.com"` deny. So before a route is chosen,
+//! [`Engine::start`](crate::Engine::start) makes the request canonical, and
+//! route matching, CEL (`request.path`, `request.host`) and every policy see
+//! only that form. If it differs from what the client sent, the canonical
+//! form is what goes upstream: the upstream never sees a request other than
+//! the one decided on. A path that cannot be made canonical gets 400.
+//!
+//! The path (the query is kept as sent):
+//! * percent-encoded unreserved characters (`A-Z a-z 0-9 - . _ ~`) are
+//!   decoded, other escapes upper-cased (`%3a` is `%3A`); a `%` not followed
+//!   by two hex digits is refused;
+//! * `%2F` and `%5C` (an encoded `/` or `\`) are refused by default; with
+//!   `paths: { escaped_slashes: keep }` they stay encoded, part of their
+//!   segment, never a separator. A raw `\` is always refused: servers
+//!   disagree on whether it separates segments;
+//! * repeated slashes are merged, and `.` and `..` segments resolved
+//!   (RFC 3986 section 5.2.4; `..` never climbs above the root);
+//! * control characters, spaces and a fragment are refused; `*` (for
+//!   `OPTIONS *`) is left alone.
+//!
+//! The host is lower-cased and loses a trailing dot; decisions ignore the
+//! port, and upstream it keeps it. A host with an empty label (`a..b`, two
+//! trailing dots) or a character no host name has is refused.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::Deserialize;
+
+/// What to do with `%2F` and `%5C` in a path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EscapedSlashes {
+    /// Refuse the request with 400 (the default).
+    #[default]
+    Reject,
+    /// Keep them encoded: part of their segment, never a separator, and
+    /// sent upstream encoded.
+    Keep,
+}
+
+/// Why a path cannot be made canonical.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathError {
+    /// It does not start with `/` (and is not `*`).
+    NotAbsolute,
+    /// `%` not followed by two hex digits.
+    BadEscape,
+    /// `%2F` or `%5C`, refused by `escaped_slashes: reject`.
+    EscapedSlash,
+    /// A raw backslash.
+    Backslash,
+    /// A control character, a space, a `#` or a non-ASCII byte.
+    BadCharacter,
+}
+
+impl fmt::Display for PathError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::NotAbsolute => "the path does not start with '/'",
+            Self::BadEscape => "the path has a '%' not followed by two hex digits",
+            Self::EscapedSlash => "the path has an encoded '/' or '\\' (%2F, %5C)",
+            Self::Backslash => "the path has a backslash",
+            Self::BadCharacter => "the path has a character that is not allowed",
+        })
+    }
+}
+
+impl std::error::Error for PathError {}
+
+fn hex_value(byte: u8) -> Option<u8> {
+    match byte {
+        b'0'..=b'9' => Some(byte - b'0'),
+        b'a'..=b'f' => Some(byte - b'a' + 10),
+        b'A'..=b'F' => Some(byte - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn is_unreserved(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~')
+}
+
+/// The canonical form of `target` (`:path`, query included).
+///
+/// Borrowed when it is already canonical, which a well-behaved client's
+/// request is: the common case costs one scan and no allocation.
+pub fn canonical_path(target: &str, slashes: EscapedSlashes) -> Result<Cow<'_, str>, PathError> {
+    if target == "*" {
+        return Ok(Cow::Borrowed(target));
+    }
+    let (path, query) = match target.find('?') {
+        Some(at) => (&target[..at], Some(&target[at..])),
+        None => (target, None),
+    };
+    if !path.starts_with('/') {
+        return Err(PathError::NotAbsolute);
+    }
+    if let Some(query) = query {
+        if query.bytes().any(|b| b <= b' ' || b >= 0x7f || b == b'#') {
+            return Err(PathError::BadCharacter);
+        }
+    }
+    if is_canonical(path)? {
+        return Ok(Cow::Borrowed(target));
+    }
+    let decoded = decode_unreserved(path, slashes)?;
+    let mut canonical = remove_dot_segments(&decoded);
+    if let Some(query) = query {
+        canonical.push_str(query);
+    }
+    Ok(Cow::Owned(canonical))
+}
+
+/// Whether `path` needs no change; refuses what can never be canonical.
+fn is_canonical(path: &str) -> Result<bool, PathError> {
+    let bytes = path.as_bytes();
+    let mut canonical = true;
+    for (at, &byte) in bytes.iter().enumerate() {
+        match byte {
+            b'\\' => return Err(PathError::Backslash),
+            b'#' => return Err(PathError::BadCharacter),
+            _ if byte <= b' ' || byte >= 0x7f => return Err(PathError::BadCharacter),
+            b'%' => canonical = false,
+            b'/' => {
+                let rest = &bytes[at + 1..];
+                if rest.starts_with(b"/")
+                    || rest == b"."
+                    || rest == b".."
+                    || rest.starts_with(b"./")
+                    || rest.starts_with(b"../")
+                {
+                    canonical = false;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(canonical)
+}
+
+/// Decodes escaped unreserved characters and upper-cases the other escapes.
+fn decode_unreserved(path: &str, slashes: EscapedSlashes) -> Result<String, PathError> {
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        let byte = bytes[at];
+        if byte != b'%' {
+            out.push(char::from(byte));
+            at += 1;
+            continue;
+        }
+        let (Some(high), Some(low)) = (
+            bytes.get(at + 1).copied().and_then(hex_value),
+            bytes.get(at + 2).copied().and_then(hex_value),
+        ) else {
+            return Err(PathError::BadEscape);
+        };
+        let decoded = high * 16 + low;
+        if is_unreserved(decoded) {
+            out.push(char::from(decoded));
+        } else if matches!(decoded, b'/' | b'\\') && slashes == EscapedSlashes::Reject {
+            return Err(PathError::EscapedSlash);
+        } else {
+            out.push('%');
+            out.push(char::from(b"0123456789ABCDEF"[usize::from(high)]));
+            out.push(char::from(b"0123456789ABCDEF"[usize::from(low)]));
+        }
+        at += 3;
+    }
+    Ok(out)
+}
+
+/// Merges repeated slashes and resolves `.` and `..` segments. `path`
+/// starts with `/`.
+fn remove_dot_segments(path: &str) -> String {
+    let mut segments: Vec<&str> = Vec::new();
+    let mut trailing_slash = false;
+    for segment in path.split('/').skip(1) {
+        trailing_slash = false;
+        match segment {
+            "" | "." => trailing_slash = true,
+            ".." => {
+                segments.pop();
+                trailing_slash = true;
+            }
+            _ => segments.push(segment),
+        }
+    }
+    let mut out = String::with_capacity(path.len());
+    for segment in &segments {
+        out.push('/');
+        out.push_str(segment);
+    }
+    if trailing_slash || segments.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+/// Why a request's authority cannot be made canonical.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostError {
+    /// A character no host name or IP literal has (`%`, `@`, a space, a
+    /// colon outside brackets, a port that is not a number).
+    BadCharacter,
+    /// An empty label: `api..github.com`, `.api.github.com`, or more than
+    /// one trailing dot (`api.github.com..`), which would otherwise slip
+    /// past a rule about `api.github.com`.
+    EmptyLabel,
+}
+
+impl fmt::Display for HostError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::BadCharacter => "the host has a character that is not allowed",
+            Self::EmptyLabel => "the host has an empty label",
+        })
+    }
+}
+
+impl std::error::Error for HostError {}
+
+/// Why a request cannot be made canonical: it gets 400.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotCanonical {
+    /// The path.
+    Path(PathError),
+    /// The authority.
+    Host(HostError),
+}
+
+impl fmt::Display for NotCanonical {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Path(error) => error.fmt(f),
+            Self::Host(error) => error.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for NotCanonical {}
+
+impl From<PathError> for NotCanonical {
+    fn from(error: PathError) -> Self {
+        Self::Path(error)
+    }
+}
+
+impl From<HostError> for NotCanonical {
+    fn from(error: HostError) -> Self {
+        Self::Host(error)
+    }
+}
+
+/// The authority decisions are made on and sent upstream: lower-cased,
+/// without a trailing dot on the host, its port kept. Decisions then ignore
+/// the port ([`strip_port`]). A host that is neither a DNS-style name
+/// (letters, digits, `-`, `_`, non-empty labels) nor a bracketed IP literal
+/// is refused.
+pub fn canonical_authority(authority: &str) -> Result<Cow<'_, str>, HostError> {
+    let host = strip_port(authority);
+    let port = &authority[host.len()..];
+    let trimmed = host.strip_suffix('.').unwrap_or(host);
+    check_host(trimmed)?;
+    if trimmed.len() == host.len() && !authority.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Ok(Cow::Borrowed(authority));
+    }
+    let mut out = trimmed.to_ascii_lowercase();
+    out.push_str(port);
+    Ok(Cow::Owned(out))
+}
+
+fn check_host(host: &str) -> Result<(), HostError> {
+    if let Some(literal) = host.strip_prefix('[') {
+        let literal = literal.strip_suffix(']').ok_or(HostError::BadCharacter)?;
+        let ip_literal = !literal.is_empty()
+            && literal
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+        return if ip_literal {
+            Ok(())
+        } else {
+            Err(HostError::BadCharacter)
+        };
+    }
+    if host.is_empty() {
+        return Ok(());
+    }
+    if !host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err(HostError::BadCharacter);
+    }
+    if host.split('.').any(str::is_empty) {
+        return Err(HostError::EmptyLabel);
+    }
+    Ok(())
+}
+
+/// `host[:port]` without the port. `[::1]:8080` and `host:8080` lose it; a
+/// bare IPv6 literal is left whole.
+pub fn strip_port(authority: &str) -> &str {
+    match authority.rsplit_once(':') {
+        Some((host, port))
+            if port.bytes().all(|b| b.is_ascii_digit())
+                && (!host.contains(':') || host.ends_with(']')) =>
+        {
+            host
+        }
+        _ => authority,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(target: &str) -> Result<String, PathError> {
+        canonical_path(target, EscapedSlashes::Reject).map(Cow::into_owned)
+    }
+
+    #[test]
+    fn a_canonical_path_is_borrowed_unchanged() {
+        for target in ["/", "/repos/a/b", "/a/b/?x=1&y=%2F", "/a.b/c..d/...", "*"] {
+            let result = canonical_path(target, EscapedSlashes::Reject);
+            assert!(
+                matches!(result, Ok(Cow::Borrowed(p)) if p == target),
+                "{target}"
+            );
+        }
+    }
+
+    #[test]
+    fn dot_segments_are_resolved_in_every_spelling() {
+        for (target, want) in [
+            ("/repos/../users/torvalds", "/users/torvalds"),
+            ("/repos/%2e%2e/users/torvalds", "/users/torvalds"),
+            ("/repos/%2E%2E/users", "/users"),
+            ("/repos/.%2e/users", "/users"),
+            ("/public/../admin", "/admin"),
+            ("/a/./b/.", "/a/b/"),
+            ("/a/b/..", "/a/"),
+            ("/..", "/"),
+            ("/../../etc/passwd", "/etc/passwd"),
+            ("/a/%2e/b", "/a/b"),
+            ("/a/b/../../../c?q=/../x", "/c?q=/../x"),
+        ] {
+            assert_eq!(path(target).as_deref(), Ok(want), "{target}");
+        }
+    }
+
+    #[test]
+    fn slashes_are_merged_and_unreserved_escapes_decoded() {
+        for (target, want) in [
+            ("//a///b", "/a/b"),
+            ("/a//", "/a/"),
+            ("/%61%70%69/x", "/api/x"),
+            ("/a%7eb%2D%5f", "/a~b-_"),
+            ("/a%3ab", "/a%3Ab"),
+            ("/caf%C3%A9", "/caf%C3%A9"),
+        ] {
+            assert_eq!(path(target).as_deref(), Ok(want), "{target}");
+        }
+    }
+
+    #[test]
+    fn encoded_slashes_are_refused_unless_kept() {
+        for target in ["/a/..%2Fadmin", "/a%2fb", "/a%5Cb", "/a%5c..%5cb"] {
+            assert_eq!(path(target), Err(PathError::EscapedSlash), "{target}");
+        }
+        assert_eq!(
+            canonical_path("/a/..%2Fadmin", EscapedSlashes::Keep).as_deref(),
+            Ok("/a/..%2Fadmin"),
+            "kept encoded, '..%2Fadmin' is one segment, not a dot segment"
+        );
+        assert_eq!(
+            canonical_path("/x/%2e%2e%2fadmin", EscapedSlashes::Keep).as_deref(),
+            Ok("/x/..%2Fadmin")
+        );
+    }
+
+    #[test]
+    fn what_cannot_be_made_canonical_is_refused() {
+        for (target, error) in [
+            ("/a\\..\\admin", PathError::Backslash),
+            ("/a%zz", PathError::BadEscape),
+            ("/a%2", PathError::BadEscape),
+            ("/a%", PathError::BadEscape),
+            ("/a b", PathError::BadCharacter),
+            ("/a\tb", PathError::BadCharacter),
+            ("/a#frag", PathError::BadCharacter),
+            ("/a?b#frag", PathError::BadCharacter),
+            ("/caf\u{e9}", PathError::BadCharacter),
+            ("a/b", PathError::NotAbsolute),
+            ("", PathError::NotAbsolute),
+            ("http://x/a", PathError::NotAbsolute),
+        ] {
+            assert_eq!(path(target), Err(error), "{target:?}");
+        }
+    }
+
+    #[test]
+    fn canonical_paths_are_fixed_points() {
+        for target in ["/a/../b//c/%2e/%41", "/x/./y/../../z/", "//", "/%7E"] {
+            let once = path(target).unwrap_or_default();
+            assert_eq!(path(&once).as_deref(), Ok(once.as_str()), "{target}");
+        }
+    }
+
+    #[test]
+    fn hosts_are_lower_cased_without_port_or_trailing_dot() {
+        for (authority, host, upstream) in [
+            ("api.github.com", "api.github.com", "api.github.com"),
+            ("API.GitHub.com", "api.github.com", "api.github.com"),
+            ("api.github.com.", "api.github.com", "api.github.com"),
+            (
+                "API.github.com.:8443",
+                "api.github.com",
+                "api.github.com:8443",
+            ),
+            ("[::1]:8080", "[::1]", "[::1]:8080"),
+            (
+                "my_host-1.internal",
+                "my_host-1.internal",
+                "my_host-1.internal",
+            ),
+        ] {
+            let canonical = canonical_authority(authority).unwrap();
+            assert_eq!(canonical, upstream, "{authority}");
+            assert_eq!(strip_port(&canonical), host, "{authority}");
+        }
+        assert!(matches!(
+            canonical_authority("api.github.com:80"),
+            Ok(Cow::Borrowed(_))
+        ));
+    }
+
+    #[test]
+    fn hosts_that_could_mean_another_are_refused() {
+        for (authority, error) in [
+            // Found by the `path` fuzz target: one dot was stripped, and
+            // `api.github.com.` slipped past a rule about api.github.com.
+            ("api.github.com..", HostError::EmptyLabel),
+            ("api..github.com", HostError::EmptyLabel),
+            (".api.github.com", HostError::EmptyLabel),
+            ("api.github.com%2e", HostError::BadCharacter),
+            ("user@api.github.com", HostError::BadCharacter),
+            ("api.github.com:https", HostError::BadCharacter),
+            ("::1", HostError::BadCharacter),
+            ("[::1", HostError::BadCharacter),
+            ("[v1.x]", HostError::BadCharacter),
+            ("api github.com", HostError::BadCharacter),
+        ] {
+            assert_eq!(canonical_authority(authority), Err(error), "{authority}");
+        }
+    }
+}
