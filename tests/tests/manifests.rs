@@ -1,5 +1,5 @@
 //! The deployment manifests the project ships are valid: custom resources
-//! against the real CRDs in `../shared/crds/`, embedded plugin
+//! against the real CRDs (copies in `tests/crds/`), embedded plugin
 //! configurations against the policies in this build.
 //!
 //! The CRD schemas are checked structurally (JSON Schema); their CEL
@@ -40,18 +40,13 @@ fn documents(path: &Path) -> Vec<Value> {
 
 /// (group/version, kind) → the CRD's schema for that version.
 fn crd_schemas() -> Vec<(String, String, Value)> {
-    // CI and every developer checkout have the project's shared files
-    // beside the repository; SHARED_DIR points elsewhere.
-    let shared = std::env::var_os("SHARED_DIR")
+    // tests/crds holds unmodified copies of the real CRDs (Envoy Gateway's
+    // EnvoyExtensionPolicy, Istio's WasmPlugin), so a clean clone validates
+    // on its own; CRD_DIR points at other versions to check against.
+    let dir = std::env::var_os("CRD_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("../shared"));
-    let dir = shared.join("crds");
-    let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (the CRDs come with the project's shared files)",
-            dir.display()
-        )
-    });
+        .unwrap_or_else(|| repo().join("tests/crds"));
+    let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     let mut schemas = Vec::new();
     for entry in entries {
         let path = entry.unwrap().path();

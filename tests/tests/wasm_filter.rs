@@ -279,3 +279,56 @@ fn body_phases_buffer_inspect_and_reply() {
     );
     assert_eq!(other.upstream().unwrap().body().len(), 4096);
 }
+
+/// Expressions too large for the parser to be safe on are refused when the
+/// configuration loads, with the same reason from the Wasm filter (in
+/// Envoy's log) and from the shim (`--check`), where once the shim accepted
+/// a 20,000-term chain and the filter refused it without a word.
+#[test]
+fn oversized_expressions_are_refused_with_the_same_reason_by_both_hosts() {
+    let dir = std::env::temp_dir().join(format!("oversized-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (expression, reason) in [
+        (
+            vec!["1"; 20_000].join(" + ") + " > 0",
+            "bytes long; at most 4096 are accepted",
+        ),
+        (
+            vec!["1"; 300].join("+") + " > 0",
+            "the expression has more than 256 operators",
+        ),
+        (
+            format!("{}true{}", "(".repeat(40), ")".repeat(40)),
+            "the expression nests brackets deeper than 32 levels",
+        ),
+    ] {
+        let config = format!(
+            "routes:\n  - name: api\n    policies:\n      - name: authorization\n        config: {{ rules: [{{ allow: '{expression}' }}], default: deny }}\n"
+        );
+        let expected = r#"route routes[0] "api", policy policies[0] authorization@0.1.0, field config.rules[0].allow: expression"#;
+        let log = match Stack::try_start_on(Host::Wasm, &config) {
+            Err(EnvoyError::Rejected { log }) => log,
+            other => panic!("expected a refusal, got {:?}", other.err()),
+        };
+        assert!(
+            log.contains(expected) && log.contains(reason),
+            "{reason}:\n{log}"
+        );
+
+        let file = dir.join("policies.yaml");
+        std::fs::write(&file, &config).unwrap();
+        let check = std::process::Command::new(local_envoy::extproc_bin())
+            .arg("--check")
+            .arg("--config")
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(!check.status.success(), "{reason}: the shim accepted it");
+        let said = String::from_utf8_lossy(&check.stdout);
+        assert!(
+            said.contains(expected) && said.contains(reason),
+            "{reason}:\n{said}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

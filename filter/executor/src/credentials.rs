@@ -50,6 +50,7 @@ use std::fmt;
 
 use serde::Deserialize;
 
+use crate::canonical::{percent_decode, percent_decode_lossy};
 use crate::headers::{HeaderName, HeaderValue, RequestTarget};
 use crate::policy::Context;
 use crate::registry::ParamError;
@@ -419,62 +420,6 @@ pub fn without_query_param(path: &str, name: &str) -> Option<String> {
     } else {
         format!("{path_only}?{}", kept.join("&"))
     })
-}
-
-/// The byte a `%XY` escape at the start of `bytes` stands for.
-fn escaped_byte(bytes: &[u8]) -> Option<u8> {
-    match bytes {
-        [b'%', high, low, ..] if high.is_ascii_hexdigit() && low.is_ascii_hexdigit() => {
-            let hex = [*high, *low];
-            u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()
-        }
-        _ => None,
-    }
-}
-
-/// Decodes `%XY` escapes (RFC 3986); `None` if one is broken or the result
-/// is not UTF-8.
-fn percent_decode(text: &str) -> Option<Cow<'_, str>> {
-    if !text.contains('%') {
-        return Some(Cow::Borrowed(text));
-    }
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut at = 0;
-    while let Some(&byte) = bytes.get(at) {
-        if byte == b'%' {
-            out.push(escaped_byte(bytes.get(at..)?)?);
-            at += 3;
-        } else {
-            out.push(byte);
-            at += 1;
-        }
-    }
-    String::from_utf8(out).ok().map(Cow::Owned)
-}
-
-/// Decodes `%XY` escapes as a lenient server would: a broken escape stays
-/// as it is. For names, which are compared, never used.
-fn percent_decode_lossy(text: &str) -> Cow<'_, str> {
-    if !text.contains('%') {
-        return Cow::Borrowed(text);
-    }
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut at = 0;
-    while let Some(&byte) = bytes.get(at) {
-        match bytes.get(at..).and_then(escaped_byte) {
-            Some(decoded) => {
-                out.push(decoded);
-                at += 3;
-            }
-            None => {
-                out.push(byte);
-                at += 1;
-            }
-        }
-    }
-    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// Compares two secrets' digests without an early exit, so the time taken

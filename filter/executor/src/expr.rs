@@ -24,7 +24,7 @@
 //! |---|---|---|
 //! | `request.method` | string | |
 //! | `request.path` | string | without the query |
-//! | `request.query` | map(string, string) | first value of each parameter, not decoded |
+//! | `request.query` | map(string, string) | name and value percent-decoded; absent (an error to read) if a parameter is given twice, in any encoding, or a value does not decode |
 //! | `request.host` | string | `:authority` without the port |
 //! | `request.scheme` | string | |
 //! | `request.headers` | map(string, string) | lower-case names; repeated headers joined with `,` |
@@ -57,7 +57,7 @@ use cel::common::types::{
 use cel::Value;
 
 use crate::attributes::{Attribute, AttributeSet};
-use crate::canonical::strip_port;
+use crate::canonical::{percent_decode, percent_decode_lossy, strip_port};
 use crate::headers::HeaderMap;
 use crate::policy::Context;
 
@@ -98,7 +98,23 @@ pub struct ExpressionError {
 
 impl fmt::Display for ExpressionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "expression {:?}: {}", self.expression, self.reason)
+        // An expression refused for its size is quoted by its start, so the
+        // error stays one readable log line.
+        const QUOTED: usize = 160;
+        if self.expression.len() <= QUOTED {
+            return write!(f, "expression {:?}: {}", self.expression, self.reason);
+        }
+        let mut end = QUOTED;
+        while !self.expression.is_char_boundary(end) {
+            end -= 1;
+        }
+        write!(
+            f,
+            "expression {:?}... ({} bytes): {}",
+            &self.expression[..end],
+            self.expression.len(),
+            self.reason
+        )
     }
 }
 
@@ -725,9 +741,7 @@ fn bind<'a>(fields: Fields, cx: &'a Context) -> Vars<'a> {
     record.put(fields, Fields::REQUEST_PATH, "path", || {
         text(Some(path_only))
     });
-    record.put(fields, Fields::REQUEST_QUERY, "query", || {
-        Some(query_map(query))
-    });
+    record.put(fields, Fields::REQUEST_QUERY, "query", || query_map(query));
     record.put(fields, Fields::REQUEST_HOST, "host", || {
         text(
             request
@@ -883,14 +897,23 @@ fn header_map(headers: &HeaderMap) -> Val<'_> {
     Box::new(CelMap::from(map))
 }
 
-fn query_map(query: &str) -> Val<'_> {
+/// The query as servers read it: names and values percent-decoded. `None`
+/// (so reading `request.query` at all is an evaluation error, which fails
+/// closed) when a parameter is given twice (`?debug=0&debug=1`, or
+/// `%64ebug=1` beside `debug=0`) or a value does not decode: servers
+/// disagree on which copy counts, so no rule may decide on the query, not
+/// even on `"debug" in request.query`.
+fn query_map(query: &str) -> Option<Val<'_>> {
     let mut map: CelRecord<'_> = HashMap::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        map.entry(CelMapKey::from(name))
-            .or_insert_with(|| Box::new(CelString::from(value)));
+        let value: Val<'_> = Box::new(CelString::from(percent_decode(value)?.into_owned()));
+        let name = CelMapKey::from(percent_decode_lossy(name).into_owned());
+        if map.insert(name, value).is_some() {
+            return None;
+        }
     }
-    Box::new(CelMap::from(map))
+    Some(Box::new(CelMap::from(map)))
 }
 
 fn json_to_cel(value: &serde_json::Value) -> Val<'_> {

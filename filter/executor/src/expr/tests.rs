@@ -30,7 +30,7 @@ fn with_client_certificate(mut cx: Context, uri_san: &str) -> Context {
 fn request() -> Context {
     context(&[
         (":method", "GET"),
-        (":path", "/repos/envoy?page=2&page=3&q"),
+        (":path", "/repos/envoy?page=2&q"),
         (":authority", "api.github.com:443"),
         (":scheme", "https"),
         ("x-tenant", "acme"),
@@ -286,4 +286,42 @@ fn header_keys_that_can_never_match_are_refused_with_a_hint() {
     );
     assert!(Expression::compile(r#"request.headers["x-upper"] == "1""#, Phase::Request).is_ok());
     assert!(Expression::compile(r#"request.query["Mixed"] == "1""#, Phase::Request).is_ok());
+}
+
+#[test]
+fn the_query_is_read_decoded_and_an_ambiguous_one_is_never_decided_on() {
+    let cx = context(&[
+        (
+            ":path",
+            "/a?%64ebug=1&q=a%20b%2Bc&tag=x&TAG=y&plus=a+b&empty",
+        ),
+        (":authority", "example.com"),
+    ]);
+    for source in [
+        r#"request.query["debug"] == "1""#,
+        r#"request.query["q"] == "a b+c""#,
+        r#"request.query["tag"] == "x" && request.query["TAG"] == "y""#,
+        r#"request.query["plus"] == "a+b""#,
+        r#"request.query["empty"] == """#,
+    ] {
+        assert_eq!(eval(source, &cx), Ok(true), "{source}");
+    }
+    // Servers disagree on which copy of a repeated parameter counts, and on
+    // what a broken escape means: reading the query at all is then an
+    // error, which fails closed; never the first copy, never "absent".
+    for path in [
+        "/a?dup=0&dup=1",
+        "/a?debug=0&%64ebug=1",
+        "/a?bad=%ff",
+        "/a?bad=%zz",
+    ] {
+        let cx = context(&[(":path", path), (":authority", "example.com")]);
+        for source in [
+            r#"request.query["dup"] == "0""#,
+            r#""debug" in request.query"#,
+            r#"!("debug" in request.query)"#,
+        ] {
+            assert!(eval(source, &cx).is_err(), "{path}: {source}");
+        }
+    }
 }
