@@ -12,9 +12,15 @@
 //! the one decided on. A path that cannot be made canonical gets 400.
 //!
 //! The path (the query is kept as sent):
-//! * percent-encoded unreserved characters (`A-Z a-z 0-9 - . _ ~`) are
-//!   decoded, other escapes upper-cased (`%3a` is `%3A`); a `%` not followed
-//!   by two hex digits is refused;
+//! * escapes of characters a path segment may hold as they are are decoded
+//!   (unreserved `A-Z a-z 0-9 - . _ ~`, and `: @ ! $ & ' ( ) * + , =`), so a
+//!   rule on `:undelete` matches `%3Aundelete` as servers read it; other escapes are
+//!   upper-cased (`%3f` is `%3F`); an escaped control character (`%00`) and
+//!   a `%` not followed by two hex digits are refused;
+//! * a `;` is refused: servers disagree on whether it starts parameters
+//!   (Tomcat, Jetty and Spring drop `;...` from each segment before they
+//!   resolve `..`, so `/public/..;/admin` is `/admin` to them). An upstream
+//!   that needs one gets it encoded (`%3B`), which no server splits on;
 //! * `%2F` and `%5C` (an encoded `/` or `\`) are refused by default; with
 //!   `paths: { escaped_slashes: keep }` they stay encoded, part of their
 //!   segment, never a separator. A raw `\` is always refused: servers
@@ -56,8 +62,11 @@ pub enum PathError {
     EscapedSlash,
     /// A raw backslash.
     Backslash,
-    /// A control character, a space, a `#` or a non-ASCII byte.
+    /// A control character (raw or escaped), a space, a `#` or a
+    /// non-ASCII byte.
     BadCharacter,
+    /// A raw `;`.
+    Semicolon,
 }
 
 impl fmt::Display for PathError {
@@ -68,6 +77,7 @@ impl fmt::Display for PathError {
             Self::EscapedSlash => "the path has an encoded '/' or '\\' (%2F, %5C)",
             Self::Backslash => "the path has a backslash",
             Self::BadCharacter => "the path has a character that is not allowed",
+            Self::Semicolon => "the path has a ';' (send it encoded, %3B)",
         })
     }
 }
@@ -140,6 +150,15 @@ fn is_unreserved(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~')
 }
 
+/// The delimiters RFC 3986 lets a path segment hold as they are (`pchar`),
+/// but `;`, which some servers split on.
+fn is_segment_delimiter(byte: u8) -> bool {
+    matches!(
+        byte,
+        b':' | b'@' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b'='
+    )
+}
+
 /// The canonical form of `target` (`:path`, query included).
 ///
 /// Borrowed when it is already canonical, which a well-behaved client's
@@ -163,7 +182,7 @@ pub fn canonical_path(target: &str, slashes: EscapedSlashes) -> Result<Cow<'_, s
     if is_canonical(path)? {
         return Ok(Cow::Borrowed(target));
     }
-    let decoded = decode_unreserved(path, slashes)?;
+    let decoded = decode_path(path, slashes)?;
     let mut canonical = remove_dot_segments(&decoded);
     if let Some(query) = query {
         canonical.push_str(query);
@@ -179,6 +198,7 @@ fn is_canonical(path: &str) -> Result<bool, PathError> {
         match byte {
             b'\\' => return Err(PathError::Backslash),
             b'#' => return Err(PathError::BadCharacter),
+            b';' => return Err(PathError::Semicolon),
             _ if byte <= b' ' || byte >= 0x7f => return Err(PathError::BadCharacter),
             b'%' => canonical = false,
             b'/' => {
@@ -198,8 +218,9 @@ fn is_canonical(path: &str) -> Result<bool, PathError> {
     Ok(canonical)
 }
 
-/// Decodes escaped unreserved characters and upper-cases the other escapes.
-fn decode_unreserved(path: &str, slashes: EscapedSlashes) -> Result<String, PathError> {
+/// Decodes the escapes of characters a segment may hold as they are, and
+/// upper-cases the other escapes.
+fn decode_path(path: &str, slashes: EscapedSlashes) -> Result<String, PathError> {
     let bytes = path.as_bytes();
     let mut out = String::with_capacity(path.len());
     let mut at = 0;
@@ -217,8 +238,10 @@ fn decode_unreserved(path: &str, slashes: EscapedSlashes) -> Result<String, Path
             return Err(PathError::BadEscape);
         };
         let decoded = high * 16 + low;
-        if is_unreserved(decoded) {
+        if is_unreserved(decoded) || is_segment_delimiter(decoded) {
             out.push(char::from(decoded));
+        } else if decoded < b' ' || decoded == 0x7f {
+            return Err(PathError::BadCharacter);
         } else if matches!(decoded, b'/' | b'\\') && slashes == EscapedSlashes::Reject {
             return Err(PathError::EscapedSlash);
         } else {
@@ -268,6 +291,11 @@ pub enum HostError {
     /// one trailing dot (`api.github.com..`), which would otherwise slip
     /// past a rule about `api.github.com`.
     EmptyLabel,
+    /// An IPv4 address written other than as four decimal numbers
+    /// (`2852039166`, `0xa9fea9fe`, `169.254.43518`, `010.0.0.1`):
+    /// resolvers read these as the address a rule about `169.254.169.254`
+    /// names, and the rule would not see it.
+    IpForm,
 }
 
 impl fmt::Display for HostError {
@@ -275,6 +303,7 @@ impl fmt::Display for HostError {
         f.write_str(match self {
             Self::BadCharacter => "the host has a character that is not allowed",
             Self::EmptyLabel => "the host has an empty label",
+            Self::IpForm => "the host is an IPv4 address not written as a.b.c.d",
         })
     }
 }
@@ -356,7 +385,28 @@ fn check_host(host: &str) -> Result<(), HostError> {
     if host.split('.').any(str::is_empty) {
         return Err(HostError::EmptyLabel);
     }
+    // A name whose last label is a number (or hex) is an address to a
+    // resolver: only the one spelling rules compare against is accepted.
+    let last = host.rsplit('.').next().unwrap_or_default();
+    let numeric = last.bytes().all(|b| b.is_ascii_digit())
+        || last
+            .get(..2)
+            .is_some_and(|prefix| prefix.eq_ignore_ascii_case("0x"));
+    if numeric && !is_dotted_quad(host) {
+        return Err(HostError::IpForm);
+    }
     Ok(())
+}
+
+/// Four decimal numbers from 0 to 255, without leading zeros.
+fn is_dotted_quad(host: &str) -> bool {
+    let octets: Vec<&str> = host.split('.').collect();
+    octets.len() == 4
+        && octets.iter().all(|octet| {
+            octet.bytes().all(|b| b.is_ascii_digit())
+                && (octet.len() == 1 || !octet.starts_with('0'))
+                && octet.parse::<u8>().is_ok()
+        })
 }
 
 /// `host[:port]` without the port. `[::1]:8080` and `host:8080` lose it; a
@@ -418,7 +468,9 @@ mod tests {
             ("/a//", "/a/"),
             ("/%61%70%69/x", "/api/x"),
             ("/a%7eb%2D%5f", "/a~b-_"),
-            ("/a%3ab", "/a%3Ab"),
+            ("/p%3aundelete", "/p:undelete"),
+            ("/%40me/%2B%21%24%26%27%28%29%2A%2C%3D", "/@me/+!$&'()*,="),
+            ("/a%3fb%23c%3Bd%25e%20f", "/a%3Fb%23c%3Bd%25e%20f"),
             ("/caf%C3%A9", "/caf%C3%A9"),
         ] {
             assert_eq!(path(target).as_deref(), Ok(want), "{target}");
@@ -452,6 +504,13 @@ mod tests {
             ("/a\tb", PathError::BadCharacter),
             ("/a#frag", PathError::BadCharacter),
             ("/a?b#frag", PathError::BadCharacter),
+            ("/a%00b", PathError::BadCharacter),
+            ("/a%0d%0ab", PathError::BadCharacter),
+            ("/a%7Fb", PathError::BadCharacter),
+            // Tomcat, Jetty and Spring read these as /admin and /admin/x.
+            ("/public/..;/admin", PathError::Semicolon),
+            ("/admin;x/x", PathError::Semicolon),
+            ("/a;jsessionid=1", PathError::Semicolon),
             ("/caf\u{e9}", PathError::BadCharacter),
             ("a/b", PathError::NotAbsolute),
             ("", PathError::NotAbsolute),
@@ -481,6 +540,13 @@ mod tests {
                 "api.github.com:8443",
             ),
             ("[::1]:8080", "[::1]", "[::1]:8080"),
+            (
+                "169.254.169.254:80",
+                "169.254.169.254",
+                "169.254.169.254:80",
+            ),
+            ("0.0.0.0", "0.0.0.0", "0.0.0.0"),
+            ("a1.example.com", "a1.example.com", "a1.example.com"),
             (
                 "my_host-1.internal",
                 "my_host-1.internal",
@@ -512,6 +578,12 @@ mod tests {
             ("[::1", HostError::BadCharacter),
             ("[v1.x]", HostError::BadCharacter),
             ("api github.com", HostError::BadCharacter),
+            ("2852039166", HostError::IpForm),
+            ("0xa9fea9fe", HostError::IpForm),
+            ("169.254.43518", HostError::IpForm),
+            ("0251.0376.0251.0376", HostError::IpForm),
+            ("169.254.169.254.1", HostError::IpForm),
+            ("256.1.1.1", HostError::IpForm),
         ] {
             assert_eq!(canonical_authority(authority), Err(error), "{authority}");
         }

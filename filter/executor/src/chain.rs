@@ -24,8 +24,10 @@
 //! true. Guards are evaluated in chain order during the request-headers
 //! phase, just before the entry's turn, so they see the metadata earlier
 //! policies wrote; the verdict holds for every phase of that request. A
-//! guard that cannot be evaluated (a missing attribute) does not hold: the
-//! policy is skipped, and the debug log says why.
+//! guard that cannot be evaluated (a missing attribute) runs its policy: a
+//! guard never switches a check off by accident (fail closed), and the
+//! debug log says why. The request headers a skipped policy asserts are
+//! stripped in its place, so a client's copy never stands in for them.
 //!
 //! Once a reply is made the exchange is finished: later calls from the host
 //! return an empty [`Outcome::Continue`].
@@ -466,7 +468,7 @@ fn rerun_without_waiting(
     }
 }
 
-/// Evaluates an entry's guard; an evaluation error counts as false.
+/// Evaluates an entry's guard; an evaluation error counts as true.
 fn guard_holds(chain: &str, entry: &ChainEntry, guard: &Expression, cx: &Context) -> bool {
     match guard.evaluate_bool(cx) {
         Ok(true) => true,

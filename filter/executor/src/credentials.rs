@@ -101,6 +101,10 @@ pub enum CredentialError {
     VariantName,
     /// More than one credential of the kind.
     Duplicate,
+    /// A query credential beside a `;`, which some servers (Rack, older
+    /// Python and Go) read as a separator: `?x=1;api_key=A&api_key=B` is
+    /// one key to the engine and another to them.
+    Semicolon,
 }
 
 impl CredentialError {
@@ -108,7 +112,7 @@ impl CredentialError {
     /// rest.
     pub const fn status(self) -> u16 {
         match self {
-            Self::Duplicate => 400,
+            Self::Duplicate | Self::Semicolon => 400,
             _ => 401,
         }
     }
@@ -123,6 +127,7 @@ impl fmt::Display for CredentialError {
             Self::BadEscape => "the credential has a bad percent-escape",
             Self::VariantName => "the credential is under a variant of its name",
             Self::Duplicate => "more than one credential",
+            Self::Semicolon => "a query credential beside a ';'",
         })
     }
 }
@@ -385,6 +390,14 @@ fn query_of(path: &str) -> Option<&str> {
 /// one), if it is there once; a variant of the name counts (see the
 /// module documentation).
 fn one_query_param<'a>(query: &'a str, name: &str) -> Result<Option<&'a str>, CredentialError> {
+    if query.contains(';')
+        && query.split(['&', ';']).any(|pair| {
+            let raw_name = pair.split_once('=').map_or(pair, |(n, _)| n);
+            percent_decode_lossy(raw_name).eq_ignore_ascii_case(name)
+        })
+    {
+        return Err(CredentialError::Semicolon);
+    }
     let mut found = None;
     for pair in query.split('&') {
         let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));

@@ -24,7 +24,7 @@
 //! |---|---|---|
 //! | `request.method` | string | |
 //! | `request.path` | string | without the query |
-//! | `request.query` | map(string, string) | name and value percent-decoded; absent (an error to read) if a parameter is given twice, in any encoding, or a value does not decode |
+//! | `request.query` | map(string, string) | name and value percent-decoded; absent (an error to read) if a parameter is given twice (in any encoding or case), the query has a `;`, or a value does not decode |
 //! | `request.host` | string | `:authority` without the port |
 //! | `request.scheme` | string | |
 //! | `request.headers` | map(string, string) | lower-case names; repeated headers joined with `,` |
@@ -46,7 +46,8 @@
 //! each policy turns into a documented outcome. `has(source.identity)` and
 //! `"x-tenant" in request.headers` test for presence.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
@@ -701,10 +702,11 @@ fn check_header_index(call: &cel::common::ast::CallExpr) -> Result<(), String> {
         (reads_headers, &key.expr)
     {
         let name: &str = name;
-        if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        let readable = name.to_ascii_lowercase().replace('_', "-");
+        if readable != name {
             return Err(format!(
-                "header names are lower-case, so [{name:?}] never matches: write [{:?}]",
-                name.to_ascii_lowercase()
+                "header names are read lower-case with `_` as `-`, so [{name:?}] never \
+                 matches: write [{readable:?}]"
             ));
         }
     }
@@ -745,9 +747,9 @@ fn bind<'a>(fields: Fields, cx: &'a Context) -> Vars<'a> {
     record.put(fields, Fields::REQUEST_HOST, "host", || {
         text(
             request
-                .get(":authority")
-                .or(request.get("host"))
                 // Already canonical (`Engine::start`): lower case, no dot.
+                // Never the `host` header, which nothing made canonical.
+                .get(":authority")
                 .map(strip_port),
         )
     });
@@ -875,11 +877,19 @@ fn int<'a>(value: i64) -> Val<'a> {
     Box::new(CelInt::from(value))
 }
 
+/// The headers by name, `_` read as `-` (many upstream frameworks read
+/// `x_user` as `x-user`, so a rule on `x-user` must see it too), repeated
+/// ones joined with `,` as RFC 9110 allows.
 fn header_map(headers: &HeaderMap) -> Val<'_> {
     // Repeated headers are rare; join them in a first pass so the map is
-    // built once, borrowing every value that is not repeated.
-    let mut joined: Vec<(&str, std::borrow::Cow<'_, str>)> = Vec::new();
+    // built once, borrowing every name and value that needs no change.
+    let mut joined: Vec<(Cow<'_, str>, Cow<'_, str>)> = Vec::new();
     for (name, value) in headers.iter().filter(|(n, _)| !n.starts_with(':')) {
+        let name = if name.contains('_') {
+            Cow::Owned(name.replace('_', "-"))
+        } else {
+            Cow::Borrowed(name)
+        };
         match joined.iter_mut().find(|(n, _)| *n == name) {
             Some((_, earlier)) => *earlier = format!("{earlier},{value}").into(),
             None => joined.push((name, value.into())),
@@ -888,10 +898,11 @@ fn header_map(headers: &HeaderMap) -> Val<'_> {
     let map: CelRecord<'_> = joined
         .into_iter()
         .map(|(name, value)| {
-            (
-                CelMapKey::from(name),
-                Box::new(CelString::from(value)) as Val<'_>,
-            )
+            let key = match name {
+                Cow::Borrowed(name) => CelMapKey::from(name),
+                Cow::Owned(name) => CelMapKey::from(name),
+            };
+            (key, Box::new(CelString::from(value)) as Val<'_>)
         })
         .collect();
     Box::new(CelMap::from(map))
@@ -899,19 +910,25 @@ fn header_map(headers: &HeaderMap) -> Val<'_> {
 
 /// The query as servers read it: names and values percent-decoded. `None`
 /// (so reading `request.query` at all is an evaluation error, which fails
-/// closed) when a parameter is given twice (`?debug=0&debug=1`, or
-/// `%64ebug=1` beside `debug=0`) or a value does not decode: servers
-/// disagree on which copy counts, so no rule may decide on the query, not
-/// even on `"debug" in request.query`.
+/// closed) when servers disagree on what the query says: a parameter given
+/// twice (`?debug=0&debug=1`, `%64ebug=1` beside `debug=0`, or `Debug=1`,
+/// since some frameworks ignore case), a `;` (which some read as a
+/// separator: `?x=0;debug=1`), or a value that does not decode. No rule
+/// may then decide on the query, not even on `"debug" in request.query`.
 fn query_map(query: &str) -> Option<Val<'_>> {
+    if query.contains(';') {
+        return None;
+    }
     let mut map: CelRecord<'_> = HashMap::new();
+    let mut folded_names = HashSet::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         let value: Val<'_> = Box::new(CelString::from(percent_decode(value)?.into_owned()));
-        let name = CelMapKey::from(percent_decode_lossy(name).into_owned());
-        if map.insert(name, value).is_some() {
+        let name = percent_decode_lossy(name).into_owned();
+        if !folded_names.insert(name.to_ascii_lowercase()) {
             return None;
         }
+        map.insert(CelMapKey::from(name), value);
     }
     Some(Box::new(CelMap::from(map)))
 }

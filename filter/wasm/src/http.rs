@@ -94,10 +94,10 @@ impl StreamState {
     /// for Envoy.
     fn settle(&mut self, map: MapType, outcome: Outcome) -> Action {
         match outcome {
-            Outcome::Continue(mutations) => {
-                apply_mutations(map, &mutations);
-                Action::Continue
-            }
+            Outcome::Continue(mutations) => match apply_mutations(map, &mutations) {
+                Ok(()) => Action::Continue,
+                Err(status) => self.host_fault("change the headers", status),
+            },
             Outcome::Respond(reply) => self.respond(&reply),
             Outcome::Refetch(source) => self.refetch(source),
         }
@@ -181,9 +181,11 @@ impl StreamState {
     }
 
     /// Fails the request closed when Envoy could not hand over what the
-    /// chain needs; this is a host fault, not the client's.
+    /// chain needs, or refused a change it decided on (the upstream must
+    /// never get a request other than the one decided on); this is a host
+    /// fault, not the client's.
     fn host_fault(&mut self, what: &str, status: Status) -> Action {
-        log::error!("cannot read the {what}: {status:?}");
+        log::error!("cannot {what}: {status:?}");
         self.respond(&LocalReply::text(500, "policy engine error\n"))
     }
 
@@ -254,7 +256,7 @@ impl StreamState {
     fn read_and_finish_body(&mut self, direction: Direction, size: usize) -> Action {
         match read_body(direction.body(), size) {
             Ok(body) => self.finish_body(direction, &body),
-            Err(status) => self.host_fault(direction.body_name(), status),
+            Err(status) => self.host_fault(&format!("read the {}", direction.body_name()), status),
         }
     }
 }
@@ -295,13 +297,15 @@ impl StreamState {
         self.request_headers_ended = end_of_stream;
         let headers = match read_headers(MapType::HttpRequestHeaders) {
             Ok(headers) => headers,
-            Err(status) => return self.host_fault("request headers", status),
+            Err(status) => return self.host_fault("read the request headers", status),
         };
         let mut exchange = match self.engine.start(route_name, headers) {
             Start::Run(exchange) => exchange,
             Start::Pass(rewrites) => {
-                apply_mutations(MapType::HttpRequestHeaders, &rewrites);
-                return Action::Continue;
+                return match apply_mutations(MapType::HttpRequestHeaders, &rewrites) {
+                    Ok(()) => Action::Continue,
+                    Err(status) => self.host_fault("change the headers", status),
+                };
             }
             Start::Respond(reply) => return self.respond(&reply),
         };
@@ -341,7 +345,7 @@ impl StreamState {
         let headers = if exchange.reads_response_headers() {
             match read_headers(MapType::HttpResponseHeaders) {
                 Ok(headers) => headers,
-                Err(status) => return self.host_fault("response headers", status),
+                Err(status) => return self.host_fault("read the response headers", status),
             }
         } else {
             HeaderMap::new()
@@ -532,7 +536,9 @@ fn route_name() -> Option<String> {
     }
 }
 
-fn apply_mutations(map: MapType, mutations: &HeaderMutations) {
+/// Makes the changes in Envoy's header map; the first one Envoy refuses
+/// stops it.
+fn apply_mutations(map: MapType, mutations: &HeaderMutations) -> Result<(), Status> {
     for (name, change) in mutations.iter() {
         let result = match change {
             HeaderChange::Remove => hostcalls::remove_map_value(map, name),
@@ -548,6 +554,8 @@ fn apply_mutations(map: MapType, mutations: &HeaderMutations) {
         };
         if let Err(status) = result {
             log::error!("cannot change header {name:?}: {status:?}");
+            return Err(status);
         }
     }
+    Ok(())
 }

@@ -186,6 +186,10 @@ fn refuse(error: CredentialError, cx: &Context) -> Action {
         CredentialError::Duplicate => {
             Action::Respond(LocalReply::text(error.status(), "more than one API key\n"))
         }
+        CredentialError::Semicolon => Action::Respond(LocalReply::text(
+            error.status(),
+            "the API key is beside a ';' in the query\n",
+        )),
         _ => unauthorized(),
     }
 }

@@ -105,8 +105,14 @@ impl Policy for BackendAuth {
         Phases::REQUEST_HEADERS
     }
 
+    /// The credential header is the engine's: a client's copy (in any `_`
+    /// spelling) is removed even when a guard skips this policy.
+    fn asserted_headers(&self) -> Vec<HeaderName> {
+        vec![self.header.clone()]
+    }
+
     fn on_request_headers(&self, cx: &mut Context) -> Action {
-        cx.headers_mut().set(&self.header, &self.value);
+        cx.headers_mut().set_only(&self.header, &self.value);
         Action::Continue
     }
 }

@@ -578,7 +578,9 @@ impl Jwt {
         let realm = self.realm.as_deref().unwrap_or(&cx.route().chain);
         let (status, challenge, body) = match refusal {
             Refusal::Missing => (401, format!("Bearer realm=\"{realm}\""), "missing token\n"),
-            Refusal::Unreadable(error @ CredentialError::Duplicate) => (
+            Refusal::Unreadable(
+                error @ (CredentialError::Duplicate | CredentialError::Semicolon),
+            ) => (
                 error.status(),
                 format!("Bearer realm=\"{realm}\", error=\"invalid_request\""),
                 "more than one token\n",

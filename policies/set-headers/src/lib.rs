@@ -103,7 +103,7 @@ impl Edits {
     fn apply(&self, cx: &mut Context) {
         let mut headers = cx.headers_mut();
         for name in &self.remove {
-            headers.remove(name);
+            headers.remove_variants(name);
         }
         // Set means this value only: no client copy survives, in any
         // spelling an upstream reads as the same header.

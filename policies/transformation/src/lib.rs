@@ -24,7 +24,11 @@
 //!   one that could not be computed;
 //! * for `add`, nothing is added;
 //! * for `path` or `host`, the request is refused with 500: it cannot be
-//!   sent where the configuration says.
+//!   sent where the configuration says. A computed path must already be
+//!   canonical (no dot segments, `//` or escapes to decode: a value taken
+//!   from the request cannot climb out of the prefix it is put under), and
+//!   a computed host is made canonical like a request's; otherwise the
+//!   request is refused the same way.
 //!
 //! Use a `when:` guard or an `authorization` policy where a missing value
 //! must stop the request with another status.
@@ -32,8 +36,10 @@
 //! Rewriting the path or host changes what the upstream sees; Envoy has
 //! already picked the upstream cluster.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
+use policy_executor::canonical::{canonical_authority, canonical_path, EscapedSlashes};
 use policy_executor::{
     parse_params, Action, AttributeSet, Context, Expression, HeaderName, HeaderValue, LocalReply,
     ParamError, Phase, Phases, Policy, PolicyFactory, RequestTarget,
@@ -139,7 +145,7 @@ impl Edits {
             None => None,
         };
         let host = match &self.host {
-            Some(e) => match value(e, cx) {
+            Some(e) => match value(e, cx).and_then(new_host) {
                 Some(host) => Some(host),
                 None => return cannot_rewrite("host"),
             },
@@ -147,7 +153,7 @@ impl Edits {
         };
         let mut headers = cx.headers_mut();
         for name in &self.remove {
-            headers.remove(name);
+            headers.remove_variants(name);
         }
         for (name, value) in &set {
             match value {
@@ -211,20 +217,44 @@ fn value(expression: &Expression, cx: &Context) -> Option<HeaderValue> {
 
 /// The rewritten `:path`: the new path, with the old query unless the new
 /// value brings its own.
+/// The new `:path`, with the request's query unless it brings its own;
+/// `None` unless it is already canonical. A computed
+/// `"/static/" + request.query["f"]` with `f=../../admin` is refused, not
+/// resolved to `/admin`: the request was decided on as one under `/static`.
 fn new_path(path: HeaderValue, cx: &Context) -> Option<HeaderValue> {
-    if !path.as_str().starts_with('/') {
-        log::debug!(
-            "transformation: the new path {:?} does not start with '/'",
-            path.as_str()
-        );
-        return None;
-    }
+    // Escaped slashes a rewrite produced stay encoded: never a separator.
+    let canonical = match canonical_path(path.as_str(), EscapedSlashes::Keep) {
+        Ok(Cow::Borrowed(canonical)) => canonical,
+        Ok(Cow::Owned(canonical)) => {
+            log::debug!(
+                "transformation: the new path {:?} is not canonical ({canonical:?})",
+                path.as_str()
+            );
+            return None;
+        }
+        Err(error) => {
+            log::debug!("transformation: the new path {:?}: {error}", path.as_str());
+            return None;
+        }
+    };
     let old = cx.request_headers().get(":path").unwrap_or("/");
     match old.split_once('?') {
-        Some((_, query)) if !path.as_str().contains('?') => {
-            HeaderValue::parse(&format!("{}?{query}", path.as_str())).ok()
+        Some((_, query)) if !canonical.contains('?') => {
+            HeaderValue::parse(&format!("{canonical}?{query}")).ok()
         }
         _ => Some(path),
+    }
+}
+
+/// The new `:authority`, made canonical like every request's; `None` if it
+/// cannot be.
+fn new_host(host: HeaderValue) -> Option<HeaderValue> {
+    match canonical_authority(host.as_str()) {
+        Ok(canonical) => HeaderValue::parse(&canonical).ok(),
+        Err(error) => {
+            log::debug!("transformation: the new host {:?}: {error}", host.as_str());
+            None
+        }
     }
 }
 
