@@ -173,6 +173,22 @@ impl Shim {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits up to `timeout` for a line containing `needle` in its log
+    /// (what it logs after announcing its address may come a moment
+    /// later); whether it came.
+    pub fn wait_for_log(&self, needle: &str, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if self.log().contains(needle) {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Sends SIGTERM: the shim stops taking streams and drains.
     pub fn signal_terminate(&self) {
         let _ = Command::new("kill")

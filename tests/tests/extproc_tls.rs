@@ -16,6 +16,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
 use integration_tests::certs::Certificates;
 use integration_tests::send;
@@ -66,7 +67,7 @@ fn envoy_reaches_the_shim_over_mutual_tls_and_the_shim_decides() {
     let certs = Certificates::make();
     let shim = shim(&certs, true);
     assert!(
-        shim.log().contains("client certificates required"),
+        shim.wait_for_log("client certificates required", Duration::from_secs(10)),
         "{}",
         shim.log()
     );
@@ -168,7 +169,7 @@ async fn without_a_client_ca_the_shim_serves_tls_to_any_client() {
     let certs = Certificates::make();
     let shim = shim(&certs, false);
     assert!(
-        shim.log().contains("no client certificates"),
+        shim.wait_for_log("no client certificates", Duration::from_secs(10)),
         "{}",
         shim.log()
     );
