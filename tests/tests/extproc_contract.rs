@@ -386,11 +386,11 @@ async fn sigterm_finishes_streams_in_flight() {
 
     shim.signal_terminate();
     // Until it says so, the signal may not have reached it yet.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !shim.log().contains("shutting down") {
-        assert!(std::time::Instant::now() < deadline, "{}", shim.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(
+        shim.wait_for_log("shutting down", Duration::from_secs(10)),
+        "{}",
+        shim.log()
+    );
     // The stream in flight is still answered...
     outbound.send(response_headers(true)).await.unwrap();
     let reply = responses.next().await.unwrap().unwrap();
