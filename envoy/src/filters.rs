@@ -95,13 +95,29 @@ fn request_attributes() -> Vec<&'static str> {
         .collect()
 }
 
+/// Streams Envoy opens on one HTTP/2 connection to the shim before it opens
+/// another: Envoy Gateway's default for its clusters.
+///
+/// Every request in flight is one ext_proc stream. Unbounded, all of a
+/// worker's streams share one connection, and at a few thousand concurrent
+/// requests the frames Envoy queues on it exceed its flood guard
+/// (`max_outbound_frames`, 10,000): Envoy closes the connection as a
+/// protocol error and fails every stream on it with a 500 (`make stress`
+/// found it at 10,000 connections). A hundred streams a connection keeps
+/// each queue far below the guard.
+pub const EXT_PROC_STREAMS_PER_CONNECTION: u32 = 100;
+
 /// The HTTP/2 cluster for the shim at `address`.
 pub fn ext_proc_cluster(address: SocketAddr) -> Value {
     let mut cluster = static_cluster(EXT_PROC_CLUSTER, address);
     cluster["typed_extension_protocol_options"] = json!({
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
             "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-            "explicit_http_config": { "http2_protocol_options": {} },
+            "explicit_http_config": {
+                "http2_protocol_options": {
+                    "max_concurrent_streams": EXT_PROC_STREAMS_PER_CONNECTION,
+                },
+            },
         },
     });
     cluster

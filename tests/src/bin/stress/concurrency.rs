@@ -28,13 +28,15 @@ const WRK_TIMEOUT_SECS: u32 = 120;
 /// Envoy's counters of requests it shed or failed on its own (circuit
 /// breakers, connect failures, timeouts, the ext_proc stream), read after
 /// each run to say where failures came from.
-const SHEDDING_STATS: [&str; 6] = [
+const SHEDDING_STATS: [&str; 7] = [
     "cluster.echo.upstream_rq_pending_overflow",
     "cluster.echo.upstream_cx_connect_fail",
     "cluster.echo.upstream_rq_timeout",
     "cluster.policy_extproc.upstream_rq_pending_overflow",
     "http.ingress.ext_proc.message_timeouts",
     "http.ingress.ext_proc.streams_failed",
+    // Envoy's HTTP/2 flood guard closing a connection to the shim.
+    "cluster.policy_extproc.upstream_cx_protocol_error",
 ];
 
 /// One Envoy's run.
