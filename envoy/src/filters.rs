@@ -109,7 +109,13 @@ pub const EXT_PROC_STREAMS_PER_CONNECTION: u32 = 100;
 
 /// The HTTP/2 cluster for the shim at `address`.
 pub fn ext_proc_cluster(address: SocketAddr) -> Value {
-    let mut cluster = static_cluster(EXT_PROC_CLUSTER, address);
+    grpc_cluster(EXT_PROC_CLUSTER, address)
+}
+
+/// A cluster speaking HTTP/2 (gRPC) to `address`, at most
+/// [`EXT_PROC_STREAMS_PER_CONNECTION`] streams a connection.
+pub fn grpc_cluster(name: &str, address: SocketAddr) -> Value {
+    let mut cluster = static_cluster(name, address);
     cluster["typed_extension_protocol_options"] = json!({
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
             "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",

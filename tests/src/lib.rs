@@ -7,6 +7,7 @@
 )]
 
 pub mod auth_chain;
+pub mod authz;
 pub mod certs;
 pub mod jwks;
 pub mod load;

@@ -32,21 +32,39 @@
 //! Once a reply is made the exchange is finished: later calls from the host
 //! return an empty [`Outcome::Continue`].
 //!
-//! # Waiting for a fetch
+//! # Waiting for a service
 //!
-//! A policy may return [`Action::Refetch`] in the request-headers phase.
-//! The exchange then stops where it is and returns [`Outcome::Refetch`]; the
-//! host fetches the document (or decides it may not yet), stores it, and
-//! calls [`Exchange::resume`], which reruns that policy and goes on with the
-//! rest of the chain. Edits made by the policies before it are kept.
+//! A policy may return [`Action::Call`] or [`Action::Refresh`] in a
+//! request phase. The exchange then stops where it is and returns
+//! [`Outcome::Wait`]: [`Wait::Send`] when the host is to send a call and
+//! give its answer to [`Exchange::on_answer`], [`Wait::Poll`] when it waits
+//! for a document fetch (made by a worker's [`crate::Refresher`], never by
+//! the request: see [`crate::remote`]). While it waits, the host calls
+//! [`Exchange::poll`] at least every [`RENEW_EVERY`] (overdue answers are
+//! given up on there, and arrived documents taken), and
+//! [`Exchange::abandon`] if the request goes away. Once answered, that
+//! policy runs again and the chain goes on; edits made by the policies
+//! before it are kept. Response phases never wait: their types have no
+//! such outcome.
+//!
+//! [`RENEW_EVERY`]: crate::remote::attempt::RENEW_EVERY
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use crate::attributes::{AttributeSet, Connection};
+use crate::callout::{Answer, Call, CallFailure};
 use crate::expr::Expression;
 use crate::headers::{HeaderMap, HeaderMutations, HeaderName};
-use crate::policy::{Action, Context, LocalReply, Phases, Policy, RouteInfo};
-use crate::remote::{Documents, RemoteSource};
+use crate::policy::{Action, Context, LocalReply, Phases, Policy, ResponseAction, RouteInfo};
+use crate::remote::attempt::ANSWER_GRACE;
+use crate::remote::{duration_millis, Remote, RemoteSource, Step, WaitStep, Waiting};
+
+/// How many calls one policy may make in one phase of one request; past
+/// it the request is answered 500 (a policy that never stops calling is a
+/// bug, not a reason to hold the request forever).
+pub const MAX_CALLS_PER_PHASE: usize = 8;
 
 /// One policy instance in a chain.
 pub(crate) struct ChainEntry {
@@ -142,18 +160,65 @@ impl Chain {
     }
 }
 
-/// What the host must do after a phase.
+/// What the host must do after a request phase.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Apply these header changes to the message in flight and let it go on.
+    /// Apply these header changes to the request and let it go on.
     Continue(HeaderMutations),
-    /// Drop the message in flight and send this reply to the client instead.
+    /// Drop the request and send this reply to the client instead.
     Respond(LocalReply),
-    /// Hold the request until this source is fetched (or waited for) as
-    /// [`crate::remote::attempt`] rules, with the result in the engine's
-    /// [`Documents`], then call [`Exchange::resume`]. Only the
-    /// request-headers phase returns it.
-    Refetch(RemoteSource),
+    /// Hold the request: the chain waits for a service (see the module
+    /// docs).
+    Wait(Wait),
+}
+
+/// What a waiting exchange needs from its host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wait {
+    /// Send this call and give its answer (or why there is none) to
+    /// [`Exchange::on_answer`]; meanwhile poll.
+    Send(Call),
+    /// Nothing to send: poll ([`Exchange::poll`]) until it says more.
+    Poll,
+}
+
+/// What the host must do after a response phase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResponseOutcome {
+    /// Apply these header changes to the response and let it go on.
+    Continue(HeaderMutations),
+    /// Drop the response and send this reply to the client instead.
+    Respond(LocalReply),
+}
+
+impl From<ResponseOutcome> for Outcome {
+    fn from(outcome: ResponseOutcome) -> Self {
+        match outcome {
+            ResponseOutcome::Continue(changes) => Self::Continue(changes),
+            ResponseOutcome::Respond(reply) => Self::Respond(reply),
+        }
+    }
+}
+
+/// A request phase stopped at one policy, waiting.
+struct Pending {
+    position: usize,
+    phase: Phases,
+    /// The request body, for a rerun of the body phase.
+    body: Option<Vec<u8>>,
+    /// Calls this policy made in this phase so far.
+    calls: usize,
+    on: WaitingOn,
+}
+
+enum WaitingOn {
+    /// The answer to the policy's call, sent at `sent_at`.
+    Answer { sent_at: u64, timeout: Duration },
+    /// A fresher copy of a document, fetched by a worker's `Refresher`.
+    Document {
+        source: RemoteSource,
+        waiting: Waiting,
+    },
 }
 
 /// The state of one request going through one chain.
@@ -171,20 +236,20 @@ pub struct Exchange {
     /// guards.
     skipped: Vec<bool>,
     finished: bool,
-    /// The entry waiting for a refetch, and its source (boxed: rare).
-    waiting: Option<(usize, Box<RemoteSource>)>,
+    /// Where the chain waits for a service (boxed: rare).
+    pending: Option<Box<Pending>>,
 }
 
 impl Exchange {
     /// Starts an exchange over `chain` for a request with these headers;
-    /// `documents` is the engine's cache of fetched documents, and
+    /// `remote` is the engine's cache of fetched documents, and
     /// `rewrites` the changes already made to the request (making it
     /// canonical), which go upstream with the chain's own.
     pub fn new(
         chain: Arc<Chain>,
         route_name: Option<String>,
         request: HeaderMap,
-        documents: Arc<Documents>,
+        remote: Arc<Remote>,
         rewrites: HeaderMutations,
     ) -> Self {
         let route = RouteInfo {
@@ -194,11 +259,11 @@ impl Exchange {
         let passed = chain.entries.len();
         Self {
             chain,
-            cx: Context::new(route, request, documents, rewrites),
+            cx: Context::new(route, request, remote, rewrites),
             passed,
             skipped: Vec::new(),
             finished: false,
-            waiting: None,
+            pending: None,
         }
     }
 
@@ -239,35 +304,100 @@ impl Exchange {
 
     /// Runs the request-headers phase of the chain.
     pub fn on_request_headers(&mut self) -> Outcome {
-        self.run_request_phase(Phases::REQUEST_HEADERS, None, |p, cx| {
-            p.on_request_headers(cx)
-        })
-    }
-
-    /// Goes on with the request-headers phase after an [`Outcome::Refetch`],
-    /// whether the fetch succeeded or not.
-    pub fn resume(&mut self) -> Outcome {
-        let Some((position, source)) = self.waiting.take() else {
-            return Outcome::Continue(HeaderMutations::default());
-        };
-        self.cx.mark_refetched(&source);
-        self.run_request_phase(Phases::REQUEST_HEADERS, Some(position), |p, cx| {
-            p.on_request_headers(cx)
-        })
+        self.run_request_phase(Phases::REQUEST_HEADERS, None, None)
     }
 
     /// Runs the request-body phase over the whole request body.
     pub fn on_request_body(&mut self, body: &[u8]) -> Outcome {
-        self.run_request_phase(Phases::REQUEST_BODY, None, |p, cx| {
-            p.on_request_body(cx, body)
-        })
+        self.run_request_phase(Phases::REQUEST_BODY, Some(body), None)
+    }
+
+    /// Whether the exchange waits for a service.
+    pub fn is_waiting(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Takes the answer to the call of the last [`Wait::Send`] (or the
+    /// failure to send it) and goes on with the phase that waited.
+    pub fn on_answer(&mut self, answer: Answer) -> Outcome {
+        let Some(pending) = self.pending.take() else {
+            // A host fault; never a reason to let the request go on.
+            log::error!("an answer came for a request that waits for none");
+            return Outcome::Respond(LocalReply::text(500, "policy engine error\n"));
+        };
+        match &pending.on {
+            WaitingOn::Answer { .. } => self.resume(*pending, Rerun::Answered(answer)),
+            WaitingOn::Document { .. } => {
+                // A document wait sends nothing: keep waiting.
+                self.pending = Some(pending);
+                Outcome::Wait(Wait::Poll)
+            }
+        }
+    }
+
+    /// Looks again at what the exchange waits for: gives up on an overdue
+    /// answer, asks for a document whose awaited fetch lapsed, or resumes
+    /// once the document arrived.
+    pub fn poll(&mut self) -> Outcome {
+        let Some(mut pending) = self.pending.take() else {
+            return Outcome::Wait(Wait::Poll);
+        };
+        let remote = Arc::clone(self.cx.remote());
+        let now = remote.now();
+        match &mut pending.on {
+            WaitingOn::Answer { sent_at, timeout } => {
+                let overdue = sent_at
+                    .saturating_add(duration_millis(*timeout))
+                    .saturating_add(duration_millis(ANSWER_GRACE));
+                if now >= overdue {
+                    log::warn!("no answer to a call past its timeout: failing it");
+                    return self.resume(*pending, Rerun::Answered(Err(CallFailure::Timeout)));
+                }
+            }
+            WaitingOn::Document { source, waiting } => {
+                remote.sync(source);
+                let version = remote.documents().version(source);
+                let last = remote.last_attempt(source);
+                match waiting.poll(source, version, last.as_ref(), now) {
+                    WaitStep::Resume => {
+                        let source = source.clone();
+                        return self.resume(*pending, Rerun::Refetched(source));
+                    }
+                    WaitStep::Wait => {}
+                    // Nobody is fetching it: this worker's refresher will.
+                    WaitStep::FetchForIt => remote.want(source),
+                }
+            }
+        }
+        self.pending = Some(pending);
+        Outcome::Wait(Wait::Poll)
+    }
+
+    /// The request went away while it waited (client reset, timeout, local
+    /// reply): the exchange is over. A call it sent is the host's to
+    /// cancel; a document fetch it waited for goes on, for the next
+    /// request.
+    pub fn abandon(&mut self) {
+        self.pending = None;
+        self.finished = true;
+    }
+
+    fn resume(&mut self, pending: Pending, rerun: Rerun) -> Outcome {
+        let Pending {
+            position,
+            phase,
+            body,
+            calls,
+            ..
+        } = pending;
+        self.run_request_phase(phase, body.as_deref(), Some((position, calls, rerun)))
     }
 
     /// Runs the response-headers phase over the upstream's response headers
     /// (`:status` included).
-    pub fn on_response_headers(&mut self, headers: HeaderMap) -> Outcome {
+    pub fn on_response_headers(&mut self, headers: HeaderMap) -> ResponseOutcome {
         if self.finished {
-            return Outcome::Continue(HeaderMutations::default());
+            return ResponseOutcome::Continue(HeaderMutations::default());
         }
         self.cx.begin_response(headers);
         let replied = run_response_phase(
@@ -282,9 +412,9 @@ impl Exchange {
     }
 
     /// Runs the response-body phase over the whole upstream response body.
-    pub fn on_response_body(&mut self, body: &[u8]) -> Outcome {
+    pub fn on_response_body(&mut self, body: &[u8]) -> ResponseOutcome {
         if self.finished {
-            return Outcome::Continue(HeaderMutations::default());
+            return ResponseOutcome::Continue(HeaderMutations::default());
         }
         let replied = run_response_phase(
             &self.chain,
@@ -297,26 +427,34 @@ impl Exchange {
         self.settle(replied)
     }
 
-    /// Runs `phase` over the chain, or, after a refetch, from the entry
-    /// that waited for it.
+    /// Runs a request phase over the chain, or, after a wait, from the
+    /// entry that waited.
+    /// `resume` names the entry that waited, its calls so far, and how it
+    /// runs again.
     fn run_request_phase(
         &mut self,
         phase: Phases,
-        resume_at: Option<usize>,
-        run: impl Fn(&dyn Policy, &mut Context) -> Action,
+        body: Option<&[u8]>,
+        resume: Option<(usize, usize, Rerun)>,
     ) -> Outcome {
         if self.finished {
             return Outcome::Continue(HeaderMutations::default());
         }
         let chain = Arc::clone(&self.chain);
         let judge_guards = phase == Phases::REQUEST_HEADERS && chain.has_guards;
-        if judge_guards && resume_at.is_none() {
-            self.skipped = vec![false; chain.entries.len()];
-        }
-        let start = resume_at.unwrap_or(0);
-        for (position, entry) in chain.entries.iter().enumerate().skip(start) {
+        let (mut position, mut calls, mut rerun) = match resume {
+            Some((position, calls, rerun)) => (position, calls, Some(rerun)),
+            None => {
+                if judge_guards {
+                    self.skipped = vec![false; chain.entries.len()];
+                }
+                (0, 0, None)
+            }
+        };
+        while let Some(entry) = chain.entries.get(position) {
+            let resumed = rerun.take();
             // The entry that waited had its guard judged before it asked.
-            if judge_guards && resume_at != Some(position) {
+            if judge_guards && resumed.is_none() {
                 if let Some(guard) = &entry.guard {
                     self.skipped[position] = !guard_holds(&chain.name, entry, guard, &self.cx);
                 }
@@ -330,36 +468,117 @@ impl Exchange {
                         headers.remove_variants(name);
                     }
                 }
+                position += 1;
                 continue;
             }
             if !entry.phases.contains(phase) {
+                position += 1;
                 continue;
             }
-            let action = run(entry.policy.as_ref(), &mut self.cx);
-            let action = match action {
-                Action::Refetch(source)
-                    if phase == Phases::REQUEST_HEADERS && !self.cx.refetched(&source) =>
-                {
-                    self.waiting = Some((position, Box::new(source.clone())));
-                    return Outcome::Refetch(source);
-                }
-                Action::Refetch(source) => {
-                    rerun_without_waiting(&chain, entry, &mut self.cx, source, &run)
-                }
-                action => action,
+            match resumed {
+                Some(Rerun::Answered(answer)) => self.cx.set_answer(Some(answer)),
+                Some(Rerun::Refetched(source)) => self.cx.mark_refetched(&source),
+                None => {}
+            }
+            let action = match body {
+                Some(body) => entry.policy.on_request_body(&mut self.cx, body),
+                None => entry.policy.on_request_headers(&mut self.cx),
             };
-            if let Action::Respond(reply) = action {
-                log::debug!(
-                    "chain {:?}: {} replied {}",
-                    chain.name,
-                    entry.label,
-                    reply.status
-                );
-                self.passed = position;
-                return self.settle(Some((position, reply)));
+            self.cx.set_answer(None);
+            match action {
+                Action::Continue => {
+                    position += 1;
+                    calls = 0;
+                }
+                Action::Respond(reply) => {
+                    log::debug!(
+                        "chain {:?}: {} replied {}",
+                        chain.name,
+                        entry.label,
+                        reply.status
+                    );
+                    self.passed = position;
+                    return self.settle(Some((position, reply))).into();
+                }
+                Action::Call(call) => {
+                    if calls >= MAX_CALLS_PER_PHASE {
+                        return self.give_up(position, entry, "made too many calls");
+                    }
+                    self.pending = Some(Box::new(Pending {
+                        position,
+                        phase,
+                        body: body.map(<[u8]>::to_vec),
+                        calls: calls + 1,
+                        on: WaitingOn::Answer {
+                            sent_at: self.cx.now_millis(),
+                            timeout: call.timeout,
+                        },
+                    }));
+                    return Outcome::Wait(Wait::Send(call));
+                }
+                Action::Refresh(source) if self.cx.refetched(&source) => {
+                    return self.give_up(
+                        position,
+                        entry,
+                        "asked again for a document after its refetch",
+                    );
+                }
+                Action::Refresh(source) => {
+                    match self.wait_for_document(position, phase, body, calls, source) {
+                        Ok(outcome) => return outcome,
+                        // Nothing to wait for: the policy decides now.
+                        Err(source) => rerun = Some(Rerun::Refetched(source)),
+                    }
+                }
             }
         }
         Outcome::Continue(self.cx.take_pending())
+    }
+
+    /// Starts waiting for a fresher copy of `source`: for the fetch in
+    /// flight, or for the one this worker's refresher is asked to make.
+    /// `Err` when there is nothing to wait for (a newer copy is already
+    /// shared, or the last answer came too recently to ask again).
+    fn wait_for_document(
+        &mut self,
+        position: usize,
+        phase: Phases,
+        body: Option<&[u8]>,
+        calls: usize,
+        source: RemoteSource,
+    ) -> Result<Outcome, RemoteSource> {
+        let remote = Arc::clone(self.cx.remote());
+        if remote.sync(&source) {
+            return Err(source);
+        }
+        let now = remote.now();
+        let awaited = match source.next_step(remote.last_attempt(&source).as_ref(), now) {
+            Step::TooSoon => return Err(source),
+            Step::Wait { claimed_at } => claimed_at,
+            // Any attempt claimed from now on is one it waits for.
+            Step::Fetch => {
+                remote.want(&source);
+                now
+            }
+        };
+        let waiting = Waiting::new(&source, remote.documents().version(&source), awaited, now);
+        self.pending = Some(Box::new(Pending {
+            position,
+            phase,
+            body: body.map(<[u8]>::to_vec),
+            calls,
+            on: WaitingOn::Document { source, waiting },
+        }));
+        Ok(Outcome::Wait(Wait::Poll))
+    }
+
+    /// A policy that cannot be waited for any longer: the request is
+    /// answered 500 (fail closed).
+    fn give_up(&mut self, position: usize, entry: &ChainEntry, why: &str) -> Outcome {
+        log::warn!("chain {:?}: {} {why}", self.chain.name, entry.label);
+        self.passed = position;
+        let reply = LocalReply::text(500, "policy engine error\n");
+        self.settle(Some((position, reply))).into()
     }
 
     fn is_skipped(&self, position: usize) -> bool {
@@ -369,9 +588,9 @@ impl Exchange {
     /// Turns the result of a phase into an outcome; a reply first goes
     /// through the response phases of the policies outside the one that made
     /// it.
-    fn settle(&mut self, replied: Option<(usize, LocalReply)>) -> Outcome {
+    fn settle(&mut self, replied: Option<(usize, LocalReply)>) -> ResponseOutcome {
         let Some((mut outer, mut reply)) = replied else {
-            return Outcome::Continue(self.cx.take_pending());
+            return ResponseOutcome::Continue(self.cx.take_pending());
         };
         self.finished = true;
         loop {
@@ -407,7 +626,7 @@ impl Exchange {
             }
         }
         self.cx.take_pending();
-        Outcome::Respond(reply_from_headers(self.cx.take_response(), reply))
+        ResponseOutcome::Respond(reply_from_headers(self.cx.take_response(), reply))
     }
 }
 
@@ -419,18 +638,14 @@ fn run_response_phase(
     skipped: &[bool],
     outer: usize,
     phase: Phases,
-    run: impl Fn(&dyn Policy, &mut Context) -> Action,
+    run: impl Fn(&dyn Policy, &mut Context) -> ResponseAction,
 ) -> Option<(usize, LocalReply)> {
     let entries = chain.entries.get(..outer).unwrap_or(&chain.entries);
     for (position, entry) in entries.iter().enumerate().rev() {
         if !entry.phases.contains(phase) || skipped.get(position).copied().unwrap_or(false) {
             continue;
         }
-        let action = match run(entry.policy.as_ref(), cx) {
-            Action::Refetch(source) => rerun_without_waiting(chain, entry, cx, source, &run),
-            action => action,
-        };
-        if let Action::Respond(reply) = action {
+        if let ResponseAction::Respond(reply) = run(entry.policy.as_ref(), cx) {
             log::debug!(
                 "chain {:?}: {} replaced the response with {}",
                 chain.name,
@@ -443,29 +658,12 @@ fn run_response_phase(
     None
 }
 
-/// Outside the request-headers phase nothing waits for a fetch: the policy
-/// runs again at once, told the refetch is done, and must decide. A policy
-/// that still asks gets the request answered 503.
-fn rerun_without_waiting(
-    chain: &Chain,
-    entry: &ChainEntry,
-    cx: &mut Context,
-    source: RemoteSource,
-    run: &impl Fn(&dyn Policy, &mut Context) -> Action,
-) -> Action {
-    cx.mark_refetched(&source);
-    match run(entry.policy.as_ref(), cx) {
-        Action::Refetch(source) => {
-            log::warn!(
-                "chain {:?}: {} asked again for {} after its refetch",
-                chain.name,
-                entry.label,
-                source.uri
-            );
-            Action::Respond(LocalReply::text(503, "remote document unavailable\n"))
-        }
-        action => action,
-    }
+/// How the entry that waited runs again.
+enum Rerun {
+    /// With the answer to its call.
+    Answered(Answer),
+    /// After a refetch of this source (successful or not).
+    Refetched(RemoteSource),
 }
 
 /// Evaluates an entry's guard; an evaluation error counts as true.

@@ -20,12 +20,15 @@
 //!   authentication policies.
 //! * [`attributes`]: the connection attributes (peer address, SPIFFE ID,
 //!   TLS) hosts fetch for the expressions that read them.
-//! * [`remote`]: documents policies need fetched (a JWKS), which hosts
-//!   fetch and refresh for them.
+//! * [`callout`]: calls policies make to services outside Envoy, and the
+//!   small interface (clock, shared storage) hosts provide for them.
+//! * [`remote`]: documents policies need fetched (a JWKS), fetched and
+//!   refreshed over the same calls.
 //! * [`registry`]: the policies a build contains.
 //! * [`schema`]: the check of each instance's parameters against its schema.
 
 pub mod attributes;
+pub mod callout;
 pub mod canonical;
 pub mod chain;
 pub mod config;
@@ -46,24 +49,27 @@ use std::sync::Arc;
 pub use attributes::{
     Attribute, AttributeKind, AttributeSet, AttributeValue, Connection, SpiffeId,
 };
-pub use chain::{BodyNeeds, Chain, Exchange, Outcome};
+pub use callout::{Answer, Call, CallFailure, CallRequest, CallResponse, Host, Service};
+pub use chain::{BodyNeeds, Chain, Exchange, Outcome, ResponseOutcome, Wait};
 pub use config::ConfigError;
 pub use expr::{EvalError, Expression, ExpressionError, Phase, JWT_CLAIMS};
 pub use headers::{
     HeaderChange, HeaderMap, HeaderMutations, HeaderName, HeaderValue, HeadersMut, RequestTarget,
 };
-pub use policy::{Action, Context, LocalReply, Metadata, Phases, Policy, RouteInfo};
-pub use registry::{
-    check_reply_status, parse_header_map, parse_params, Build, Entry, ParamError, PolicyFactory,
-    Registry,
+pub use policy::{
+    Action, Context, LocalReply, Metadata, Phases, Policy, ResponseAction, RouteInfo,
 };
-pub use remote::{Document, Documents, RemoteSource};
+pub use registry::{
+    check_reply_status, parse_duration, parse_header_map, parse_params, Build, Entry, ParamError,
+    PolicyFactory, Registry,
+};
+pub use remote::{Document, Documents, Refresher, Remote, RemoteSource};
 pub use route::{LazyRouteName, RouteInput, RouteTable, Selection};
 
 /// A compiled plugin configuration, ready to serve requests.
 pub struct Engine {
     routes: RouteTable,
-    documents: Arc<Documents>,
+    remote: Arc<Remote>,
 }
 
 /// How a request starts.
@@ -84,8 +90,15 @@ impl Engine {
     pub fn from_config(text: &[u8], registry: &Registry) -> Result<Self, ConfigError> {
         Ok(Self {
             routes: config::compile(text, registry)?,
-            documents: Arc::default(),
+            remote: Arc::default(),
         })
+    }
+
+    /// Shares documents and fetch attempts through `host` (the Wasm host's
+    /// shared data) rather than this process's memory. Call it before the
+    /// first request.
+    pub fn set_host(&mut self, host: Box<dyn Host>) {
+        self.remote = Arc::new(Remote::new(host));
     }
 
     /// Every document the configuration's policies need fetched, once each.
@@ -101,17 +114,18 @@ impl Engine {
         sources
     }
 
-    /// The fetched documents, which hosts fill (see [`remote`]).
-    pub fn documents(&self) -> &Arc<Documents> {
-        &self.documents
+    /// The fetched documents and the host that shares them (see
+    /// [`remote`]).
+    pub fn remote(&self) -> &Arc<Remote> {
+        &self.remote
     }
 
     /// Serves from the documents of the configuration this one replaces,
     /// with their fetch attempts, so that a reload neither refetches
     /// everything nor loses a fetch in flight: its answer lands in the cache
     /// the new configuration reads.
-    pub fn keep_documents_of(&mut self, previous: &Engine) {
-        self.documents = Arc::clone(&previous.documents);
+    pub fn keep_remote_of(&mut self, previous: &Engine) {
+        self.remote = Arc::clone(&previous.remote);
     }
 
     /// The number of route entries.
@@ -158,7 +172,7 @@ impl Engine {
                 Arc::clone(chain),
                 route_name.into_fetched(),
                 request,
-                Arc::clone(&self.documents),
+                Arc::clone(&self.remote),
                 rewrites,
             )),
             Selection::Allow => Start::Pass(rewrites),

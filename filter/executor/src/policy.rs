@@ -10,8 +10,9 @@ use std::ops::BitOr;
 use std::sync::Arc;
 
 use crate::attributes::{AttributeSet, Connection};
+use crate::callout::{Answer, Call};
 use crate::headers::{HeaderMap, HeaderMutations, HeadersMut};
-use crate::remote::{Document, Documents, RemoteSource};
+use crate::remote::{Document, Remote, RemoteSource};
 
 /// The phases of an HTTP exchange a policy can act in.
 ///
@@ -57,7 +58,7 @@ impl BitOr for Phases {
     }
 }
 
-/// What a phase decided.
+/// What a request phase decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Go on with the next policy; header edits made through the context stay.
@@ -65,14 +66,37 @@ pub enum Action {
     /// Stop the chain and answer the client with this reply. See
     /// [`crate::Exchange`] for which phases still run over it.
     Respond(LocalReply),
+    /// Ask a service and wait: the host sends the call, and this phase of
+    /// this policy runs again with the answer in [`Context::answer`]. Edits
+    /// made so far stay. A policy may call again from the rerun (one call
+    /// at a time, up to [`crate::chain::MAX_CALLS_PER_PHASE`]).
+    Call(Call),
     /// The cached document of this source cannot decide the request (a
-    /// token names a key the cached JWKS lacks): have the host fetch it
-    /// again, if the source's `min_refetch_interval` allows, then run this
-    /// phase of this policy again. The rerun sees [`Context::refetched`]
-    /// true and must decide with what it has. Honoured in the
-    /// request-headers phase; elsewhere the phase reruns at once, as if the
-    /// fetch had failed.
-    Refetch(RemoteSource),
+    /// token names a key the cached JWKS lacks): fetch it again if the
+    /// source's `min_refetch_interval` allows (or wait for the fetch
+    /// another worker is making), then run this phase of this policy again.
+    /// The rerun sees [`Context::refetched`] true and must decide with what
+    /// it has.
+    Refresh(RemoteSource),
+}
+
+/// What a response phase decided. Response phases never wait: the upstream
+/// has answered and the client is waiting for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResponseAction {
+    /// Go on with the next policy; header edits made through the context stay.
+    Continue,
+    /// Replace the response with this reply.
+    Respond(LocalReply),
+}
+
+impl From<ResponseAction> for Action {
+    fn from(action: ResponseAction) -> Self {
+        match action {
+            ResponseAction::Continue => Self::Continue,
+            ResponseAction::Respond(reply) => Self::Respond(reply),
+        }
+    }
 }
 
 /// A response produced by the filter itself rather than the upstream.
@@ -129,16 +153,19 @@ pub struct Context {
     metadata: Metadata,
     direction: Direction,
     pending: HeaderMutations,
-    documents: Arc<Documents>,
+    remote: Arc<Remote>,
     /// The sources refetched for this request.
     refetched: Vec<RemoteSource>,
+    /// The answer to the call the running policy made, during its rerun
+    /// (boxed: rare, and every request carries the field).
+    answer: Option<Box<Answer>>,
 }
 
 impl Context {
     pub(crate) fn new(
         route: RouteInfo,
         request: HeaderMap,
-        documents: Arc<Documents>,
+        remote: Arc<Remote>,
         pending: HeaderMutations,
     ) -> Self {
         Self {
@@ -149,19 +176,40 @@ impl Context {
             metadata: Metadata::new(),
             direction: Direction::Request,
             pending,
-            documents,
+            remote,
             refetched: Vec::new(),
+            answer: None,
         }
     }
 
-    /// The document the host fetched for `source` (one the policy listed in
+    /// The document fetched for `source` (one the policy listed in
     /// [`Policy::remote_sources`]), if a fetch has succeeded yet.
     pub fn document(&self, source: &RemoteSource) -> Option<Document> {
-        self.documents.get(source)
+        self.remote.documents().get(source)
+    }
+
+    /// The answer to the call the running policy made ([`Action::Call`]),
+    /// while its phase runs again; `None` on its first run.
+    pub fn answer(&self) -> Option<&Answer> {
+        self.answer.as_deref()
+    }
+
+    pub(crate) fn set_answer(&mut self, answer: Option<Answer>) {
+        self.answer = answer.map(Box::new);
+    }
+
+    /// The host's clock, in milliseconds since the epoch (for caches with a
+    /// time to live).
+    pub fn now_millis(&self) -> u64 {
+        self.remote.now()
+    }
+
+    pub(crate) fn remote(&self) -> &Arc<Remote> {
+        &self.remote
     }
 
     /// Whether `source` was already refetched for this request (after an
-    /// [`Action::Refetch`]), successfully or not.
+    /// [`Action::Refresh`]), successfully or not.
     pub fn refetched(&self, source: &RemoteSource) -> bool {
         self.refetched.contains(source)
     }
@@ -248,8 +296,9 @@ impl Context {
 /// A compiled policy instance.
 ///
 /// Each phase method runs only if [`Policy::phases`] lists its phase. Body
-/// phases receive the whole body, buffered by the host. A policy must not
-/// panic: report misconfiguration when it is built, and turn request-time
+/// phases receive the whole body, buffered by the host. Request phases may
+/// wait for a service ([`Action::Call`]); response phases may not. A policy
+/// must not panic: report misconfiguration when it is built, and turn request-time
 /// trouble into an [`Action::Respond`] with the right status.
 ///
 /// A complete policy (the README's example):
@@ -337,12 +386,12 @@ pub trait Policy: Send + Sync {
     }
 
     /// Runs when the response headers arrive (upstream or local reply).
-    fn on_response_headers(&self, _cx: &mut Context) -> Action {
-        Action::Continue
+    fn on_response_headers(&self, _cx: &mut Context) -> ResponseAction {
+        ResponseAction::Continue
     }
 
     /// Runs once the whole response body has arrived.
-    fn on_response_body(&self, _cx: &mut Context, _body: &[u8]) -> Action {
-        Action::Continue
+    fn on_response_body(&self, _cx: &mut Context, _body: &[u8]) -> ResponseAction {
+        ResponseAction::Continue
     }
 }

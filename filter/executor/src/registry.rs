@@ -105,6 +105,24 @@ pub fn parse_header_map<'a>(
         .collect()
 }
 
+/// `500ms`, `5s`, `1.5s`, `10m`, `1h`: Envoy's duration notation, for
+/// policy parameters; `None` for anything else, zero or negative.
+pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let (number, unit) = text.split_at(text.find(|c: char| c.is_ascii_alphabetic())?);
+    let value: f64 = number.parse().ok()?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return None,
+    };
+    if !(seconds.is_finite() && seconds > 0.0) {
+        return None;
+    }
+    std::time::Duration::try_from_secs_f64(seconds).ok()
+}
+
 /// Checks that `status` (found at `field`) is a status a reply may carry.
 pub fn check_reply_status(field: &str, status: u16) -> Result<u16, ParamError> {
     if (200..=599).contains(&status) {

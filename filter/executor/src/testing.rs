@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
+pub use crate::callout::FakeHost;
 use crate::{
     ConfigError, Context, Engine, Exchange, HeaderChange, HeaderMap, HeaderMutations, Outcome,
     PolicyFactory, RouteInfo, Start,
@@ -47,8 +48,8 @@ pub fn context(request: HeaderMap) -> Context {
 /// The header changes of an outcome that let the message go on, in order;
 /// panics on any other outcome, failing the test.
 #[allow(clippy::panic, reason = "a test helper: a reply must fail the test")]
-pub fn changes(outcome: Outcome) -> Vec<(String, HeaderChange)> {
-    match outcome {
+pub fn changes(outcome: impl Into<Outcome>) -> Vec<(String, HeaderChange)> {
+    match outcome.into() {
         Outcome::Continue(m) => m.iter().map(|(n, c)| (n.to_owned(), c.clone())).collect(),
         other => panic!("expected the message to go on, got {other:?}"),
     }

@@ -9,13 +9,10 @@
     reason = "a test crate: a failed step must fail the test"
 )]
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use policy_executor::{
-    parse_params, Action, Context, Document, Engine, Exchange, HeaderChange, HeaderMap, HeaderName,
+    parse_params, Action, Context, Engine, Exchange, HeaderChange, HeaderMap, HeaderName,
     HeaderValue, LocalReply, Outcome, ParamError, Phases, Policy, PolicyFactory, Registry,
-    RemoteSource, Start,
+    ResponseAction, Start,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -79,11 +76,18 @@ impl Policy for Probe {
     fn on_request_body(&self, cx: &mut Context, _body: &[u8]) -> Action {
         self.visit(cx, "request_body")
     }
-    fn on_response_headers(&self, cx: &mut Context) -> Action {
-        self.visit(cx, "response_headers")
+    fn on_response_headers(&self, cx: &mut Context) -> ResponseAction {
+        response_action(self.visit(cx, "response_headers"))
     }
-    fn on_response_body(&self, cx: &mut Context, _body: &[u8]) -> Action {
-        self.visit(cx, "response_body")
+    fn on_response_body(&self, cx: &mut Context, _body: &[u8]) -> ResponseAction {
+        response_action(self.visit(cx, "response_body"))
+    }
+}
+
+fn response_action(action: Action) -> ResponseAction {
+    match action {
+        Action::Respond(reply) => ResponseAction::Respond(reply),
+        _ => ResponseAction::Continue,
     }
 }
 
@@ -117,44 +121,8 @@ impl Policy for Reader {
     }
 }
 
-/// Needs a remote document that must say `yes`; asks for a refetch when the
-/// cached one does not.
-struct Fetcher;
-
-fn fetcher_source() -> RemoteSource {
-    RemoteSource {
-        uri: "http://keys.example/jwks".into(),
-        cluster: "keys".into(),
-        timeout: Duration::from_secs(1),
-        refresh_interval: Duration::from_secs(60),
-        min_refetch_interval: Duration::from_secs(10),
-    }
-}
-
-impl Policy for Fetcher {
-    fn phases(&self) -> Phases {
-        Phases::REQUEST_HEADERS
-    }
-    fn remote_sources(&self) -> Vec<RemoteSource> {
-        vec![fetcher_source()]
-    }
-    fn on_request_headers(&self, cx: &mut Context) -> Action {
-        let source = fetcher_source();
-        match cx.document(&source) {
-            Some(doc) if &*doc.body == b"yes" => Action::Continue,
-            _ if cx.refetched(&source) => Action::Respond(LocalReply::text(401, "no key\n")),
-            _ => Action::Refetch(source),
-        }
-    }
-}
-
 fn registry() -> Registry {
     Registry::new([
-        PolicyFactory {
-            name: "fetcher",
-            version: "1.0.0",
-            build: |_| Ok(Box::new(Fetcher)),
-        },
         PolicyFactory {
             name: "probe",
             version: "1.0.0",
@@ -217,7 +185,7 @@ fn request_phases_run_in_order_and_response_phases_in_reverse() {
     assert!(matches!(x.on_request_headers(), Outcome::Continue(_)));
     assert!(matches!(
         x.on_response_headers(response("200")),
-        Outcome::Continue(_)
+        policy_executor::ResponseOutcome::Continue(_)
     ));
     assert_eq!(
         trace(&x),
@@ -259,7 +227,7 @@ fn a_request_reply_skips_later_policies_and_goes_through_earlier_ones() {
     // The exchange is over: later host calls change nothing.
     assert_eq!(
         x.on_response_headers(response("200")),
-        Outcome::Continue(Default::default())
+        policy_executor::ResponseOutcome::Continue(Default::default())
     );
     assert!(!x.acts_on_response());
 }
@@ -273,7 +241,8 @@ fn a_response_reply_replaces_the_response_and_goes_through_outer_policies() {
     );
     let mut x = exchange(&e, "/");
     x.on_request_headers();
-    let Outcome::Respond(reply) = x.on_response_headers(response("200")) else {
+    let policy_executor::ResponseOutcome::Respond(reply) = x.on_response_headers(response("200"))
+    else {
         panic!("expected a reply")
     };
     assert_eq!(reply.status, 502);
@@ -436,7 +405,7 @@ fn configuration_errors_name_route_policy_and_field() {
         ),
         (
             "routes:\n  - name: api\n    policies: [{name: probe, config: {id: a}}, {name: nope}]\n",
-            r#"route routes[0] "api", policy policies[1] nope, field name: unknown policy "nope" (this build has fetcher@1.0.0, probe@1.0.0, reader@1.0.0)"#,
+            r#"route routes[0] "api", policy policies[1] nope, field name: unknown policy "nope" (this build has probe@1.0.0, reader@1.0.0)"#,
         ),
         (
             "routes:\n  - name: api\n    policies: [{name: probe, version: 2.0.0, config: {id: a}}]\n",
@@ -579,47 +548,6 @@ fn a_chain_asks_the_host_only_for_the_attributes_its_expressions_read() {
         exchange(&e, "/").attributes(),
         AttributeSet::of(Attribute::PeerUriSan)
     );
-}
-
-#[test]
-fn a_policy_waits_for_a_refetch_then_the_chain_goes_on_where_it_stopped() {
-    let e = chain(
-        r#"[{name: probe, config: {id: a}}, {name: fetcher}, {name: probe, config: {id: b}}]"#,
-    );
-    assert_eq!(e.remote_sources(), [fetcher_source()]);
-
-    // Nothing fetched yet: the exchange stops at the fetcher.
-    let mut x = exchange(&e, "/");
-    assert_eq!(x.on_request_headers(), Outcome::Refetch(fetcher_source()));
-    assert_eq!(trace(&x), ["a:request_headers"]);
-    // The host fetched the document; the chain resumes at the fetcher and
-    // the first policy's edit is still applied.
-    e.documents().store(
-        &fetcher_source(),
-        Document {
-            fetched_at: 1,
-            body: Arc::from(&b"yes"[..]),
-        },
-    );
-    let Outcome::Continue(changes) = x.resume() else {
-        panic!("the resumed exchange did not continue");
-    };
-    assert_eq!(trace(&x), ["a:request_headers", "b:request_headers"]);
-    let names: Vec<String> = changes.iter().map(|(n, _)| n.to_string()).collect();
-    assert_eq!(names, ["x-a", "x-b"]);
-
-    // A document that cannot decide, refetched without luck: the policy
-    // decides with what it has instead of asking again.
-    e.documents().store(
-        &fetcher_source(),
-        Document {
-            fetched_at: 2,
-            body: Arc::from(&b"no"[..]),
-        },
-    );
-    let mut x = exchange(&e, "/");
-    assert_eq!(x.on_request_headers(), Outcome::Refetch(fetcher_source()));
-    assert!(matches!(x.resume(), Outcome::Respond(r) if r.status == 401));
 }
 
 #[test]

@@ -177,7 +177,11 @@ async fn serve(args: Args, build: Build) -> Result<(), String> {
         }
     });
 
-    tokio::spawn(crate::fetch::keep_fresh(Arc::clone(&store)));
+    let caller = Arc::new(crate::callout::Caller::default());
+    tokio::spawn(crate::fetch::keep_fresh(
+        Arc::clone(&store),
+        Arc::clone(&caller),
+    ));
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -208,7 +212,9 @@ async fn serve(args: Args, build: Build) -> Result<(), String> {
     log::info!("serving ext_proc on {address} ({transport})");
     let server = builder
         .add_service(health_service)
-        .add_service(ExternalProcessorServer::new(PolicyProcessor::new(store)))
+        .add_service(ExternalProcessorServer::new(PolicyProcessor::new(
+            store, caller,
+        )))
         // Every ext_proc message is a small frame waiting on a reply: Nagle's
         // algorithm would hold it for the peer's delayed ACK (tens of ms).
         .serve_with_incoming_shutdown(

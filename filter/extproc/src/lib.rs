@@ -9,6 +9,10 @@
 //! a headers-only chain, no response at all for a chain that does not act on
 //! it.
 //!
+//! A policy that calls a service (or needs a fresher remote document) holds
+//! its stream's answer until the call is answered; the call goes out
+//! asynchronously ([`callout`]), and no thread blocks on it.
+//!
 //! The configuration is the Wasm filter's plugin configuration, read from a
 //! file and reloaded when it changes ([`store`]); a bad new file is refused
 //! with the same errors and the previous configuration keeps serving.
@@ -17,6 +21,7 @@
 //! `policy-extproc` binary for each build, whose `main` calls [`cli::main`]
 //! with the build's policies.
 
+pub mod callout;
 pub mod cli;
 pub mod fetch;
 pub mod service;

@@ -1,25 +1,70 @@
 //! The `envoy.service.ext_proc.v3.ExternalProcessor` gRPC service.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessor;
 use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
+use policy_executor::Wait;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::callout::Caller;
 use crate::store::ConfigStore;
-use crate::stream::StreamState;
+use crate::stream::{Step, StreamState};
+
+/// How often a waiting stream looks again (for another worker's fetch, its
+/// claim's renewal, an overdue answer).
+const POLL_EVERY: Duration = Duration::from_millis(20);
 
 /// Serves ext_proc streams from the configuration in a [`ConfigStore`].
 pub struct PolicyProcessor {
     store: Arc<ConfigStore>,
+    caller: Arc<Caller>,
 }
 
 impl PolicyProcessor {
-    /// A processor serving `store`'s configuration.
-    pub fn new(store: Arc<ConfigStore>) -> Self {
-        Self { store }
+    /// A processor serving `store`'s configuration, sending the calls its
+    /// policies make with `caller`.
+    pub fn new(store: Arc<ConfigStore>, caller: Arc<Caller>) -> Self {
+        Self { store, caller }
+    }
+}
+
+/// Drives one message's step to its answer: sends calls and polls while the
+/// chain waits. `None` if Envoy went away meanwhile (dropping the state
+/// then gives up its claims).
+async fn answer(
+    state: &mut StreamState,
+    mut step: Step,
+    caller: &Caller,
+    replies: &mpsc::Sender<Result<ProcessingResponse, Status>>,
+) -> Option<ProcessingResponse> {
+    loop {
+        step = match step {
+            Step::Reply(response) => return Some(response),
+            Step::Wait(Wait::Poll) => {
+                tokio::select! {
+                    () = tokio::time::sleep(POLL_EVERY) => state.poll(),
+                    () = replies.closed() => return None,
+                }
+            }
+            Step::Wait(Wait::Send(call)) => {
+                let call = caller.call(call);
+                tokio::pin!(call);
+                loop {
+                    tokio::select! {
+                        answer = &mut call => break state.on_answer(answer),
+                        () = tokio::time::sleep(POLL_EVERY) => match state.poll() {
+                            Step::Wait(Wait::Poll) => continue,
+                            other => break other,
+                        },
+                        () = replies.closed() => return None,
+                    }
+                }
+            }
+        };
     }
 }
 
@@ -33,6 +78,7 @@ impl ExternalProcessor for PolicyProcessor {
     ) -> Result<Response<Self::ProcessStream>, Status> {
         let mut inbound = request.into_inner();
         let mut state = StreamState::new(self.store.current());
+        let caller = Arc::clone(&self.caller);
         let (replies, outbound) = mpsc::channel(4);
         tokio::spawn(async move {
             loop {
@@ -44,9 +90,13 @@ impl ExternalProcessor for PolicyProcessor {
                         return;
                     }
                 };
-                let reply = state
-                    .process(message)
-                    .map_err(|e| Status::invalid_argument(e.0));
+                let reply = match state.process(message) {
+                    Ok(step) => match answer(&mut state, step, &caller, &replies).await {
+                        Some(response) => Ok(response),
+                        None => return,
+                    },
+                    Err(e) => Err(Status::invalid_argument(e.0)),
+                };
                 let failed = reply.is_err();
                 if replies.send(reply).await.is_err() || failed {
                     return;

@@ -84,7 +84,7 @@ impl ConfigStore {
         match Engine::from_config(&text, &self.registry) {
             Ok(mut engine) => {
                 let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
-                engine.keep_documents_of(&current);
+                engine.keep_remote_of(&current);
                 *current = Arc::new(engine);
                 Reload::Applied
             }

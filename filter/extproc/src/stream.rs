@@ -2,6 +2,9 @@
 //! `ProcessingResponse` out, the executor deciding in between.
 //!
 //! Synchronous and free of gRPC, so the protocol logic is tested directly.
+//! A phase that waits for a service returns [`Step::Wait`]; the service
+//! (`service`) sends the call or polls, and hands the result back with
+//! [`StreamState::on_answer`] or [`StreamState::poll`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,7 +15,9 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
     TrailersResponse,
 };
 use envoy_types::pb::google::protobuf::Struct;
-use policy_executor::{Engine, Exchange, HeaderMutations, LocalReply, Outcome, Start};
+use policy_executor::{
+    Answer, Engine, Exchange, HeaderMutations, LocalReply, Outcome, ResponseOutcome, Start, Wait,
+};
 
 use crate::translate;
 
@@ -20,10 +25,41 @@ use crate::translate;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProtocolError(pub String);
 
+/// What the stream does after a message.
+#[derive(Debug)]
+pub enum Step {
+    /// Send this answer to Envoy.
+    Reply(ProcessingResponse),
+    /// The chain waits for a service: send the call, or poll.
+    Wait(Wait),
+}
+
+/// Which request phase waits, and what finishing it answers.
+enum Waiting {
+    /// The request headers; `end_of_stream`: the (empty) body phase
+    /// follows in the same answer.
+    Headers { end_of_stream: bool },
+    /// The empty body phase after headers that ended the stream, with the
+    /// headers phase's changes.
+    BodyAfterHeaders { changes: HeaderMutations },
+    /// The request body.
+    Body,
+}
+
 /// The state of one stream.
 pub struct StreamState {
     engine: Arc<Engine>,
     exchange: Option<Exchange>,
+    waiting: Option<Waiting>,
+}
+
+/// A stream that goes away while it waits gives up its claims.
+impl Drop for StreamState {
+    fn drop(&mut self) {
+        if let Some(exchange) = self.exchange.as_mut().filter(|x| x.is_waiting()) {
+            exchange.abandon();
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -39,14 +75,12 @@ impl StreamState {
         Self {
             engine,
             exchange: None,
+            waiting: None,
         }
     }
 
-    /// Answers one message.
-    pub fn process(
-        &mut self,
-        request: ProcessingRequest,
-    ) -> Result<ProcessingResponse, ProtocolError> {
+    /// Takes one message from Envoy.
+    pub fn process(&mut self, request: ProcessingRequest) -> Result<Step, ProtocolError> {
         let ProcessingRequest {
             request,
             attributes,
@@ -57,21 +91,102 @@ impl StreamState {
                 "a ProcessingRequest without a request".into(),
             ));
         };
+        if self.waiting.is_some() {
+            // Envoy waits for the answer to the message before: a new one
+            // now is not the protocol.
+            return Err(ProtocolError(
+                "a message arrived while the previous one waits for its answer".into(),
+            ));
+        }
         Ok(match message {
             In::RequestHeaders(headers) => self.request_headers(&headers, &attributes),
-            In::RequestBody(body) => self.body(Direction::Request, &body.body),
-            In::ResponseHeaders(headers) => self.response_headers(&headers),
-            In::ResponseBody(body) => self.body(Direction::Response, &body.body),
-            In::RequestTrailers(_) => respond(Out::RequestTrailers(TrailersResponse::default())),
-            In::ResponseTrailers(_) => respond(Out::ResponseTrailers(TrailersResponse::default())),
+            In::RequestBody(body) => self.request_body(&body.body),
+            In::ResponseHeaders(headers) => Step::Reply(self.response_headers(&headers)),
+            In::ResponseBody(body) => Step::Reply(self.response_body(&body.body)),
+            In::RequestTrailers(_) => {
+                Step::Reply(respond(Out::RequestTrailers(TrailersResponse::default())))
+            }
+            In::ResponseTrailers(_) => {
+                Step::Reply(respond(Out::ResponseTrailers(TrailersResponse::default())))
+            }
         })
+    }
+
+    /// Takes the answer to the call of the last [`Wait::Send`].
+    pub fn on_answer(&mut self, answer: Answer) -> Step {
+        let outcome = match self.exchange.as_mut() {
+            Some(exchange) => exchange.on_answer(answer),
+            None => return Step::Reply(immediate(engine_error())),
+        };
+        self.go_on(outcome)
+    }
+
+    /// Looks again at what the chain waits for.
+    pub fn poll(&mut self) -> Step {
+        let outcome = match self.exchange.as_mut() {
+            Some(exchange) => exchange.poll(),
+            None => return Step::Reply(immediate(engine_error())),
+        };
+        self.go_on(outcome)
+    }
+
+    /// Goes on with the request phase that waited.
+    fn go_on(&mut self, outcome: Outcome) -> Step {
+        match self.waiting.take() {
+            Some(waiting) => self.settle_request(waiting, outcome),
+            None => Step::Reply(immediate(engine_error())),
+        }
+    }
+
+    /// Answers a request phase, or waits.
+    fn settle_request(&mut self, waiting: Waiting, outcome: Outcome) -> Step {
+        let changes = match outcome {
+            Outcome::Wait(wait) => {
+                self.waiting = Some(waiting);
+                return Step::Wait(wait);
+            }
+            Outcome::Respond(reply) => return Step::Reply(immediate(reply)),
+            Outcome::Continue(changes) => changes,
+        };
+        let Some(exchange) = self.exchange.as_mut() else {
+            return Step::Reply(immediate(engine_error()));
+        };
+        match waiting {
+            // No body message will come, and both phases are answered in
+            // one response.
+            Waiting::Headers {
+                end_of_stream: true,
+            } if exchange.body_needs().request => {
+                let outcome = exchange.on_request_body(&[]);
+                self.settle_request(Waiting::BodyAfterHeaders { changes }, outcome)
+            }
+            Waiting::Headers { .. } => Step::Reply(self.request_headers_response(changes)),
+            Waiting::BodyAfterHeaders { changes: mut first } => {
+                first.merge(changes);
+                Step::Reply(self.request_headers_response(first))
+            }
+            Waiting::Body => Step::Reply(respond(Out::RequestBody(BodyResponse {
+                response: common_response(Some(&changes)),
+            }))),
+        }
+    }
+
+    fn request_headers_response(&self, changes: HeaderMutations) -> ProcessingResponse {
+        let mut response = headers_response(Direction::Request, Some(&changes));
+        if let Some(exchange) = &self.exchange {
+            response.mode_override = Some(translate::mode_for(
+                exchange.body_needs(),
+                exchange.acts_on_response(),
+            ));
+        }
+        response
     }
 
     fn request_headers(
         &mut self,
         message: &HttpHeaders,
         attributes: &HashMap<String, Struct>,
-    ) -> ProcessingResponse {
+    ) -> Step {
         let headers = translate::headers(message);
         let mut exchange = match self
             .engine
@@ -81,92 +196,63 @@ impl StreamState {
             Start::Pass(rewrites) => {
                 let mut response = headers_response(Direction::Request, Some(&rewrites));
                 response.mode_override = Some(translate::mode_done());
-                return response;
+                return Step::Reply(response);
             }
-            Start::Respond(reply) => return immediate(reply),
+            Start::Respond(reply) => return Step::Reply(immediate(reply)),
         };
         let wanted = exchange.attributes();
         if !wanted.is_empty() {
             exchange.set_connection(translate::connection(attributes, wanted));
         }
-        let mut outcome = exchange.on_request_headers();
-        while let Outcome::Refetch(source) = outcome {
-            crate::fetch::refetch_for_request(&self.engine, &source);
-            outcome = exchange.resume();
-        }
-        let changes = match with_body_if_ended(&mut exchange, Direction::Request, message, outcome)
-        {
-            Ok(changes) => changes,
-            Err(reply) => return immediate(reply),
-        };
-        let mode = translate::mode_for(exchange.body_needs(), exchange.acts_on_response());
+        let outcome = exchange.on_request_headers();
         self.exchange = Some(exchange);
-        let mut response = headers_response(Direction::Request, Some(&changes));
-        response.mode_override = Some(mode);
-        response
+        let end_of_stream = message.end_of_stream;
+        self.settle_request(Waiting::Headers { end_of_stream }, outcome)
+    }
+
+    fn request_body(&mut self, body: &[u8]) -> Step {
+        let outcome = match self.exchange.as_mut() {
+            Some(exchange) => exchange.on_request_body(body),
+            None => Outcome::Continue(HeaderMutations::default()),
+        };
+        self.settle_request(Waiting::Body, outcome)
     }
 
     fn response_headers(&mut self, message: &HttpHeaders) -> ProcessingResponse {
         let Some(exchange) = self.exchange.as_mut() else {
             return headers_response(Direction::Response, None);
         };
-        let outcome = exchange.on_response_headers(translate::headers(message));
-        match with_body_if_ended(exchange, Direction::Response, message, outcome) {
-            Ok(changes) => headers_response(Direction::Response, Some(&changes)),
-            Err(reply) => immediate(reply),
+        let mut changes = match exchange.on_response_headers(translate::headers(message)) {
+            ResponseOutcome::Continue(changes) => changes,
+            ResponseOutcome::Respond(reply) => return immediate(reply),
+        };
+        // No body message will come: the body phase runs over an empty
+        // body, answered with the headers.
+        if message.end_of_stream && exchange.body_needs().response {
+            match exchange.on_response_body(&[]) {
+                ResponseOutcome::Continue(later) => changes.merge(later),
+                ResponseOutcome::Respond(reply) => return immediate(reply),
+            }
         }
+        headers_response(Direction::Response, Some(&changes))
     }
 
-    fn body(&mut self, direction: Direction, body: &[u8]) -> ProcessingResponse {
-        let outcome = match (self.exchange.as_mut(), direction) {
-            (Some(exchange), Direction::Request) => exchange.on_request_body(body),
-            (Some(exchange), Direction::Response) => exchange.on_response_body(body),
-            (None, _) => Outcome::Continue(HeaderMutations::default()),
+    fn response_body(&mut self, body: &[u8]) -> ProcessingResponse {
+        let outcome = match self.exchange.as_mut() {
+            Some(exchange) => exchange.on_response_body(body),
+            None => ResponseOutcome::Continue(HeaderMutations::default()),
         };
         match outcome {
-            Outcome::Continue(changes) => {
-                let common = common_response(Some(&changes));
-                respond(match direction {
-                    Direction::Request => Out::RequestBody(BodyResponse { response: common }),
-                    Direction::Response => Out::ResponseBody(BodyResponse { response: common }),
-                })
-            }
-            Outcome::Respond(reply) => immediate(reply),
-            // Only the request-headers phase waits for a fetch.
-            Outcome::Refetch(_) => immediate(LocalReply::text(500, "policy engine error\n")),
+            ResponseOutcome::Continue(changes) => respond(Out::ResponseBody(BodyResponse {
+                response: common_response(Some(&changes)),
+            })),
+            ResponseOutcome::Respond(reply) => immediate(reply),
         }
     }
 }
 
-/// The outcome of a headers phase, followed by the body phase over an empty
-/// body when the headers end the stream and the chain reads that body: no
-/// body message will come, and both phases are answered in one response.
-fn with_body_if_ended(
-    exchange: &mut Exchange,
-    direction: Direction,
-    message: &HttpHeaders,
-    outcome: Outcome,
-) -> Result<HeaderMutations, LocalReply> {
-    let mut changes = match outcome {
-        Outcome::Continue(changes) => changes,
-        Outcome::Respond(reply) => return Err(reply),
-        Outcome::Refetch(_) => return Err(LocalReply::text(500, "policy engine error\n")),
-    };
-    if !message.end_of_stream {
-        return Ok(changes);
-    }
-    let needs = exchange.body_needs();
-    let body_phase = match direction {
-        Direction::Request if needs.request => exchange.on_request_body(&[]),
-        Direction::Response if needs.response => exchange.on_response_body(&[]),
-        _ => return Ok(changes),
-    };
-    match body_phase {
-        Outcome::Continue(later) => changes.merge(later),
-        Outcome::Respond(reply) => return Err(reply),
-        Outcome::Refetch(_) => return Err(LocalReply::text(500, "policy engine error\n")),
-    }
-    Ok(changes)
+fn engine_error() -> LocalReply {
+    LocalReply::text(500, "policy engine error\n")
 }
 
 fn respond(response: Out) -> ProcessingResponse {

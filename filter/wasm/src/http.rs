@@ -1,28 +1,29 @@
 //! One HTTP stream: translates proxy-wasm callbacks into executor phases.
 //!
-//! A stream whose policy needs a fresher remote document waits in this VM's
-//! list of waiting streams; it never fetches itself (see `fetch` for why
-//! only root contexts do). The root context's tick, which runs often while
-//! anyone waits, polls each waiting stream with the executor's rules
-//! (`Waiting::poll`): it fetches for the streams whose awaited attempt
-//! lapsed, and resumes those whose document arrived or whose attempt was
-//! answered. That is why a stream's state sits behind an `Rc`: it must be
-//! reachable from the root context's callbacks.
+//! A stream whose chain waits for a service (a policy's call, or a fresher
+//! remote document) pauses the request and sits in this VM's list of
+//! waiting streams. It sends its calls itself, so Envoy cancels them if the
+//! stream ends, and its exchange then gives up any claim it held. The root
+//! context's tick, which runs often while anyone waits, polls each waiting
+//! stream's exchange (renewing claims, fetching a document whose awaited
+//! fetch lapsed, resuming once it arrived). An answer is routed to the
+//! stream that waits for it, whichever context the SDK delivers it to. That
+//! is why a stream's state sits behind an `Rc`: it must be reachable from
+//! other contexts' callbacks.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::{Rc, Weak};
-use std::sync::Arc;
 
-use policy_executor::remote::{Step, WaitStep, Waiting};
 use policy_executor::{
-    AttributeKind, AttributeSet, AttributeValue, Connection, Documents, Engine, Exchange,
-    HeaderChange, HeaderMap, HeaderMutations, LocalReply, Outcome, RemoteSource, Start,
+    Answer, AttributeKind, AttributeSet, AttributeValue, CallFailure, Connection, Engine, Exchange,
+    HeaderChange, HeaderMap, HeaderMutations, LocalReply, Outcome, ResponseOutcome, Start, Wait,
 };
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType, Status};
 
-use crate::fetch;
+use crate::host::{self, InFlight};
 use crate::Tick;
 
 /// One request on this worker, as the proxy-wasm SDK holds it.
@@ -42,7 +43,9 @@ impl Stream {
                 replied: false,
                 request_body_done: false,
                 response_body_done: false,
-                waiting: false,
+                waiting: None,
+                listed: false,
+                call: None,
                 request_headers_ended: false,
                 request_body_end: None,
             })
@@ -82,81 +85,152 @@ pub(crate) struct StreamState {
     replied: bool,
     request_body_done: bool,
     response_body_done: bool,
-    /// The request-headers phase waits for a remote document.
-    waiting: bool,
+    /// The request phase that waits for a service.
+    waiting: Option<WaitingPhase>,
+    /// In this VM's list of waiting streams.
+    listed: bool,
+    /// The call sent for it and not yet answered.
+    call: Option<InFlight>,
     request_headers_ended: bool,
     /// The request body ended (with this size) while the headers waited.
     request_body_end: Option<usize>,
 }
 
+/// Which request phase waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WaitingPhase {
+    Headers,
+    Body,
+}
+
 impl StreamState {
-    /// Applies an outcome to the message held by `map`; returns the action
-    /// for Envoy.
-    fn settle(&mut self, map: MapType, outcome: Outcome) -> Action {
-        match outcome {
-            Outcome::Continue(mutations) => match apply_mutations(map, &mutations) {
-                Ok(()) => Action::Continue,
-                Err(status) => self.host_fault("change the headers", status),
-            },
-            Outcome::Respond(reply) => self.respond(&reply),
-            Outcome::Refetch(source) => self.refetch(source),
-        }
-    }
-
-    /// Holds the request until `source` is fetched by this VM's root
-    /// context or another VM, as the executor's rules say. It goes on at
-    /// once if another VM already has a newer copy, or if the last answer
-    /// came too recently to ask again (the policy then decides with what is
-    /// cached).
-    fn refetch(&mut self, source: RemoteSource) -> Action {
-        let documents = Arc::clone(self.engine.documents());
-        if fetch::sync_from_shared(&documents, &source) {
-            return self.resume_request_headers();
-        }
-        let now = fetch::now_millis();
-        let awaited = match source.next_step(fetch::last_attempt(&source).as_ref(), now) {
-            Step::TooSoon => return self.resume_request_headers(),
-            Step::Wait { claimed_at } => claimed_at,
-            // The root context claims the next attempt for it: any attempt
-            // claimed from now on is one it waits for.
-            Step::Fetch => now,
+    /// Applies a request phase's outcome; returns the action for Envoy.
+    fn settle_request(&mut self, phase: WaitingPhase, outcome: Outcome) -> Action {
+        let mutations = match outcome {
+            Outcome::Continue(mutations) => mutations,
+            Outcome::Respond(reply) => return self.respond(&reply),
+            Outcome::Wait(wait) => return self.wait(phase, wait),
         };
-        let waiting = Waiting::new(&source, documents.version(&source), awaited, now);
-        self.waiting = true;
-        WAITING.with(|list| {
-            list.borrow_mut().push(Waiter {
-                source,
-                waiting,
-                documents,
-                context_id: self.context_id,
-                stream: Weak::clone(&self.me),
-            });
-        });
-        self.tick.hurry();
-        Action::Pause
-    }
-
-    /// Finishes the request-headers phase after a refetch.
-    fn resume_request_headers(&mut self) -> Action {
-        self.waiting = false;
-        let Some(outcome) = self.exchange.as_mut().map(Exchange::resume) else {
-            return Action::Continue;
-        };
-        match self.settle(MapType::HttpRequestHeaders, outcome) {
-            Action::Continue => match self.request_body_end.take() {
+        if let Err(status) = apply_mutations(MapType::HttpRequestHeaders, &mutations) {
+            return self.host_fault("change the headers", status);
+        }
+        match phase {
+            // The body may have ended while the headers waited.
+            WaitingPhase::Headers => match self.request_body_end.take() {
                 Some(size) if self.awaiting_body(Direction::Request) => {
                     self.read_and_finish_body(Direction::Request, size)
                 }
                 _ => self.after_headers(Direction::Request, self.request_headers_ended),
             },
-            paused => paused,
+            WaitingPhase::Body => Action::Continue,
         }
     }
 
-    /// While the headers wait for a fetch, the body is held too: letting a
-    /// chunk continue would let the headers through.
-    fn hold_while_fetching(&mut self, end: Option<usize>) -> bool {
-        if !self.waiting {
+    /// Applies a response phase's outcome; returns the action for Envoy.
+    fn settle_response(&mut self, outcome: ResponseOutcome) -> Action {
+        match outcome {
+            ResponseOutcome::Continue(mutations) => {
+                match apply_mutations(MapType::HttpResponseHeaders, &mutations) {
+                    Ok(()) => Action::Continue,
+                    Err(status) => self.host_fault("change the headers", status),
+                }
+            }
+            ResponseOutcome::Respond(reply) => self.respond(&reply),
+        }
+    }
+
+    /// Holds the request while the chain waits; sends its call, if it has
+    /// one to send, from this stream's context.
+    fn wait(&mut self, phase: WaitingPhase, wait: Wait) -> Action {
+        self.waiting = Some(phase);
+        if !self.listed {
+            self.listed = true;
+            let waiter = Waiter {
+                context_id: self.context_id,
+                stream: Weak::clone(&self.me),
+            };
+            WAITING.with(|list| {
+                if let Ok(mut list) = list.try_borrow_mut() {
+                    list.push(waiter);
+                }
+            });
+        }
+        self.tick.hurry();
+        let Wait::Send(call) = wait else {
+            return Action::Pause;
+        };
+        match host::dispatch(&call) {
+            Ok(in_flight) => {
+                CALLS.with(|calls| {
+                    if let Ok(mut calls) = calls.try_borrow_mut() {
+                        calls.insert(in_flight.token, (self.context_id, Weak::clone(&self.me)));
+                    }
+                });
+                self.call = Some(in_flight);
+                Action::Pause
+            }
+            Err(status) => {
+                let failure = CallFailure::Unreachable(format!(
+                    "cannot send to cluster {:?}: {status:?}",
+                    call.service.cluster
+                ));
+                log::warn!("{failure}");
+                self.waiting = None;
+                match self.exchange.as_mut().map(|x| x.on_answer(Err(failure))) {
+                    Some(outcome) => self.settle_request(phase, outcome),
+                    None => self.host_fault("send a call", status),
+                }
+            }
+        }
+    }
+
+    /// Goes on with the phase that waited, from another callback than the
+    /// stream's own: a request that may go on is resumed.
+    fn wake(&mut self, outcome: Outcome) {
+        let Some(phase) = self.waiting.take() else {
+            return;
+        };
+        if let Action::Continue = self.settle_request(phase, outcome) {
+            if let Err(status) = hostcalls::resume_http_request() {
+                log::error!("cannot resume the request: {status:?}");
+            }
+        }
+    }
+
+    /// Polls the exchange from the root context's tick; returns whether the
+    /// stream still waits.
+    fn poll(&mut self) -> bool {
+        // Resumed by an answer since it was listed.
+        if self.waiting.is_none() {
+            self.listed = false;
+            return false;
+        }
+        let Some(outcome) = self.exchange.as_mut().map(Exchange::poll) else {
+            return false;
+        };
+        if outcome != Outcome::Wait(Wait::Poll) {
+            self.wake(outcome);
+        }
+        let waiting = self.waiting.is_some();
+        self.listed = waiting;
+        waiting
+    }
+
+    /// Takes the answer to this stream's call.
+    fn on_answer(&mut self, token: u32, read: impl FnOnce(&InFlight) -> Answer) {
+        let Some(in_flight) = self.call.take_if(|call| call.token == token) else {
+            return;
+        };
+        let answer = read(&in_flight);
+        if let Some(outcome) = self.exchange.as_mut().map(|x| x.on_answer(answer)) {
+            self.wake(outcome);
+        }
+    }
+
+    /// While the chain waits in the headers phase, the body is held too:
+    /// letting a chunk continue would let the headers through.
+    fn hold_while_waiting(&mut self, end: Option<usize>) -> bool {
+        if self.waiting.is_none() {
             return false;
         }
         if end.is_some() {
@@ -191,16 +265,21 @@ impl StreamState {
 
     /// Runs the body phase of `direction` over the whole body.
     fn finish_body(&mut self, direction: Direction, body: &[u8]) -> Action {
-        let outcome = match (self.exchange.as_mut(), direction) {
-            (Some(x), Direction::Request) => x.on_request_body(body),
-            (Some(x), Direction::Response) => x.on_response_body(body),
-            (None, _) => return Action::Continue,
+        let Some(exchange) = self.exchange.as_mut() else {
+            return Action::Continue;
         };
         match direction {
-            Direction::Request => self.request_body_done = true,
-            Direction::Response => self.response_body_done = true,
+            Direction::Request => {
+                let outcome = exchange.on_request_body(body);
+                self.request_body_done = true;
+                self.settle_request(WaitingPhase::Body, outcome)
+            }
+            Direction::Response => {
+                let outcome = exchange.on_response_body(body);
+                self.response_body_done = true;
+                self.settle_response(outcome)
+            }
         }
-        self.settle(direction.headers(), outcome)
     }
 
     /// Whether the exchange still has a body phase to run in `direction`.
@@ -269,13 +348,6 @@ enum Direction {
 }
 
 impl Direction {
-    fn headers(self) -> MapType {
-        match self {
-            Self::Request => MapType::HttpRequestHeaders,
-            Self::Response => MapType::HttpResponseHeaders,
-        }
-    }
-
     fn body(self) -> BufferType {
         match self {
             Self::Request => BufferType::HttpRequestBody,
@@ -315,27 +387,33 @@ impl StreamState {
         }
         let outcome = exchange.on_request_headers();
         self.exchange = Some(exchange);
-        match self.settle(MapType::HttpRequestHeaders, outcome) {
-            Action::Continue => self.after_headers(Direction::Request, end_of_stream),
-            paused => paused,
-        }
+        self.settle_request(WaitingPhase::Headers, outcome)
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if self.hold_while_fetching(end_of_stream.then_some(body_size)) {
+        if self.hold_while_waiting(end_of_stream.then_some(body_size)) {
             return Action::Pause;
         }
         self.on_body(Direction::Request, body_size, end_of_stream)
     }
 
     fn on_http_request_trailers(&mut self, _trailers: usize) -> Action {
-        if self.hold_while_fetching(Some(usize::MAX)) {
+        if self.hold_while_waiting(Some(usize::MAX)) {
             return Action::Pause;
         }
         self.on_trailers(Direction::Request)
     }
 
     fn on_http_response_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+        if self.waiting.take().is_some() {
+            // Envoy answers the request itself while the chain waits (a
+            // timeout): the exchange is over, and nothing may resume it.
+            if let Some(exchange) = self.exchange.as_mut() {
+                exchange.abandon();
+            }
+            self.call = None;
+            return Action::Continue;
+        }
         let Some(exchange) = self.exchange.as_ref() else {
             return Action::Continue;
         };
@@ -357,7 +435,7 @@ impl StreamState {
         else {
             return Action::Continue;
         };
-        match self.settle(MapType::HttpResponseHeaders, outcome) {
+        match self.settle_response(outcome) {
             Action::Continue => self.after_headers(Direction::Response, end_of_stream),
             paused => paused,
         }
@@ -372,7 +450,34 @@ impl StreamState {
     }
 }
 
-impl Context for Stream {}
+impl Context for Stream {
+    fn on_http_call_response(&mut self, token: u32, headers: usize, body: usize, _: usize) {
+        answer_call(token, |call| call.http_answer(headers, body));
+    }
+
+    fn on_grpc_call_response(&mut self, token: u32, status_code: u32, response_size: usize) {
+        answer_call(token, |call| call.grpc_answer(status_code, response_size));
+    }
+
+    /// The request is over; if it still waits (client reset, timeout), its
+    /// exchange gives up its claims and Envoy cancels its call.
+    fn on_done(&mut self) -> bool {
+        if let Ok(mut state) = self.state.try_borrow_mut() {
+            state.call = None;
+            let me = Rc::downgrade(&self.state);
+            CALLS.with(|calls| {
+                if let Ok(mut calls) = calls.try_borrow_mut() {
+                    calls.retain(|_, (_, stream)| !Weak::ptr_eq(stream, &me));
+                }
+            });
+            if let Some(exchange) = state.exchange.as_mut().filter(|x| x.is_waiting()) {
+                exchange.abandon();
+            }
+            state.waiting = None;
+        }
+        true
+    }
+}
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, headers: usize, end_of_stream: bool) -> Action {
@@ -400,86 +505,87 @@ impl HttpContext for Stream {
     }
 }
 
-/// A stream waiting for a document.
+/// A waiting stream.
 struct Waiter {
-    source: RemoteSource,
-    waiting: Waiting,
-    documents: Arc<Documents>,
     context_id: u32,
     stream: Weak<RefCell<StreamState>>,
 }
 
+/// A stream's context and state, for the callbacks of other contexts.
+type StreamRef = (u32, Weak<RefCell<StreamState>>);
+
 thread_local! {
     /// This VM's waiting streams (a VM runs on one thread).
     static WAITING: RefCell<Vec<Waiter>> = const { RefCell::new(Vec::new()) };
+    /// The calls in flight, by token, with the stream that waits for each.
+    static CALLS: RefCell<HashMap<u32, StreamRef>> = RefCell::new(HashMap::new());
 }
 
-/// Whether any stream of this VM waits for a document.
+/// Whether any stream of this VM waits.
 pub(crate) fn any_waiting() -> bool {
     WAITING.with(|list| list.try_borrow().map_or(true, |list| !list.is_empty()))
 }
 
-/// Polls the waiting streams at `now`: resumes those whose document
-/// arrived, whose attempt was answered, or who waited long enough (their
-/// policy then decides with what is cached), and returns the sources the
-/// root context is to fetch for the others. Streams that ended are
-/// dropped.
-pub(crate) fn poll_waiting(now: u64) -> Vec<RemoteSource> {
-    let mut fetch_for = Vec::new();
-    let ready: Vec<Waiter> = WAITING.with(|list| {
-        let Ok(mut list) = list.try_borrow_mut() else {
-            return Vec::new();
-        };
-        let mut ready = Vec::new();
-        for mut waiter in std::mem::take(&mut *list) {
-            if waiter.stream.strong_count() == 0 {
-                continue;
-            }
-            // Another root context of this VM, or another VM, may have
-            // fetched it.
-            fetch::sync_from_shared(&waiter.documents, &waiter.source);
-            let version = waiter.documents.version(&waiter.source);
-            let last = fetch::last_attempt(&waiter.source);
-            match waiter
-                .waiting
-                .poll(&waiter.source, version, last.as_ref(), now)
-            {
-                WaitStep::Resume => ready.push(waiter),
-                WaitStep::Wait => list.push(waiter),
-                WaitStep::FetchForIt => {
-                    if !fetch_for.contains(&waiter.source) {
-                        fetch_for.push(waiter.source.clone());
-                    }
-                    list.push(waiter);
-                }
-            }
-        }
-        ready
+/// Polls every waiting stream; those that still wait stay listed, and
+/// streams that ended are dropped. Each is polled as its own context, so
+/// that a call it sends belongs to it.
+pub(crate) fn poll_waiting() {
+    let waiters = WAITING.with(|list| {
+        list.try_borrow_mut()
+            .map(|mut list| std::mem::take(&mut *list))
+            .unwrap_or_default()
     });
-    for waiter in ready {
-        resume(&waiter);
+    let mut still = Vec::with_capacity(waiters.len());
+    for waiter in waiters {
+        let Some(stream) = waiter.stream.upgrade() else {
+            continue;
+        };
+        let Ok(mut state) = stream.try_borrow_mut() else {
+            still.push(waiter);
+            continue;
+        };
+        if let Err(status) = hostcalls::set_effective_context(waiter.context_id) {
+            // Kept, to be polled again (its stream ends it otherwise).
+            log::warn!("cannot poll a waiting request: {status:?}");
+            drop(state);
+            still.push(waiter);
+            continue;
+        }
+        if state.poll() {
+            drop(state);
+            still.push(waiter);
+        }
     }
-    fetch_for
+    WAITING.with(|list| {
+        if let Ok(mut list) = list.try_borrow_mut() {
+            // Streams that began waiting meanwhile were added to the list.
+            list.extend(still);
+        }
+    });
 }
 
-/// Resumes a waiting stream from another context's callback.
-fn resume(waiter: &Waiter) {
-    let Some(stream) = waiter.stream.upgrade() else {
-        return;
+/// Gives the answer to call `token` to the stream that waits for it;
+/// returns whether a stream sent it.
+pub(crate) fn answer_call(token: u32, read: impl FnOnce(&InFlight) -> Answer) -> bool {
+    let Some((context_id, stream)) =
+        CALLS.with(|calls| calls.try_borrow_mut().ok()?.remove(&token))
+    else {
+        return false;
+    };
+    let Some(stream) = stream.upgrade() else {
+        return true;
     };
     let Ok(mut state) = stream.try_borrow_mut() else {
-        return;
+        log::error!("a stream's state was in use when its answer came");
+        return true;
     };
     // Host calls from here on act on the waiting stream.
-    if let Err(status) = hostcalls::set_effective_context(waiter.context_id) {
+    if let Err(status) = hostcalls::set_effective_context(context_id) {
         log::warn!("cannot resume a waiting request: {status:?}");
-        return;
+        return true;
     }
-    if let Action::Continue = state.resume_request_headers() {
-        if let Err(status) = hostcalls::resume_http_request() {
-            log::error!("cannot resume the request: {status:?}");
-        }
-    }
+    state.on_answer(token, read);
+    true
 }
 
 /// Reads a whole header map in one host call. Values that are not UTF-8

@@ -12,10 +12,10 @@
 //!   buffered only for chains whose policies read them, and response headers
 //!   are read only for chains with a policy that inspects them.
 //!
-//! * policies that need a remote document (a JWKS) get it from the root
-//!   context, which fetches it on a timer and shares it with the other
-//!   workers' VMs (`fetch`); a request whose policy asks for a refetch
-//!   waits while the root context fetches it, or another VM does.
+//! * policies that call a service, or need a fresher remote document (a
+//!   JWKS), wait while their stream sends the call (`host` is the
+//!   transport, Envoy's clock and shared data); the root context refreshes
+//!   documents on a timer and shares them with the other workers' VMs.
 //!
 //! Host calls go through `proxy_wasm::hostcalls`, which return `Result`s,
 //! rather than the SDK's trait helpers, which `unwrap` (a header value that
@@ -27,7 +27,7 @@
 //! builder (`filter/builder`) generates for each build, whose entry point
 //! calls [`install`] with the build's policies.
 
-mod fetch;
+mod host;
 mod http;
 
 use std::cell::Cell;
@@ -36,7 +36,7 @@ use std::rc::Rc;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use policy_executor::{Build, Engine, RemoteSource};
+use policy_executor::{Build, CallFailure, Engine, Refresher, RemoteSource};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, LogLevel};
@@ -56,11 +56,12 @@ pub fn install(build: Build) {
     });
 }
 
-/// How often the root context looks for documents due for a refresh.
-const SLOW_TICK: Duration = Duration::from_millis(500);
+/// How often the root context looks for documents due for a refresh (and
+/// renews its claims): `RENEW_EVERY`.
+const SLOW_TICK: Duration = policy_executor::remote::attempt::RENEW_EVERY;
 
-/// How often it looks while a stream waits for a document: for the answers
-/// other VMs share, and for attempts that lapsed and need a fetch.
+/// How often it looks while a stream waits: for the answers other VMs
+/// share, and for attempts that lapsed and need a fetch.
 const FAST_TICK: Duration = Duration::from_millis(20);
 
 /// A root context's timer, which its streams hurry while they wait.
@@ -90,15 +91,16 @@ impl Tick {
     }
 }
 
-/// The per-VM root context: owns the compiled configuration and keeps its
-/// remote documents fresh. It makes every fetch of this VM (see `fetch`).
+/// The per-VM root context: owns the compiled configuration, keeps its
+/// remote documents fresh, and polls the streams that wait.
 struct PluginRoot {
     context_id: u32,
     engine: Option<Rc<Engine>>,
     remote_sources: Vec<RemoteSource>,
     tick: Rc<Tick>,
-    /// Fetches in flight, by callout token, with the time of their claim.
-    fetching: HashMap<u32, (RemoteSource, u64)>,
+    refresher: Refresher,
+    /// The refresher's fetches in flight, by callout token.
+    fetching: HashMap<u32, (RemoteSource, host::InFlight)>,
 }
 
 impl PluginRoot {
@@ -108,81 +110,68 @@ impl PluginRoot {
             engine: None,
             remote_sources: Vec::new(),
             tick: Rc::default(),
+            refresher: Refresher::default(),
             fetching: HashMap::new(),
         }
     }
 
-    /// Takes what other VMs fetched, resumes the streams that waited for
-    /// it, renews this VM's claims, and fetches what is due (or what a
-    /// waiting stream needs) and not claimed by another VM.
-    fn refresh_documents(&mut self) {
+    /// Polls the waiting streams, then takes what other VMs fetched, renews
+    /// this VM's claims and fetches what is due.
+    fn on_timer(&mut self) {
+        http::poll_waiting();
         let Some(engine) = self.engine.as_ref().map(Rc::clone) else {
             return;
         };
-        let documents = engine.documents();
-        let now = fetch::now_millis();
-        for source in &self.remote_sources {
-            fetch::sync_from_shared(documents, source);
-        }
-        let mut wanted = http::poll_waiting(now);
-        // Resuming a stream made it the effective context; a callout sent
-        // now would belong to it and die with it.
+        // Polling made streams the effective context; a fetch sent now
+        // would belong to the last of them and die with it.
         if let Err(status) = hostcalls::set_effective_context(self.context_id) {
             log::error!("cannot act as the root context: {status:?}");
             return;
         }
-        for (source, claimed_at) in self.fetching.values() {
-            fetch::renew(source, *claimed_at, now);
-        }
-        for source in &self.remote_sources {
-            if source.refresh_due(documents.version(source), now) && !wanted.contains(source) {
-                wanted.push(source.clone());
+        let remote = engine.remote();
+        for (source, call) in self.refresher.tick(remote, &self.remote_sources) {
+            match host::dispatch(&call) {
+                Ok(in_flight) => {
+                    self.fetching.insert(in_flight.token, (source, in_flight));
+                }
+                Err(status) => {
+                    let failure = CallFailure::Unreachable(format!(
+                        "cannot send to cluster {:?}: {status:?}",
+                        source.cluster
+                    ));
+                    self.refresher.on_answer(remote, &source, &Err(failure));
+                }
             }
-        }
-        for source in wanted {
-            self.fetch(source, now);
         }
         self.tick.set(http::any_waiting());
-    }
-
-    /// Claims and sends a fetch of `source`, unless another VM's attempt is
-    /// live or one was answered too recently.
-    fn fetch(&mut self, source: RemoteSource, now: u64) {
-        let Ok(claimed_at) = fetch::claim(&source, now) else {
-            return;
-        };
-        match fetch::dispatch(&source) {
-            Ok(token) => {
-                self.fetching.insert(token, (source, claimed_at));
-            }
-            Err(status) => {
-                log::warn!(
-                    "cannot fetch {} from cluster {:?}: {status:?}",
-                    source.uri,
-                    source.cluster
-                );
-                fetch::release(&source, claimed_at);
-            }
-        }
     }
 }
 
 impl Context for PluginRoot {
-    fn on_http_call_response(&mut self, token: u32, _headers: usize, body: usize, _: usize) {
-        let (Some((source, claimed_at)), Some(engine)) =
-            (self.fetching.remove(&token), self.engine.as_ref())
-        else {
+    fn on_http_call_response(&mut self, token: u32, headers: usize, body: usize, _: usize) {
+        if let Some((source, in_flight)) = self.fetching.remove(&token) {
+            if let Some(engine) = self.engine.as_ref() {
+                let answer = in_flight.http_answer(headers, body);
+                self.refresher.on_answer(engine.remote(), &source, &answer);
+            }
+            // Streams that waited for it go on now rather than at the next
+            // tick.
+            http::poll_waiting();
             return;
-        };
-        fetch::complete(engine.documents(), &source, claimed_at, body);
-        http::poll_waiting(fetch::now_millis());
+        }
+        // A call a stream sent while the root context's tick polled it.
+        http::answer_call(token, |call| call.http_answer(headers, body));
+    }
+
+    fn on_grpc_call_response(&mut self, token: u32, status_code: u32, response_size: usize) {
+        http::answer_call(token, |call| call.grpc_answer(status_code, response_size));
     }
 
     /// The plugin is going away, and Envoy cancels its callouts: the next
     /// claim on each is due at once.
     fn on_done(&mut self) -> bool {
-        for (source, claimed_at) in self.fetching.values() {
-            fetch::release(source, *claimed_at);
+        if let Some(engine) = self.engine.as_ref() {
+            self.refresher.release_all(engine.remote());
         }
         true
     }
@@ -214,7 +203,8 @@ impl RootContext for PluginRoot {
         };
         let registry = (build.registry)();
         match Engine::from_config(&text, &registry) {
-            Ok(engine) => {
+            Ok(mut engine) => {
+                engine.set_host(Box::new(host::EnvoyHost));
                 log::info!(
                     "policy engine configured: {} route entries; policies in this build: {}",
                     engine.route_count(),
@@ -223,9 +213,6 @@ impl RootContext for PluginRoot {
                 self.remote_sources = engine.remote_sources();
                 self.engine = Some(Rc::new(engine));
                 if !self.remote_sources.is_empty() {
-                    for source in &self.remote_sources {
-                        fetch::ensure_attempt_entry(source);
-                    }
                     // The first fetch waits for the first tick: Envoy also
                     // configures VMs only to check a configuration, then
                     // destroys them, and their claims would lapse unanswered.
@@ -241,7 +228,7 @@ impl RootContext for PluginRoot {
     }
 
     fn on_tick(&mut self) {
-        self.refresh_documents();
+        self.on_timer();
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -20,7 +20,7 @@ fn decide(config: serde_json::Value, path: &str, spiffe_id: Option<&str>) -> u16
     match x.on_request_headers() {
         Outcome::Continue(_) => 0,
         Outcome::Respond(reply) => reply.status,
-        Outcome::Refetch(source) => panic!("unexpected refetch of {}", source.uri),
+        Outcome::Wait(wait) => panic!("unexpected wait: {wait:?}"),
     }
 }
 

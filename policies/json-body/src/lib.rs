@@ -16,6 +16,7 @@
 
 use policy_executor::{
     parse_params, Action, Context, LocalReply, ParamError, Phases, Policy, PolicyFactory,
+    ResponseAction,
 };
 use serde::de::IgnoredAny;
 use serde::Deserialize;
@@ -120,9 +121,9 @@ impl Policy for JsonBody {
         }
     }
 
-    fn on_response_body(&self, cx: &mut Context, body: &[u8]) -> Action {
+    fn on_response_body(&self, cx: &mut Context, body: &[u8]) -> ResponseAction {
         match self.check(body) {
-            Ok(()) => Action::Continue,
+            Ok(()) => ResponseAction::Continue,
             Err(fault) => {
                 let why = match fault {
                     Fault::TooLarge => format!("exceeds {} bytes", self.max_bytes),
@@ -132,7 +133,7 @@ impl Policy for JsonBody {
                     "json-body on {:?}: upstream response body {why}",
                     cx.route().chain
                 );
-                Action::Respond(LocalReply::text(
+                ResponseAction::Respond(LocalReply::text(
                     502,
                     "upstream response is not valid JSON\n",
                 ))
@@ -154,11 +155,11 @@ mod tests {
     use policy_executor::{HeaderMap, Outcome};
     use serde_json::json;
 
-    fn status(outcome: Outcome) -> u16 {
-        match outcome {
+    fn status(outcome: impl Into<Outcome>) -> u16 {
+        match outcome.into() {
             Outcome::Continue(_) => 0,
             Outcome::Respond(reply) => reply.status,
-            Outcome::Refetch(source) => panic!("unexpected refetch of {}", source.uri),
+            Outcome::Wait(wait) => panic!("unexpected wait: {wait:?}"),
         }
     }
 

@@ -51,8 +51,8 @@ use jwt_simple::prelude::{Base64UrlSafeNoPadding, Token, UnixTimeStamp, Verifica
 use jwt_simple::reexports::ct_codecs::Decoder;
 use policy_executor::credentials::{CredentialError, Location, RawLocation};
 use policy_executor::{
-    parse_params, Action, Context, HeaderName, HeaderValue, LocalReply, ParamError, Phases, Policy,
-    PolicyFactory, RemoteSource, JWT_CLAIMS,
+    parse_duration, parse_params, Action, Context, HeaderName, HeaderValue, LocalReply, ParamError,
+    Phases, Policy, PolicyFactory, RemoteSource, JWT_CLAIMS,
 };
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -318,20 +318,6 @@ fn remote_source(remote: RemoteJwks, at: &str) -> Result<RemoteSource, ParamErro
         refresh_interval: duration(remote.cache_duration, "cache_duration", 300)?,
         min_refetch_interval: duration(remote.min_refetch_interval, "min_refetch_interval", 30)?,
     })
-}
-
-/// `500ms`, `5s`, `1.5s`, `10m`, `1h`: Envoy's duration notation.
-fn parse_duration(text: &str) -> Option<Duration> {
-    let (number, unit) = text.split_at(text.find(|c: char| c.is_ascii_alphabetic())?);
-    let value: f64 = number.parse().ok()?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => return None,
-    };
-    (seconds.is_finite() && seconds > 0.0).then(|| Duration::from_secs_f64(seconds))
 }
 
 fn now_seconds() -> u64 {
@@ -718,7 +704,7 @@ impl Policy for Jwt {
                 Action::Continue
             }
             Verdict::Refused(refusal) => self.refuse(&refusal, cx),
-            Verdict::Refetch(source) => Action::Refetch(source),
+            Verdict::Refetch(source) => Action::Refresh(source),
         }
     }
 }

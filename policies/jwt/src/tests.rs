@@ -249,7 +249,7 @@ fn remote_config() -> Value {
 
 fn publish(engine: &Engine, version: u64, keys: &[Value]) {
     let [source] = engine.remote_sources().try_into().unwrap();
-    engine.documents().store(
+    engine.remote().documents().store(
         &source,
         Document {
             fetched_at: version,
@@ -260,7 +260,9 @@ fn publish(engine: &Engine, version: u64, keys: &[Value]) {
 
 #[test]
 fn remote_keys_are_asked_for_and_an_unknown_kid_asks_for_a_refetch() {
-    let engine = engine_for(FACTORY, remote_config()).unwrap();
+    let host = policy_executor::testing::FakeHost::at(1_000_000);
+    let mut engine = engine_for(FACTORY, remote_config()).unwrap();
+    engine.set_host(Box::new(host.clone()));
     let [source] = engine.remote_sources().try_into().unwrap();
     assert_eq!(source.timeout, Duration::from_secs(2));
     assert_eq!(source.refresh_interval, Duration::from_secs(600));
@@ -268,34 +270,51 @@ fn remote_keys_are_asked_for_and_an_unknown_kid_asks_for_a_refetch() {
     let old = ES256KeyPair::generate().with_key_id("old");
     let new = ES256KeyPair::generate().with_key_id("new");
     let auth = |key: &ES256KeyPair| bearer(&key.sign(claims(json!({}))).unwrap());
+    let waits = Outcome::Wait(policy_executor::Wait::Poll);
+    let mut refresher = policy_executor::Refresher::default();
+    let mut fetch = |answer: policy_executor::Answer| {
+        let calls = refresher.tick(engine.remote(), std::slice::from_ref(&source));
+        assert_eq!(calls, [(source.clone(), source.fetch_call())]);
+        refresher.on_answer(engine.remote(), &source, &answer);
+    };
 
-    // Nothing fetched yet: the request waits for a fetch; none comes: 401.
+    // Nothing fetched yet: the request waits for the keys; the fetch fails:
+    // 401.
     let mut x = start(
         &engine,
         request("GET", "/", &[("authorization", &auth(&old))]),
     )
     .unwrap();
-    assert_eq!(x.on_request_headers(), Outcome::Refetch(source.clone()));
-    assert_eq!(status(&x.resume()), Some(401));
+    assert_eq!(x.on_request_headers(), waits);
+    fetch(Err(policy_executor::CallFailure::Timeout));
+    assert_eq!(status(&x.poll()), Some(401));
 
     publish(&engine, 1, &[es256_jwk(&old, "old")]);
     let (outcome, _) = run(&engine, &[("authorization", &auth(&old))]);
     assert_eq!(status(&outcome), None);
 
-    // A rotation: the token names a kid the cached set lacks.
+    // A rotation: the token names a kid the cached set lacks; the request
+    // waits for the new set and verifies with it.
+    host.advance(1_000);
     let mut x = start(
         &engine,
         request("GET", "/", &[("authorization", &auth(&new))]),
     )
     .unwrap();
-    assert_eq!(x.on_request_headers(), Outcome::Refetch(source.clone()));
-    publish(&engine, 2, &[es256_jwk(&new, "new")]);
-    assert_eq!(status(&x.resume()), None);
+    assert_eq!(x.on_request_headers(), waits);
+    let keys = json!({"keys": [es256_jwk(&new, "new")]}).to_string();
+    fetch(Ok(policy_executor::CallResponse {
+        status: 200,
+        headers: Vec::new(),
+        body: keys.into_bytes(),
+    }));
+    assert_eq!(status(&x.poll()), None);
 
     // The old key is gone: its token, verified and cached before, is not
-    // served from the cache any more.
+    // served from the cache any more; within min_refetch_interval of the
+    // last fetch it is refused at once.
     let (outcome, _) = run(&engine, &[("authorization", &auth(&old))]);
-    assert!(matches!(outcome, Outcome::Refetch(_)));
+    assert_eq!(status(&outcome), Some(401));
 }
 
 #[test]

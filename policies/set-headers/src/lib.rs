@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 
 use policy_executor::{
     parse_params, Action, Context, HeaderName, HeaderValue, ParamError, Phases, Policy,
-    PolicyFactory,
+    PolicyFactory, ResponseAction,
 };
 use serde::Deserialize;
 
@@ -157,9 +157,9 @@ impl Policy for SetHeaders {
         Action::Continue
     }
 
-    fn on_response_headers(&self, cx: &mut Context) -> Action {
+    fn on_response_headers(&self, cx: &mut Context) -> ResponseAction {
         self.response.apply(cx);
-        Action::Continue
+        ResponseAction::Continue
     }
 }
 

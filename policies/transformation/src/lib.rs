@@ -42,7 +42,7 @@ use std::collections::BTreeMap;
 use policy_executor::canonical::{canonical_authority, canonical_path, EscapedSlashes};
 use policy_executor::{
     parse_params, Action, AttributeSet, Context, Expression, HeaderName, HeaderValue, LocalReply,
-    ParamError, Phase, Phases, Policy, PolicyFactory, RequestTarget,
+    ParamError, Phase, Phases, Policy, PolicyFactory, RequestTarget, ResponseAction,
 };
 use serde::Deserialize;
 
@@ -134,7 +134,7 @@ impl Edits {
         headers.chain(&self.path).chain(&self.host)
     }
 
-    fn apply(&self, cx: &mut Context) -> Action {
+    fn apply(&self, cx: &mut Context) -> ResponseAction {
         let set = values(&self.set, cx);
         let add = values(&self.add, cx);
         let path = match &self.path {
@@ -172,12 +172,12 @@ impl Edits {
         if let Some(host) = &host {
             headers.rewrite(RequestTarget::Authority, host);
         }
-        Action::Continue
+        ResponseAction::Continue
     }
 }
 
-fn cannot_rewrite(what: &str) -> Action {
-    Action::Respond(LocalReply::text(
+fn cannot_rewrite(what: &str) -> ResponseAction {
+    ResponseAction::Respond(LocalReply::text(
         500,
         format!("the request's {what} could not be rewritten\n"),
     ))
@@ -307,10 +307,10 @@ impl Policy for Transformation {
     }
 
     fn on_request_headers(&self, cx: &mut Context) -> Action {
-        self.request.apply(cx)
+        self.request.apply(cx).into()
     }
 
-    fn on_response_headers(&self, cx: &mut Context) -> Action {
+    fn on_response_headers(&self, cx: &mut Context) -> ResponseAction {
         self.response.apply(cx)
     }
 }

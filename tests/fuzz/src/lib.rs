@@ -42,6 +42,6 @@ pub fn drive(engine: &Engine, headers: HeaderMap, body: &[u8]) {
     }
 }
 
-fn goes_on(outcome: Outcome) -> bool {
-    matches!(outcome, Outcome::Continue(_))
+fn goes_on(outcome: impl Into<Outcome>) -> bool {
+    matches!(outcome.into(), Outcome::Continue(_))
 }

@@ -29,10 +29,13 @@ use std::time::Duration;
 
 use super::{duration_millis, RemoteSource};
 
-/// How long a claim stays live without its owner renewing it. Hosts renew
-/// their in-flight claims at least every 500 ms, so a lapse means the owner
-/// is gone, not busy.
+/// How long a claim stays live without its owner renewing it. Owners renew
+/// their in-flight claims at least every [`RENEW_EVERY`], so a lapse means
+/// the owner is gone, not busy.
 pub const OWNER_LEASE: Duration = Duration::from_millis(1_500);
+
+/// How often, at most, hosts poll what waits (and so renew claims).
+pub const RENEW_EVERY: Duration = Duration::from_millis(500);
 
 /// How long past a fetch's `timeout` its answer may take to reach the other
 /// workers (the owner shares it on receipt; the others look on their next

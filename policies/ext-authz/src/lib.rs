@@ -1,0 +1,796 @@
+//! `ext-authz`: external authorization, as Envoy's `ext_authz` filter does
+//! it. Each request is sent to an authorization service (OPA, Authorino, a
+//! service of your own), which allows it (with headers to add to or remove
+//! from the upstream request, and metadata for later policies) or denies it
+//! (with the status, headers and body the client gets).
+//!
+//! ```yaml
+//! - name: ext-authz
+//!   config:
+//!     grpc: { uri: "http://authz.example:9001", cluster: authz }   # envoy.service.auth.v3.Authorization/Check
+//!     # http: { uri: "http://authz.example:8000/check", cluster: authz-http,
+//!     #         allowed_upstream_headers: [x-user], allowed_client_headers: [www-authenticate] }
+//!     timeout: 200ms
+//!     include_headers: [authorization, x-tenant]   # default: all (gRPC), authorization (HTTP)
+//!     include_body: { max_bytes: 8192 }            # the chain then buffers the request body
+//!     failure_mode: deny                           # or allow, when the service cannot answer
+//!     cache: { key: 'request.headers["authorization"]', ttl: 30s, max_entries: 10000 }
+//! ```
+//!
+//! The call goes through the executor's callout mechanism: the request
+//! waits, nothing else does. What cannot be decided is denied
+//! (`status_on_error`, 403 by default) unless `failure_mode: allow` says
+//! otherwise.
+
+pub mod proto;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use policy_executor::{
+    check_reply_status, parse_duration, parse_params, Action, Answer, Attribute, AttributeSet,
+    Call, CallRequest, CallResponse, Context, Expression, HeaderName, HeaderValue, LocalReply,
+    ParamError, Phase, Phases, Policy, PolicyFactory, Service,
+};
+use prost::Message;
+use serde::Deserialize;
+
+/// The policy's factory, for a build's registry.
+pub const FACTORY: PolicyFactory = PolicyFactory {
+    name: "ext-authz",
+    version: "0.1.0",
+    build,
+};
+
+/// Where metadata from the service goes: `ext-authz.<field>`.
+const METADATA_PREFIX: &str = "ext-authz.";
+
+/// Headers that describe a hop, not the request: never forwarded.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "content-length",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    grpc: Option<GrpcParams>,
+    http: Option<HttpParams>,
+    timeout: Option<String>,
+    include_headers: Option<Vec<String>>,
+    include_body: Option<BodyParams>,
+    #[serde(default)]
+    failure_mode: FailureMode,
+    status_on_error: Option<u16>,
+    #[serde(default)]
+    context_extensions: BTreeMap<String, String>,
+    cache: Option<CacheParams>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrpcParams {
+    uri: String,
+    cluster: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpParams {
+    uri: String,
+    cluster: String,
+    #[serde(default)]
+    allowed_upstream_headers: Vec<String>,
+    allowed_client_headers: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BodyParams {
+    max_bytes: usize,
+    #[serde(default)]
+    allow_partial: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CacheParams {
+    key: String,
+    ttl: String,
+    max_entries: Option<usize>,
+}
+
+/// What happens when the service cannot answer (timeout, unreachable, an
+/// answer that cannot be read).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum FailureMode {
+    /// Refuse the request: fail closed.
+    #[default]
+    Deny,
+    /// Let it through, unauthorized; logged.
+    Allow,
+}
+
+/// The protocol spoken to the service.
+enum Protocol {
+    Grpc,
+    Http {
+        /// The path prefix of the service's URL, put before the request's.
+        prefix: String,
+        allowed_upstream: Vec<HeaderName>,
+        /// `None`: every header of the denial goes to the client.
+        allowed_client: Option<Vec<HeaderName>>,
+    },
+}
+
+struct ExtAuthz {
+    protocol: Protocol,
+    service: Service,
+    timeout: std::time::Duration,
+    include_headers: Option<Vec<HeaderName>>,
+    body: Option<BodyParams>,
+    failure_mode: FailureMode,
+    status_on_error: u16,
+    context_extensions: HashMap<String, String>,
+    cache: Option<DecisionCache>,
+}
+
+fn build(config: &serde_json::Value) -> Result<Box<dyn Policy>, ParamError> {
+    let params: Params = parse_params(config)?;
+    let (protocol, uri, cluster, at) = match (params.grpc, params.http) {
+        (Some(grpc), None) => (Protocol::Grpc, grpc.uri, grpc.cluster, "grpc"),
+        (None, Some(http)) => {
+            let allowed_upstream = header_names(
+                &http.allowed_upstream_headers,
+                "http.allowed_upstream_headers",
+            )?;
+            let allowed_client = match &http.allowed_client_headers {
+                Some(names) => Some(header_names(names, "http.allowed_client_headers")?),
+                None => None,
+            };
+            let prefix = path_of(&http.uri).to_owned();
+            let protocol = Protocol::Http {
+                prefix: prefix.trim_end_matches('/').to_owned(),
+                allowed_upstream,
+                allowed_client,
+            };
+            (protocol, http.uri, http.cluster, "http")
+        }
+        _ => {
+            return Err(ParamError::at(
+                ".",
+                "exactly one of `grpc` and `http` names the authorization service",
+            ))
+        }
+    };
+    let Some((scheme, rest)) = uri
+        .split_once("://")
+        .filter(|(s, _)| *s == "http" || *s == "https")
+    else {
+        return Err(ParamError::at(
+            format!("{at}.uri"),
+            "an http:// or https:// URL is needed",
+        ));
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.is_empty() {
+        return Err(ParamError::at(format!("{at}.uri"), "the URL has no host"));
+    }
+    if cluster.is_empty() {
+        return Err(ParamError::at(format!("{at}.cluster"), "empty"));
+    }
+    let timeout = match &params.timeout {
+        None => std::time::Duration::from_millis(200),
+        Some(text) => parse_duration(text).ok_or_else(|| {
+            ParamError::at(
+                "timeout",
+                format!("{text:?} is not a duration like 200ms or 1s"),
+            )
+        })?,
+    };
+    let include_headers = match &params.include_headers {
+        Some(names) => Some(header_names(names, "include_headers")?),
+        None => None,
+    };
+    if params
+        .include_body
+        .as_ref()
+        .is_some_and(|b| b.max_bytes == 0)
+    {
+        return Err(ParamError::at(
+            "include_body.max_bytes",
+            "must be at least 1",
+        ));
+    }
+    let status_on_error =
+        check_reply_status("status_on_error", params.status_on_error.unwrap_or(403))?;
+    if params.cache.is_some() && params.include_body.is_some() {
+        return Err(ParamError::at(
+            "cache",
+            "a decision made on the body cannot be cached by a key that does not see it: drop `cache` or `include_body`",
+        ));
+    }
+    let cache = params.cache.map(DecisionCache::build).transpose()?;
+    Ok(Box::new(ExtAuthz {
+        protocol,
+        service: Service {
+            cluster,
+            base_uri: format!("{scheme}://{authority}"),
+        },
+        timeout,
+        include_headers,
+        body: params.include_body,
+        failure_mode: params.failure_mode,
+        status_on_error,
+        context_extensions: params.context_extensions.into_iter().collect(),
+        cache,
+    }))
+}
+
+fn header_names(names: &[String], field: &str) -> Result<Vec<HeaderName>, ParamError> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            HeaderName::parse(name).map_err(|e| ParamError::at(format!("{field}[{i}]"), e))
+        })
+        .collect()
+}
+
+/// Headers proxies set about a request, which a client must not forge
+/// into a check Envoy sends.
+fn is_proxy_header(name: &str) -> bool {
+    name == "forwarded"
+        || name == "host"
+        || name == "x-real-ip"
+        || name.starts_with("x-forwarded-")
+        || name.starts_with("x-original-")
+        || name.starts_with("x-envoy-")
+}
+
+/// The path of a URL, without its scheme and authority.
+fn path_of(uri: &str) -> &str {
+    let rest = uri.split_once("://").map_or(uri, |(_, rest)| rest);
+    rest.find('/').map_or("", |at| &rest[at..])
+}
+
+impl Policy for ExtAuthz {
+    fn phases(&self) -> Phases {
+        if self.body.is_some() {
+            Phases::REQUEST_BODY
+        } else {
+            Phases::REQUEST_HEADERS
+        }
+    }
+
+    fn attributes(&self) -> AttributeSet {
+        let peer = match self.protocol {
+            // The service is told who is calling.
+            Protocol::Grpc => {
+                AttributeSet::of(Attribute::SourceAddress) | AttributeSet::of(Attribute::PeerUriSan)
+            }
+            Protocol::Http { .. } => AttributeSet::NONE,
+        };
+        let key = self
+            .cache
+            .as_ref()
+            .map_or(AttributeSet::NONE, |c| c.key.attributes());
+        peer | key
+    }
+
+    fn asserted_headers(&self) -> Vec<HeaderName> {
+        match &self.protocol {
+            Protocol::Http {
+                allowed_upstream, ..
+            } => allowed_upstream.clone(),
+            Protocol::Grpc => Vec::new(),
+        }
+    }
+
+    fn on_request_headers(&self, cx: &mut Context) -> Action {
+        self.check(cx, None)
+    }
+
+    fn on_request_body(&self, cx: &mut Context, body: &[u8]) -> Action {
+        self.check(cx, Some(body))
+    }
+}
+
+/// What the service decided, as this policy applies it (and caches it).
+#[derive(Debug, Clone, PartialEq)]
+enum Decision {
+    Allow {
+        /// Headers set on the upstream request, replacing the client's.
+        set: Vec<(HeaderName, HeaderValue)>,
+        /// Headers appended to the upstream request.
+        append: Vec<(HeaderName, HeaderValue)>,
+        /// Headers removed from the upstream request.
+        remove: Vec<HeaderName>,
+        /// Metadata for later policies, `ext-authz.<field>`.
+        metadata: Vec<(String, serde_json::Value)>,
+    },
+    Deny(LocalReply),
+}
+
+impl ExtAuthz {
+    fn check(&self, cx: &mut Context, body: Option<&[u8]>) -> Action {
+        if let Some(answer) = cx.answer().cloned() {
+            let decision = match self.read(answer) {
+                Ok(decision) => decision,
+                Err(why) => return self.fail(cx, &why),
+            };
+            if let Some(cache) = &self.cache {
+                cache.store(cx, decision.clone());
+            }
+            return apply(cx, decision);
+        }
+        if let Some(decision) = self.cache.as_ref().and_then(|c| c.lookup(cx)) {
+            return apply(cx, decision);
+        }
+        let body = match body {
+            Some(body) => match &self.body {
+                Some(limit) if body.len() > limit.max_bytes && !limit.allow_partial => {
+                    return Action::Respond(LocalReply::text(413, "payload too large\n"));
+                }
+                Some(limit) => &body[..body.len().min(limit.max_bytes)],
+                None => &[],
+            },
+            None => &[],
+        };
+        let request = match &self.protocol {
+            Protocol::Grpc => CallRequest::Grpc {
+                service: "envoy.service.auth.v3.Authorization".into(),
+                method: "Check".into(),
+                message: self.check_request(cx, body).encode_to_vec(),
+            },
+            Protocol::Http { prefix, .. } => self.http_request(cx, prefix, body),
+        };
+        Action::Call(Call {
+            service: self.service.clone(),
+            timeout: self.timeout,
+            request,
+        })
+    }
+
+    /// The request's headers the service is told about: the listed ones,
+    /// or all (gRPC) / `authorization` (HTTP, as Envoy); never the
+    /// pseudo-headers or hop-by-hop ones. Over HTTP the check is a request
+    /// Envoy sends, so the client's proxy headers (`x-envoy-*` would steer
+    /// Envoy's own call; `x-forwarded-*` the service) are never copied.
+    fn forwarded_headers(&self, cx: &Context) -> Vec<(String, String)> {
+        let http = matches!(self.protocol, Protocol::Http { .. });
+        let mut headers: Vec<(String, String)> = Vec::new();
+        for (name, value) in cx.request_headers().iter() {
+            if name.starts_with(':') || HOP_BY_HOP.contains(&name) {
+                continue;
+            }
+            if http
+                && (is_proxy_header(name)
+                    || (self.include_headers.is_none() && name != "authorization"))
+            {
+                continue;
+            }
+            if let Some(listed) = &self.include_headers {
+                if !listed.iter().any(|n| n.as_str() == name) {
+                    continue;
+                }
+            }
+            match headers.iter_mut().find(|(n, _)| n == name) {
+                Some((_, joined)) => {
+                    joined.push(',');
+                    joined.push_str(value);
+                }
+                None => headers.push((name.to_owned(), value.to_owned())),
+            }
+        }
+        headers
+    }
+
+    fn check_request(&self, cx: &Context, body: &[u8]) -> proto::CheckRequest {
+        let request = cx.request_headers();
+        let text = |name: &str| request.get(name).unwrap_or_default().to_owned();
+        let path = text(":path");
+        let query = path
+            .split_once('?')
+            .map(|(_, q)| q.to_owned())
+            .unwrap_or_default();
+        let connection = cx.connection();
+        let source = proto::Peer {
+            address: connection.source_ip().map(|ip| proto::Address {
+                socket_address: Some(proto::SocketAddress {
+                    address: ip.to_owned(),
+                    port_value: connection.source_port().map(u32::from),
+                }),
+            }),
+            principal: connection
+                .spiffe_id()
+                .map(|id| id.uri.to_owned())
+                .unwrap_or_default(),
+        };
+        let size = request
+            .get("content-length")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(if body.is_empty() {
+                -1
+            } else {
+                i64::try_from(body.len()).unwrap_or(i64::MAX)
+            });
+        proto::CheckRequest {
+            attributes: Some(proto::AttributeContext {
+                source: Some(source),
+                destination: None,
+                request: Some(proto::Request {
+                    http: Some(proto::HttpRequest {
+                        id: text("x-request-id"),
+                        method: text(":method"),
+                        headers: self.forwarded_headers(cx).into_iter().collect(),
+                        path,
+                        host: text(":authority"),
+                        scheme: text(":scheme"),
+                        query,
+                        fragment: String::new(),
+                        size,
+                        protocol: String::new(),
+                        body: String::from_utf8_lossy(body).into_owned(),
+                        raw_body: body.to_vec(),
+                    }),
+                }),
+                context_extensions: self.context_extensions.clone(),
+            }),
+        }
+    }
+
+    fn http_request(&self, cx: &Context, prefix: &str, body: &[u8]) -> CallRequest {
+        let request = cx.request_headers();
+        let mut headers = self.forwarded_headers(cx);
+        if let Some(host) = request.get(":authority") {
+            headers.push(("x-forwarded-host".into(), host.to_owned()));
+        }
+        if let Some(proto) = request.get(":scheme") {
+            headers.push(("x-forwarded-proto".into(), proto.to_owned()));
+        }
+        CallRequest::Http {
+            method: request.get(":method").unwrap_or("GET").to_owned(),
+            path: format!("{prefix}{}", request.get(":path").unwrap_or("/")),
+            headers,
+            body: body.to_vec(),
+        }
+    }
+
+    /// The service's decision, or why there is none.
+    fn read(&self, answer: Answer) -> Result<Decision, String> {
+        let response = answer.map_err(|failure| failure.to_string())?;
+        match &self.protocol {
+            Protocol::Grpc => grpc_decision(&response),
+            // A 5xx is the service (or Envoy, on its behalf: 503, 504)
+            // failing, not deciding: failure_mode applies, and it is never
+            // cached.
+            Protocol::Http { .. } if response.status >= 500 => {
+                Err(format!("the service answered {}", response.status))
+            }
+            Protocol::Http {
+                allowed_upstream,
+                allowed_client,
+                ..
+            } => Ok(http_decision(
+                response,
+                allowed_upstream,
+                allowed_client.as_deref(),
+            )),
+        }
+    }
+
+    /// The service could not decide: `failure_mode` says what happens.
+    fn fail(&self, cx: &mut Context, why: &str) -> Action {
+        match self.failure_mode {
+            FailureMode::Deny => {
+                log::warn!(
+                    "ext-authz on {:?}: the authorization service could not decide ({why}): denied",
+                    cx.route().chain
+                );
+                Action::Respond(LocalReply::text(
+                    self.status_on_error,
+                    "authorization service unavailable\n",
+                ))
+            }
+            FailureMode::Allow => {
+                log::warn!(
+                    "ext-authz on {:?}: the authorization service could not decide ({why}): allowed (failure_mode: allow)",
+                    cx.route().chain
+                );
+                cx.metadata_mut().insert(
+                    format!("{METADATA_PREFIX}failure"),
+                    serde_json::Value::String(why.to_owned()),
+                );
+                // Unauthorized is not unasserted: the client's copies of
+                // the headers only the service may set still go.
+                let mut headers = cx.headers_mut();
+                for name in self.asserted_headers() {
+                    headers.remove_variants(&name);
+                }
+                Action::Continue
+            }
+        }
+    }
+}
+
+/// Reads a `CheckResponse`. An OK status allows; anything else denies,
+/// with the `denied_response` if the service gave one, else 403.
+fn grpc_decision(response: &CallResponse) -> Result<Decision, String> {
+    let check = proto::CheckResponse::decode(response.body.as_slice())
+        .map_err(|e| format!("the CheckResponse cannot be read: {e}"))?;
+    // No status is no decision: fail closed rather than read it as OK.
+    let code = check
+        .status
+        .as_ref()
+        .map(|s| s.code)
+        .ok_or("the CheckResponse has no status")?;
+    if code != 0 {
+        let mut reply = LocalReply {
+            status: 403,
+            headers: Vec::new(),
+            body: Vec::new(),
+        };
+        if let Some(proto::HttpResponse::DeniedResponse(denied)) = check.http_response {
+            if let Some(status) = denied.status.and_then(|s| u16::try_from(s.code).ok()) {
+                if (200..=599).contains(&status) {
+                    reply.status = status;
+                }
+            }
+            reply.headers = denied
+                .headers
+                .iter()
+                .filter_map(header_pair)
+                .filter(|(name, value)| reply_header_ok(name, value))
+                .collect();
+            reply.body = denied.body.into_bytes();
+        }
+        return Ok(Decision::Deny(reply));
+    }
+    let mut set = Vec::new();
+    let mut append = Vec::new();
+    let mut remove = Vec::new();
+    if let Some(proto::HttpResponse::OkResponse(ok)) = &check.http_response {
+        for option in &ok.headers {
+            // A header the service wants set but that cannot be: the
+            // client's copy would stay, so the check cannot be trusted.
+            let Some((name, value)) = header_pair(option).and_then(|(n, v)| {
+                Some((HeaderName::parse(&n).ok()?, HeaderValue::parse(&v).ok()?))
+            }) else {
+                return Err(format!(
+                    "the service asked for an invalid header: {:?}",
+                    option.header
+                ));
+            };
+            // As Envoy's ext_authz: appended only when `append` says so,
+            // else set, replacing the client's copy (proto3 cannot tell an
+            // unset `append_action` from APPEND_IF_EXISTS_OR_ADD).
+            if option.append.as_ref().is_some_and(|flag| flag.value) {
+                append.push((name, value));
+            } else {
+                set.push((name, value));
+            }
+        }
+        for name in &ok.headers_to_remove {
+            // Pseudo-headers and Host are where the request goes: not the
+            // service's to remove.
+            match HeaderName::parse(name) {
+                Ok(name) if name.as_str() != "host" => remove.push(name),
+                _ => {}
+            }
+        }
+    }
+    let metadata = check
+        .dynamic_metadata
+        .map(|m| {
+            let mut fields: Vec<_> = m
+                .fields
+                .iter()
+                .map(|(key, value)| {
+                    (
+                        format!("{METADATA_PREFIX}{key}"),
+                        proto::value_to_json(value),
+                    )
+                })
+                .collect();
+            fields.sort_by(|a, b| a.0.cmp(&b.0));
+            fields
+        })
+        .unwrap_or_default();
+    Ok(Decision::Allow {
+        set,
+        append,
+        remove,
+        metadata,
+    })
+}
+
+/// Whether a header of the service's denial may go to the client: a valid
+/// name and value (no CR, LF or NUL to split the response), not a
+/// pseudo-header, not one that describes the hop.
+fn reply_header_ok(name: &str, value: &str) -> bool {
+    HeaderName::parse(name).is_ok()
+        && HeaderValue::parse(value).is_ok()
+        && !name.starts_with(':')
+        && !HOP_BY_HOP.contains(&name)
+}
+
+fn header_pair(option: &proto::HeaderValueOption) -> Option<(String, String)> {
+    let header = option.header.as_ref()?;
+    let value = if header.raw_value.is_empty() {
+        header.value.clone()
+    } else {
+        String::from_utf8(header.raw_value.clone()).ok()?
+    };
+    Some((header.key.to_ascii_lowercase(), value))
+}
+
+/// Reads an HTTP answer: a 2xx allows, with the allowed headers for the
+/// upstream; anything else is the denial the client gets.
+fn http_decision(
+    response: CallResponse,
+    allowed_upstream: &[HeaderName],
+    allowed_client: Option<&[HeaderName]>,
+) -> Decision {
+    if (200..300).contains(&response.status) {
+        // The allowed headers are the engine's: what the service does not
+        // set, the client does not get to set either.
+        let mut set = Vec::new();
+        let mut remove = Vec::new();
+        for name in allowed_upstream {
+            match response
+                .header(name.as_str())
+                .and_then(|v| HeaderValue::parse(v).ok())
+            {
+                Some(value) => set.push((name.clone(), value)),
+                None => remove.push(name.clone()),
+            }
+        }
+        return Decision::Allow {
+            set,
+            append: Vec::new(),
+            remove,
+            metadata: Vec::new(),
+        };
+    }
+    let headers = response
+        .headers
+        .into_iter()
+        .filter(|(name, value)| reply_header_ok(name, value))
+        .filter(|(name, _)| {
+            allowed_client.is_none_or(|allowed| allowed.iter().any(|a| a.as_str() == name))
+        })
+        .collect();
+    let status = if (200..=599).contains(&response.status) {
+        response.status
+    } else {
+        403
+    };
+    Decision::Deny(LocalReply {
+        status,
+        headers,
+        body: response.body,
+    })
+}
+
+fn apply(cx: &mut Context, decision: Decision) -> Action {
+    match decision {
+        Decision::Deny(reply) => Action::Respond(reply),
+        Decision::Allow {
+            set,
+            append,
+            remove,
+            metadata,
+        } => {
+            let mut headers = cx.headers_mut();
+            for name in &remove {
+                headers.remove_variants(name);
+            }
+            for (name, value) in &set {
+                headers.set_only(name, value);
+            }
+            for (name, value) in &append {
+                headers.append(name, value);
+            }
+            for (key, value) in metadata {
+                cx.metadata_mut().insert(key, value);
+            }
+            Action::Continue
+        }
+    }
+}
+
+/// Decisions kept per worker, keyed by a CEL expression over the request
+/// (`request.headers["authorization"]`), each for `ttl`. Bounded: when full,
+/// expired entries go first, then the oldest. A key that cannot be
+/// evaluated is not cached: the service is asked.
+struct DecisionCache {
+    key: Expression,
+    ttl_millis: u64,
+    max_entries: usize,
+    entries: Mutex<HashMap<String, (u64, Decision)>>,
+}
+
+impl DecisionCache {
+    fn build(params: CacheParams) -> Result<Self, ParamError> {
+        let key = Expression::compile(&params.key, Phase::Request)
+            .map_err(|e| ParamError::at("cache.key", e))?;
+        let ttl = parse_duration(&params.ttl).ok_or_else(|| {
+            ParamError::at(
+                "cache.ttl",
+                format!("{:?} is not a duration like 30s or 5m", params.ttl),
+            )
+        })?;
+        let max_entries = params.max_entries.unwrap_or(10_000);
+        if max_entries == 0 {
+            return Err(ParamError::at("cache.max_entries", "must be at least 1"));
+        }
+        Ok(Self {
+            key,
+            ttl_millis: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+            max_entries,
+            entries: Mutex::default(),
+        })
+    }
+
+    /// The user's key, with what every decision depends on: the method,
+    /// host and path (query included) of the request. A decision for
+    /// `GET /orders/1` is never replayed for `DELETE /orders/2`.
+    fn key_of(&self, cx: &Context) -> Option<String> {
+        let request = cx.request_headers();
+        match self.key.evaluate_text(cx) {
+            Ok(Some(key)) => Some(format!(
+                "{}\n{}\n{}\n{key}",
+                request.get(":method").unwrap_or_default(),
+                request.get(":authority").unwrap_or_default(),
+                request.get(":path").unwrap_or_default()
+            )),
+            Ok(None) => None,
+            Err(error) => {
+                log::debug!(
+                    "ext-authz: the cache key cannot be evaluated ({error}): asking the service"
+                );
+                None
+            }
+        }
+    }
+
+    fn lookup(&self, cx: &Context) -> Option<Decision> {
+        let key = self.key_of(cx)?;
+        let now = cx.now_millis();
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let (expires, decision) = entries.get(&key)?;
+        (*expires > now).then(|| decision.clone())
+    }
+
+    fn store(&self, cx: &Context, decision: Decision) {
+        let Some(key) = self.key_of(cx) else {
+            return;
+        };
+        let now = cx.now_millis();
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= self.max_entries && !entries.contains_key(&key) {
+            entries.retain(|_, (expires, _)| *expires > now);
+            if entries.len() >= self.max_entries {
+                let oldest = entries
+                    .iter()
+                    .min_by_key(|(_, (expires, _))| *expires)
+                    .map(|(k, _)| k.clone());
+                if let Some(oldest) = oldest {
+                    entries.remove(&oldest);
+                }
+            }
+        }
+        entries.insert(key, (now.saturating_add(self.ttl_millis), decision));
+    }
+}
+
+#[cfg(test)]
+mod tests;
