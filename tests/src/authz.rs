@@ -783,3 +783,23 @@ fn reason(status: u16) -> &'static str {
         _ => "Status",
     }
 }
+
+/// The rule the tests and the conformance suites give the service:
+/// `Bearer good` is alice (tier gold: header `x-user: alice`, `x-debug`
+/// removed, metadata `{"tier": "gold"}`); anything else is refused with
+/// 401, a `Bearer` challenge and the body `who are you?\n`.
+pub fn alice_or_nobody(check: &Check) -> Decision {
+    if check.headers.get("authorization").map(String::as_str) == Some("Bearer good") {
+        Decision::Allow {
+            headers: vec![("x-user".into(), "alice".into())],
+            remove: vec!["x-debug".into()],
+            metadata: serde_json::json!({ "tier": "gold" }),
+        }
+    } else {
+        Decision::Deny {
+            status: 401,
+            headers: vec![("www-authenticate".into(), "Bearer realm=\"orders\"".into())],
+            body: "who are you?\n".into(),
+        }
+    }
+}

@@ -12,8 +12,10 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use integration_tests::authz::{alice_or_nobody, AuthzServer, Decision};
 use integration_tests::raw::send_raw;
 use integration_tests::{send, yaml_files, Host, Stack};
+use local_envoy::filters::{grpc_cluster, static_cluster};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -28,7 +30,19 @@ struct Suite {
     /// through an HTTP client that would clean them up.
     #[serde(default)]
     raw_requests: bool,
+    /// A loopback authorization service (`grpc` or `http`) answering by
+    /// `authz::alice_or_nobody`, for the `ext-authz` cases: `{authz_uri}`
+    /// in the configuration is its address, and Envoy reaches it through
+    /// the cluster `authz`.
+    authz: Option<AuthzProtocol>,
     cases: Vec<Case>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum AuthzProtocol {
+    Grpc,
+    Http,
 }
 
 #[derive(Deserialize)]
@@ -206,10 +220,29 @@ fn conforms(host: Host) {
     let mut failures = Vec::new();
     let mut ran = 0;
     for (file, suite) in suites() {
-        let stack = if suite.edge_hardening {
-            Stack::start_on(host, &suite.config)
-        } else {
-            Stack::start_without_edge_hardening(host, &suite.config)
+        // Kept alive for the suite's cases.
+        let mut authz = None;
+        let stack = match suite.authz {
+            Some(protocol) => {
+                let (server, cluster) = match protocol {
+                    AuthzProtocol::Grpc => {
+                        let server = AuthzServer::start_grpc(Decision::allow()).unwrap();
+                        let cluster = grpc_cluster("authz", server.addr());
+                        (server, cluster)
+                    }
+                    AuthzProtocol::Http => {
+                        let server = AuthzServer::start_http(Decision::allow()).unwrap();
+                        let cluster = static_cluster("authz", server.addr());
+                        (server, cluster)
+                    }
+                };
+                server.set_rule(alice_or_nobody);
+                let config = suite.config.replace("{authz_uri}", &server.uri());
+                authz = Some(server);
+                Stack::start_with_clusters(host, &config, vec![cluster], 1)
+            }
+            None if suite.edge_hardening => Stack::start_on(host, &suite.config),
+            None => Stack::start_without_edge_hardening(host, &suite.config),
         };
         for case in &suite.cases {
             ran += 1;
@@ -217,6 +250,8 @@ fn conforms(host: Host) {
                 failures.push(format!("{file} / {}: {fault}", case.name));
             }
         }
+        drop(stack);
+        drop(authz);
     }
     assert!(ran >= 10, "only {ran} cases ran");
     assert!(

@@ -14,32 +14,10 @@
 
 use std::time::{Duration, Instant};
 
-use integration_tests::authz::{AuthzServer, Decision};
+use integration_tests::authz::{alice_or_nobody, AuthzServer, Decision};
 use integration_tests::{Host, Stack};
 use local_envoy::filters::{grpc_cluster, static_cluster};
-use serde_json::json;
 
-/// The service's rule: `Bearer good` is alice (tier gold), anything else
-/// is refused with a challenge.
-fn alice_or_nobody(check: &integration_tests::authz::Check) -> Decision {
-    if check.headers.get("authorization").map(String::as_str) == Some("Bearer good") {
-        Decision::Allow {
-            headers: vec![("x-user".into(), "alice".into())],
-            remove: vec!["x-debug".into()],
-            metadata: json!({ "tier": "gold" }),
-        }
-    } else {
-        Decision::Deny {
-            status: 401,
-            headers: vec![("www-authenticate".into(), "Bearer realm=\"orders\"".into())],
-            body: "who are you?\n".into(),
-        }
-    }
-}
-
-/// ext-authz over gRPC, then (unless `extra` makes it check the body,
-/// which runs after every policy's headers phase) an authorization policy
-/// that reads the service's metadata.
 fn grpc_config(server: &AuthzServer, extra: &str) -> String {
     let then = if extra.contains("include_body") {
         ""

@@ -9,6 +9,8 @@
 
 use std::ops::BitOr;
 
+use crate::canonical::split_port;
+
 /// A connection attribute a host provides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attribute {
@@ -167,16 +169,17 @@ impl Connection {
 
     /// The peer's IP address, without the port (IPv6 without brackets).
     pub fn source_ip(&self) -> Option<&str> {
-        let address = self.source_address.as_deref()?;
-        Some(match split_port(address) {
-            Some((ip, _)) => ip,
-            None => address,
-        })
+        let (host, _) = split_port(self.source_address.as_deref()?);
+        Some(
+            host.strip_prefix('[')
+                .and_then(|inner| inner.strip_suffix(']'))
+                .unwrap_or(host),
+        )
     }
 
     /// The peer's port.
     pub fn source_port(&self) -> Option<u16> {
-        split_port(self.source_address.as_deref()?).map(|(_, port)| port)
+        split_port(self.source_address.as_deref()?).1
     }
 
     /// The peer certificate's SPIFFE ID, if its URI SAN is one.
@@ -198,18 +201,6 @@ impl Connection {
     pub fn tls_version(&self) -> Option<&str> {
         self.tls_version.as_deref()
     }
-}
-
-/// `ip:port` or `[ipv6]:port` into its parts.
-fn split_port(address: &str) -> Option<(&str, u16)> {
-    let (host, port) = address.rsplit_once(':')?;
-    let port = port.parse().ok()?;
-    let host = match host.strip_prefix('[') {
-        Some(inner) => inner.strip_suffix(']')?,
-        None if host.contains(':') => return None, // a bare IPv6 address
-        None => host,
-    };
-    Some((host, port))
 }
 
 /// A SPIFFE ID, `spiffe://<trust domain>/<path>`. Kubernetes workloads (Istio,

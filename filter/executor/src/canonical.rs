@@ -412,14 +412,21 @@ fn is_dotted_quad(host: &str) -> bool {
 /// `host[:port]` without the port. `[::1]:8080` and `host:8080` lose it; a
 /// bare IPv6 literal is left whole.
 pub fn strip_port(authority: &str) -> &str {
+    split_port(authority).0
+}
+
+/// `host[:port]` as the host, written as it was (an IPv6 literal keeps its
+/// brackets), and the port if there is one: the one reading of an
+/// authority or a peer address, for routes, CEL and connection attributes.
+pub fn split_port(authority: &str) -> (&str, Option<u16>) {
     match authority.rsplit_once(':') {
         Some((host, port))
             if port.bytes().all(|b| b.is_ascii_digit())
                 && (!host.contains(':') || host.ends_with(']')) =>
         {
-            host
+            (host, port.parse().ok())
         }
-        _ => authority,
+        _ => (authority, None),
     }
 }
 

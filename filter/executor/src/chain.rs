@@ -408,7 +408,7 @@ impl Exchange {
             Phases::RESPONSE_HEADERS,
             |p, cx| p.on_response_headers(cx),
         );
-        self.settle(replied)
+        self.outcome_of(replied)
     }
 
     /// Runs the response-body phase over the whole upstream response body.
@@ -424,7 +424,7 @@ impl Exchange {
             Phases::RESPONSE_BODY,
             |p, cx| p.on_response_body(cx, body),
         );
-        self.settle(replied)
+        self.outcome_of(replied)
     }
 
     /// Runs a request phase over the chain, or, after a wait, from the
@@ -498,7 +498,7 @@ impl Exchange {
                         reply.status
                     );
                     self.passed = position;
-                    return self.settle(Some((position, reply))).into();
+                    return self.outcome_of(Some((position, reply))).into();
                 }
                 Action::Call(call) => {
                     if calls >= MAX_CALLS_PER_PHASE {
@@ -578,7 +578,7 @@ impl Exchange {
         log::warn!("chain {:?}: {} {why}", self.chain.name, entry.label);
         self.passed = position;
         let reply = LocalReply::text(500, "policy engine error\n");
-        self.settle(Some((position, reply))).into()
+        self.outcome_of(Some((position, reply))).into()
     }
 
     fn is_skipped(&self, position: usize) -> bool {
@@ -588,7 +588,7 @@ impl Exchange {
     /// Turns the result of a phase into an outcome; a reply first goes
     /// through the response phases of the policies outside the one that made
     /// it.
-    fn settle(&mut self, replied: Option<(usize, LocalReply)>) -> ResponseOutcome {
+    fn outcome_of(&mut self, replied: Option<(usize, LocalReply)>) -> ResponseOutcome {
         let Some((mut outer, mut reply)) = replied else {
             return ResponseOutcome::Continue(self.cx.take_pending());
         };

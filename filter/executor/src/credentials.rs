@@ -441,8 +441,103 @@ pub fn same_digest(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
+/// Credentials a policy verified before, so a client that sends the same
+/// ones again pays a lookup, not a signature check or a password hash.
+///
+/// Keyed by a digest the policy computes (the SHA-256 of the credential:
+/// the credential itself is never kept). Each entry holds from `not_before`
+/// until `expires`, in the policy's unit of time. Bounded: when full,
+/// expired entries go first, then everything (a burst of new credentials
+/// costs at most one verification each, as without a cache).
+pub struct VerifiedCache<V> {
+    capacity: usize,
+    entries: std::collections::HashMap<[u8; 32], Verified<V>>,
+}
+
+struct Verified<V> {
+    not_before: u64,
+    expires: u64,
+    value: V,
+}
+
+impl<V> VerifiedCache<V> {
+    /// A cache of at most `capacity` entries; 0 keeps nothing.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            entries: std::collections::HashMap::new(),
+        }
+    }
+
+    /// The value cached for `digest`, if it holds at `now`.
+    pub fn get(&self, digest: &[u8; 32], now: u64) -> Option<&V> {
+        self.entries
+            .get(digest)
+            .filter(|e| e.not_before <= now && now <= e.expires)
+            .map(|e| &e.value)
+    }
+
+    /// Caches `value` for `digest`, holding from `not_before` to `expires`.
+    pub fn insert(&mut self, digest: [u8; 32], value: V, not_before: u64, expires: u64, now: u64) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.entries.len() >= self.capacity && !self.entries.contains_key(&digest) {
+            self.entries.retain(|_, e| now <= e.expires);
+            if self.entries.len() >= self.capacity {
+                self.entries.clear();
+            }
+        }
+        self.entries.insert(
+            digest,
+            Verified {
+                not_before,
+                expires,
+                value,
+            },
+        );
+    }
+
+    /// How many entries it holds.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn verified_entries_hold_only_inside_their_validity() {
+        let mut cache = VerifiedCache::new(4);
+        cache.insert([1; 32], "a", 10, 100, 50);
+        assert!(cache.get(&[1; 32], 9).is_none());
+        assert_eq!(cache.get(&[1; 32], 50), Some(&"a"));
+        assert!(cache.get(&[1; 32], 101).is_none());
+        assert!(cache.get(&[2; 32], 50).is_none());
+    }
+
+    #[test]
+    fn a_full_verified_cache_drops_expired_entries_first_and_stays_bounded() {
+        let mut cache = VerifiedCache::new(2);
+        cache.insert([1; 32], 1, 0, 20, 15);
+        cache.insert([2; 32], 2, 0, 100, 15);
+        cache.insert([3; 32], 3, 0, 100, 50);
+        assert!(cache.get(&[2; 32], 50).is_some());
+        assert!(cache.get(&[3; 32], 50).is_some());
+        cache.insert([4; 32], 4, 0, 100, 50);
+        assert!(cache.len() <= 2);
+        assert!(cache.get(&[4; 32], 50).is_some());
+        let mut none = VerifiedCache::new(0);
+        none.insert([1; 32], 1, 0, 100, 0);
+        assert!(none.is_empty());
+    }
+
     use super::*;
     use crate::testing;
 

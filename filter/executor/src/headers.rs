@@ -233,6 +233,27 @@ impl HeadersMut<'_> {
         self.set(name, value);
     }
 
+    /// Edits the headers in the one order every policy uses: `remove`
+    /// (with their variants), then `set` (this value only: the client's
+    /// copies go, in any spelling an upstream reads as the same header),
+    /// then `add` (appended).
+    pub fn edit<'e>(
+        &mut self,
+        remove: impl IntoIterator<Item = &'e HeaderName>,
+        set: impl IntoIterator<Item = (&'e HeaderName, &'e HeaderValue)>,
+        add: impl IntoIterator<Item = (&'e HeaderName, &'e HeaderValue)>,
+    ) {
+        for name in remove {
+            self.remove_variants(name);
+        }
+        for (name, value) in set {
+            self.set_only(name, value);
+        }
+        for (name, value) in add {
+            self.append(name, value);
+        }
+    }
+
     /// Rewrites where the request goes. Only meaningful in request phases;
     /// Envoy picks the upstream cluster before filters run, so this changes
     /// what the upstream sees, not which upstream it is.
@@ -240,6 +261,35 @@ impl HeadersMut<'_> {
         let name = target.pseudo_header();
         self.map.set(name, value.as_str());
         self.changes.set(name, value.as_str());
+    }
+}
+
+/// Header edits for one message, fixed ahead of time (a policy's
+/// parameters, an authorization service's answer); applied with
+/// [`HeadersMut::edit`]'s order and meaning.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderEdits {
+    /// Removed, with their variants.
+    pub remove: Vec<HeaderName>,
+    /// Set to this value only.
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    /// Appended.
+    pub add: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl HeaderEdits {
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
+    }
+
+    /// Makes the edits.
+    pub fn apply(&self, headers: &mut HeadersMut<'_>) {
+        headers.edit(
+            &self.remove,
+            self.set.iter().map(|(n, v)| (n, v)),
+            self.add.iter().map(|(n, v)| (n, v)),
+        );
     }
 }
 

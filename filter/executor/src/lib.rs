@@ -54,7 +54,8 @@ pub use chain::{BodyNeeds, Chain, Exchange, Outcome, ResponseOutcome, Wait};
 pub use config::ConfigError;
 pub use expr::{EvalError, Expression, ExpressionError, Phase, JWT_CLAIMS};
 pub use headers::{
-    HeaderChange, HeaderMap, HeaderMutations, HeaderName, HeaderValue, HeadersMut, RequestTarget,
+    HeaderChange, HeaderEdits, HeaderMap, HeaderMutations, HeaderName, HeaderValue, HeadersMut,
+    RequestTarget,
 };
 pub use policy::{
     Action, Context, LocalReply, Metadata, Phases, Policy, ResponseAction, RouteInfo,

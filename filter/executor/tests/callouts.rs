@@ -437,3 +437,52 @@ fn a_waiter_gives_up_in_bounded_time_and_its_policy_decides() {
     host.advance(100);
     assert_eq!(status(x.poll()), 401);
 }
+
+#[test]
+fn workers_claiming_at_the_same_moment_make_one_fetch() {
+    // Eight VMs' refreshers tick at once on real threads, over one shared
+    // storage: compare-and-swap lets exactly one claim.
+    let host = FakeHost::at(T0);
+    let workers: Vec<Engine> = (0..8)
+        .map(|_| worker(&host, "[{name: needs-yes}]"))
+        .collect();
+    for engine in &workers {
+        assert_eq!(
+            exchange(engine).on_request_headers(),
+            Outcome::Wait(Wait::Poll)
+        );
+    }
+    let start = std::sync::Barrier::new(workers.len());
+    let fetches: usize = std::thread::scope(|scope| {
+        let handles: Vec<_> = workers
+            .iter()
+            .map(|engine| {
+                let start = &start;
+                scope.spawn(move || {
+                    let mut refresher = Refresher::default();
+                    start.wait();
+                    tick(&mut refresher, engine).len()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert_eq!(fetches, 1);
+}
+
+#[test]
+fn a_vm_envoy_only_configures_claims_nothing() {
+    // Envoy builds VMs to check a configuration and destroys them without
+    // a tick: their engine exists, their refresher never runs. Nothing is
+    // claimed, so the first worker that needs the document fetches at once.
+    let host = FakeHost::at(T0);
+    let checked_only = worker(&host, "[{name: needs-yes}]");
+    drop(checked_only);
+    let serving = worker(&host, "[{name: needs-yes}]");
+    let mut x = exchange(&serving);
+    assert_eq!(x.on_request_headers(), Outcome::Wait(Wait::Poll));
+    let mut refresher = Refresher::default();
+    assert_eq!(tick(&mut refresher, &serving), [source().fetch_call()]);
+    refresher.on_answer(serving.remote(), &source(), &document());
+    assert!(matches!(x.poll(), Outcome::Continue(_)));
+}

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::callout::Caller;
 use crate::store::ConfigStore;
-use crate::stream::{Step, StreamState};
+use crate::stream::{ProcessingStream, Step};
 
 /// How often a waiting stream looks again (for another worker's fetch, its
 /// claim's renewal, an overdue answer).
@@ -36,7 +36,7 @@ impl PolicyProcessor {
 /// chain waits. `None` if Envoy went away meanwhile (dropping the state
 /// then gives up its claims).
 async fn answer(
-    state: &mut StreamState,
+    state: &mut ProcessingStream,
     mut step: Step,
     caller: &Caller,
     replies: &mpsc::Sender<Result<ProcessingResponse, Status>>,
@@ -77,7 +77,7 @@ impl ExternalProcessor for PolicyProcessor {
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<Self::ProcessStream>, Status> {
         let mut inbound = request.into_inner();
-        let mut state = StreamState::new(self.store.current());
+        let mut state = ProcessingStream::new(self.store.current());
         let caller = Arc::clone(&self.caller);
         let (replies, outbound) = mpsc::channel(4);
         tokio::spawn(async move {

@@ -4,7 +4,7 @@
 //! Synchronous and free of gRPC, so the protocol logic is tested directly.
 //! A phase that waits for a service returns [`Step::Wait`]; the service
 //! (`service`) sends the call or polls, and hands the result back with
-//! [`StreamState::on_answer`] or [`StreamState::poll`].
+//! [`ProcessingStream::on_answer`] or [`ProcessingStream::poll`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -47,14 +47,14 @@ enum Waiting {
 }
 
 /// The state of one stream.
-pub struct StreamState {
+pub struct ProcessingStream {
     engine: Arc<Engine>,
     exchange: Option<Exchange>,
     waiting: Option<Waiting>,
 }
 
 /// A stream that goes away while it waits gives up its claims.
-impl Drop for StreamState {
+impl Drop for ProcessingStream {
     fn drop(&mut self) {
         if let Some(exchange) = self.exchange.as_mut().filter(|x| x.is_waiting()) {
             exchange.abandon();
@@ -68,7 +68,7 @@ enum Direction {
     Response,
 }
 
-impl StreamState {
+impl ProcessingStream {
     /// A stream served by `engine` (a snapshot: a configuration reload does
     /// not change a request already in flight).
     pub fn new(engine: Arc<Engine>) -> Self {

@@ -40,7 +40,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use ct_codecs::{Base64, Decoder};
-use policy_executor::credentials::{same_digest, CredentialError, Location};
+use policy_executor::credentials::{same_digest, CredentialError, Location, VerifiedCache};
 use policy_executor::{
     parse_params, Action, Context, HeaderName, HeaderValue, LocalReply, ParamError, Phases, Policy,
     PolicyFactory,
@@ -348,7 +348,7 @@ struct BasicAuth {
     user_header: Option<HeaderName>,
     forward: bool,
     /// SHA-256 of `user:password` pairs verified before, to the user.
-    verified: Mutex<HashMap<[u8; 32], String>>,
+    verified: Mutex<VerifiedCache<String>>,
 }
 
 fn build(config: &serde_json::Value) -> Result<Box<dyn Policy>, ParamError> {
@@ -414,7 +414,7 @@ fn parse(config: &serde_json::Value) -> Result<BasicAuth, ParamError> {
         users,
         user_header,
         forward: params.forward,
-        verified: Mutex::new(HashMap::new()),
+        verified: Mutex::new(VerifiedCache::new(CACHE_SIZE)),
     })
 }
 
@@ -440,7 +440,7 @@ impl BasicAuth {
         let key: [u8; 32] = hasher.finalize().into();
         {
             let verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-            if verified.get(&key).is_some_and(|u| u == user) {
+            if verified.get(&key, 0).is_some_and(|u| u == user) {
                 return true;
             }
         }
@@ -456,10 +456,8 @@ impl BasicAuth {
             return false;
         }
         let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-        if verified.len() >= CACHE_SIZE {
-            verified.clear();
-        }
-        verified.insert(key, user.to_owned());
+        // Good until the configuration changes: nothing expires a password.
+        verified.insert(key, user.to_owned(), 0, u64::MAX, 0);
         true
     }
 

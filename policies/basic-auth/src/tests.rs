@@ -115,7 +115,7 @@ fn verified_credentials_are_cached_but_a_wrong_password_is_not_let_in_by_them() 
         .verified
         .lock()
         .unwrap()
-        .insert(planted, "alice".into());
+        .insert(planted, "alice".into(), 0, u64::MAX, 0);
     assert!(policy.authenticate("alice", "planted"));
     assert!(!policy.authenticate("alice", "alice-pw!"));
     assert!(!policy.authenticate("mallory", "alice-pw"));

@@ -29,8 +29,8 @@ use std::sync::Mutex;
 
 use policy_executor::{
     check_reply_status, parse_duration, parse_params, Action, Answer, Attribute, AttributeSet,
-    Call, CallRequest, CallResponse, Context, Expression, HeaderName, HeaderValue, LocalReply,
-    ParamError, Phase, Phases, Policy, PolicyFactory, Service,
+    Call, CallRequest, CallResponse, Context, Expression, HeaderEdits, HeaderName, HeaderValue,
+    LocalReply, ParamError, Phase, Phases, Policy, PolicyFactory, Service,
 };
 use prost::Message;
 use serde::Deserialize;
@@ -307,12 +307,8 @@ impl Policy for ExtAuthz {
 #[derive(Debug, Clone, PartialEq)]
 enum Decision {
     Allow {
-        /// Headers set on the upstream request, replacing the client's.
-        set: Vec<(HeaderName, HeaderValue)>,
-        /// Headers appended to the upstream request.
-        append: Vec<(HeaderName, HeaderValue)>,
-        /// Headers removed from the upstream request.
-        remove: Vec<HeaderName>,
+        /// The upstream request's edits.
+        edits: HeaderEdits,
         /// Metadata for later policies, `ext-authz.<field>`.
         metadata: Vec<(String, serde_json::Value)>,
     },
@@ -554,9 +550,7 @@ fn grpc_decision(response: &CallResponse) -> Result<Decision, String> {
         }
         return Ok(Decision::Deny(reply));
     }
-    let mut set = Vec::new();
-    let mut append = Vec::new();
-    let mut remove = Vec::new();
+    let mut edits = HeaderEdits::default();
     if let Some(proto::HttpResponse::OkResponse(ok)) = &check.http_response {
         for option in &ok.headers {
             // A header the service wants set but that cannot be: the
@@ -573,16 +567,16 @@ fn grpc_decision(response: &CallResponse) -> Result<Decision, String> {
             // else set, replacing the client's copy (proto3 cannot tell an
             // unset `append_action` from APPEND_IF_EXISTS_OR_ADD).
             if option.append.as_ref().is_some_and(|flag| flag.value) {
-                append.push((name, value));
+                edits.add.push((name, value));
             } else {
-                set.push((name, value));
+                edits.set.push((name, value));
             }
         }
         for name in &ok.headers_to_remove {
             // Pseudo-headers and Host are where the request goes: not the
             // service's to remove.
             match HeaderName::parse(name) {
-                Ok(name) if name.as_str() != "host" => remove.push(name),
+                Ok(name) if name.as_str() != "host" => edits.remove.push(name),
                 _ => {}
             }
         }
@@ -604,12 +598,7 @@ fn grpc_decision(response: &CallResponse) -> Result<Decision, String> {
             fields
         })
         .unwrap_or_default();
-    Ok(Decision::Allow {
-        set,
-        append,
-        remove,
-        metadata,
-    })
+    Ok(Decision::Allow { edits, metadata })
 }
 
 /// Whether a header of the service's denial may go to the client: a valid
@@ -642,21 +631,18 @@ fn http_decision(
     if (200..300).contains(&response.status) {
         // The allowed headers are the engine's: what the service does not
         // set, the client does not get to set either.
-        let mut set = Vec::new();
-        let mut remove = Vec::new();
+        let mut edits = HeaderEdits::default();
         for name in allowed_upstream {
             match response
                 .header(name.as_str())
                 .and_then(|v| HeaderValue::parse(v).ok())
             {
-                Some(value) => set.push((name.clone(), value)),
-                None => remove.push(name.clone()),
+                Some(value) => edits.set.push((name.clone(), value)),
+                None => edits.remove.push(name.clone()),
             }
         }
         return Decision::Allow {
-            set,
-            append: Vec::new(),
-            remove,
+            edits,
             metadata: Vec::new(),
         };
     }
@@ -683,22 +669,8 @@ fn http_decision(
 fn apply(cx: &mut Context, decision: Decision) -> Action {
     match decision {
         Decision::Deny(reply) => Action::Respond(reply),
-        Decision::Allow {
-            set,
-            append,
-            remove,
-            metadata,
-        } => {
-            let mut headers = cx.headers_mut();
-            for name in &remove {
-                headers.remove_variants(name);
-            }
-            for (name, value) in &set {
-                headers.set_only(name, value);
-            }
-            for (name, value) in &append {
-                headers.append(name, value);
-            }
+        Decision::Allow { edits, metadata } => {
+            edits.apply(&mut cx.headers_mut());
             for (key, value) in metadata {
                 cx.metadata_mut().insert(key, value);
             }

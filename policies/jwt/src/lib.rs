@@ -40,7 +40,6 @@
 //! at most once per `min_refetch_interval`. Verified tokens are cached per
 //! worker ([`cache`]).
 
-mod cache;
 mod keys;
 
 use std::collections::HashSet;
@@ -57,8 +56,8 @@ use policy_executor::{
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::cache::{TokenCache, Verified};
 use crate::keys::{Algorithm, KeySet, Lookup};
+use policy_executor::credentials::VerifiedCache;
 
 /// The policy's registration.
 pub const FACTORY: PolicyFactory = PolicyFactory {
@@ -167,7 +166,10 @@ struct Jwt {
     allow_missing: bool,
     realm: Option<String>,
     max_token_bytes: usize,
-    cache: Mutex<TokenCache>,
+    /// Tokens verified before, by their SHA-256, until they expire and
+    /// only for the key set that verified them: a rotation that drops a key
+    /// also drops the tokens it verified.
+    cache: Mutex<VerifiedCache<Verified>>,
 }
 
 const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -217,7 +219,7 @@ fn parse(config: &serde_json::Value) -> Result<Jwt, ParamError> {
         allow_missing: params.allow_missing,
         realm: params.realm,
         max_token_bytes: params.max_token_bytes.unwrap_or(DEFAULT_MAX_TOKEN_BYTES),
-        cache: Mutex::new(TokenCache::new(
+        cache: Mutex::new(VerifiedCache::new(
             params.cache_size.unwrap_or(DEFAULT_CACHE_SIZE),
         )),
     })
@@ -318,6 +320,20 @@ fn remote_source(remote: RemoteJwks, at: &str) -> Result<RemoteSource, ParamErro
         refresh_interval: duration(remote.cache_duration, "cache_duration", 300)?,
         min_refetch_interval: duration(remote.min_refetch_interval, "min_refetch_interval", 30)?,
     })
+}
+
+/// A verified token's outcome.
+#[derive(Clone)]
+struct Verified {
+    /// The index of the provider that verified it.
+    provider: usize,
+    /// All of its claims.
+    claims: Arc<serde_json::Value>,
+    /// Seconds since the epoch: usable from `not_before` until `expires`.
+    not_before: u64,
+    expires: u64,
+    /// The version of the provider's key set that verified it.
+    keys_version: u64,
 }
 
 fn now_seconds() -> u64 {
@@ -555,7 +571,13 @@ impl Jwt {
         let verdict = provider.verify(index, token, cx, now);
         if let Verdict::Verified(verified) = &verdict {
             let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            cache.insert(digest, verified.clone(), now);
+            cache.insert(
+                digest,
+                verified.clone(),
+                verified.not_before,
+                verified.expires,
+                now,
+            );
         }
         verdict
     }

@@ -377,7 +377,11 @@ fn a_verified_token_is_served_from_the_cache_without_its_signature_checked() {
         expires: now + 600,
         keys_version: 0,
     };
-    policy.cache.lock().unwrap().insert(digest, planted, now);
+    policy
+        .cache
+        .lock()
+        .unwrap()
+        .insert(digest, planted, 0, now + 600, now);
     assert!(verify(&forged));
 }
 

@@ -14,8 +14,8 @@
 use std::collections::BTreeMap;
 
 use policy_executor::{
-    parse_params, Action, Context, HeaderName, HeaderValue, LocalReply, ParamError, Phases, Policy,
-    PolicyFactory,
+    check_reply_status, parse_header_map, parse_params, Action, Context, LocalReply, ParamError,
+    Phases, Policy, PolicyFactory,
 };
 use serde::Deserialize;
 
@@ -42,25 +42,14 @@ struct Respond {
 
 fn build(config: &serde_json::Value) -> Result<Box<dyn Policy>, ParamError> {
     let params: Params = parse_params(config)?;
-    if !(200..=599).contains(&params.status) {
-        return Err(ParamError::at(
-            "status",
-            format!(
-                "{} is not an HTTP status between 200 and 599",
-                params.status
-            ),
-        ));
-    }
-    let mut headers = Vec::with_capacity(params.headers.len());
-    for (name, value) in &params.headers {
-        let field = || format!("headers.{name}");
-        let name = HeaderName::parse(name).map_err(|e| ParamError::at(field(), e))?;
-        let value = HeaderValue::parse(value).map_err(|e| ParamError::at(field(), e))?;
-        headers.push((name.as_str().to_owned(), value.as_str().to_owned()));
-    }
+    let status = check_reply_status("status", params.status)?;
+    let headers = parse_header_map("headers", &params.headers)?
+        .into_iter()
+        .map(|(name, value)| (name.as_str().to_owned(), value.as_str().to_owned()))
+        .collect();
     Ok(Box::new(Respond {
         reply: LocalReply {
-            status: params.status,
+            status,
             headers,
             body: params.body.into_bytes(),
         },

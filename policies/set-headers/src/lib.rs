@@ -19,8 +19,8 @@
 use std::collections::BTreeMap;
 
 use policy_executor::{
-    parse_params, Action, Context, HeaderName, HeaderValue, ParamError, Phases, Policy,
-    PolicyFactory, ResponseAction,
+    parse_params, Action, Context, HeaderEdits, HeaderName, HeaderValue, ParamError, Phases,
+    Policy, PolicyFactory, ResponseAction,
 };
 use serde::Deserialize;
 
@@ -58,74 +58,45 @@ enum OneOrMany {
     Many(Vec<String>),
 }
 
-/// Validated edits for one message.
-#[derive(Debug, Default)]
-struct Edits {
-    remove: Vec<HeaderName>,
-    set: Vec<(HeaderName, HeaderValue)>,
-    add: Vec<(HeaderName, HeaderValue)>,
-}
-
-impl Edits {
-    fn compile(section: &str, raw: EditParams) -> Result<Self, ParamError> {
-        let name =
-            |field: String, n: &str| HeaderName::parse(n).map_err(|e| ParamError::at(field, e));
-        let value =
-            |field: String, v: &str| HeaderValue::parse(v).map_err(|e| ParamError::at(field, e));
-        let mut edits = Edits::default();
-        for (i, n) in raw.remove.iter().enumerate() {
-            edits
-                .remove
-                .push(name(format!("{section}.remove[{i}]"), n)?);
-        }
-        for (n, v) in &raw.set {
-            let field = format!("{section}.set.{n}");
-            edits.set.push((name(field.clone(), n)?, value(field, v)?));
-        }
-        for (n, values) in raw.add {
-            let field = format!("{section}.add.{n}");
-            let header = name(field.clone(), &n)?;
-            let values = match values {
-                OneOrMany::One(v) => vec![v],
-                OneOrMany::Many(vs) => vs,
-            };
-            for v in &values {
-                edits.add.push((header.clone(), value(field.clone(), v)?));
-            }
-        }
-        Ok(edits)
+/// Validates one message's edits.
+fn compile(section: &str, raw: EditParams) -> Result<HeaderEdits, ParamError> {
+    let name = |field: String, n: &str| HeaderName::parse(n).map_err(|e| ParamError::at(field, e));
+    let value =
+        |field: String, v: &str| HeaderValue::parse(v).map_err(|e| ParamError::at(field, e));
+    let mut edits = HeaderEdits::default();
+    for (i, n) in raw.remove.iter().enumerate() {
+        edits
+            .remove
+            .push(name(format!("{section}.remove[{i}]"), n)?);
     }
-
-    fn is_empty(&self) -> bool {
-        self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
+    for (n, v) in &raw.set {
+        let field = format!("{section}.set.{n}");
+        edits.set.push((name(field.clone(), n)?, value(field, v)?));
     }
-
-    fn apply(&self, cx: &mut Context) {
-        let mut headers = cx.headers_mut();
-        for name in &self.remove {
-            headers.remove_variants(name);
-        }
-        // Set means this value only: no client copy survives, in any
-        // spelling an upstream reads as the same header.
-        for (name, value) in &self.set {
-            headers.set_only(name, value);
-        }
-        for (name, value) in &self.add {
-            headers.append(name, value);
+    for (n, values) in raw.add {
+        let field = format!("{section}.add.{n}");
+        let header = name(field.clone(), &n)?;
+        let values = match values {
+            OneOrMany::One(v) => vec![v],
+            OneOrMany::Many(vs) => vs,
+        };
+        for v in &values {
+            edits.add.push((header.clone(), value(field.clone(), v)?));
         }
     }
+    Ok(edits)
 }
 
 struct SetHeaders {
-    request: Edits,
-    response: Edits,
+    request: HeaderEdits,
+    response: HeaderEdits,
 }
 
 fn build(config: &serde_json::Value) -> Result<Box<dyn Policy>, ParamError> {
     let params: Params = parse_params(config)?;
     let section = |name: &str, raw: Option<EditParams>| match raw {
-        Some(raw) => Edits::compile(name, raw),
-        None => Ok(Edits::default()),
+        Some(raw) => compile(name, raw),
+        None => Ok(HeaderEdits::default()),
     };
     Ok(Box::new(SetHeaders {
         request: section("request", params.request)?,
@@ -153,12 +124,12 @@ impl Policy for SetHeaders {
     }
 
     fn on_request_headers(&self, cx: &mut Context) -> Action {
-        self.request.apply(cx);
+        self.request.apply(&mut cx.headers_mut());
         Action::Continue
     }
 
     fn on_response_headers(&self, cx: &mut Context) -> ResponseAction {
-        self.response.apply(cx);
+        self.response.apply(&mut cx.headers_mut());
         ResponseAction::Continue
     }
 }

@@ -152,20 +152,14 @@ impl Edits {
             None => None,
         };
         let mut headers = cx.headers_mut();
-        for name in &self.remove {
-            headers.remove_variants(name);
-        }
-        for (name, value) in &set {
-            match value {
-                Some(value) => headers.set_only(name, value),
-                None => headers.remove_variants(name),
-            }
-        }
-        for (name, value) in &add {
-            if let Some(value) = value {
-                headers.append(name, value);
-            }
-        }
+        // A header whose value cannot be computed is removed: the client's
+        // copy must not stand in for it.
+        let uncomputed = set.iter().filter(|(_, v)| v.is_none()).map(|(n, _)| *n);
+        headers.edit(
+            self.remove.iter().chain(uncomputed),
+            set.iter().filter_map(|(n, v)| Some((*n, v.as_ref()?))),
+            add.iter().filter_map(|(n, v)| Some((*n, v.as_ref()?))),
+        );
         if let Some(path) = &path {
             headers.rewrite(RequestTarget::Path, path);
         }
