@@ -27,6 +27,7 @@ use std::net::SocketAddr;
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
+use integration_tests::authz::{AuthzServer, Decision};
 use integration_tests::measure::{env_or, quantile};
 use integration_tests::{auth_chain, wrk};
 use local_envoy::echo::EchoUpstream;
@@ -45,6 +46,8 @@ struct Config {
     shim: Option<String>,
     /// Request headers wrk sends.
     headers: Vec<(String, String)>,
+    /// Envoy clusters besides the echo upstream's (the ext-authz service).
+    clusters: Vec<Value>,
 }
 
 /// The policy chain of `n` set-headers instances, each editing one request
@@ -98,8 +101,25 @@ function envoy_on_response(handle)
 end
 "#;
 
-fn configs() -> Result<Vec<Config>, String> {
+/// One `ext-authz` check over gRPC against the bench's loopback service,
+/// with its decision cache (keyed by the constant `authorization` wrk
+/// sends) or without.
+fn ext_authz_chain(authz: &AuthzServer, cache: bool) -> String {
+    let cache = if cache {
+        "\n          cache: { key: 'request.headers[\"authorization\"]', ttl: 300s }"
+    } else {
+        ""
+    };
+    format!(
+        "routes:\n  - name: bench\n    match: {{ route: echo-default }}\n    policies:\n      - name: ext-authz\n        config:\n          grpc: {{ uri: \"{}\", cluster: authz }}\n          timeout: 1s{cache}\n",
+        authz.uri()
+    )
+}
+
+fn configs(authz: &AuthzServer) -> Result<Vec<Config>, String> {
     let module = filter_wasm();
+    let authz_cluster = vec![filters::grpc_cluster("authz", authz.addr())];
+    let authz_headers = vec![("authorization".to_owned(), "Bearer bench".to_owned())];
     let longest = 8;
     let (auth, auth_headers) = auth_chain::inline(true)?;
     let (uncached, uncached_headers) = auth_chain::inline(false)?;
@@ -110,6 +130,7 @@ fn configs() -> Result<Vec<Config>, String> {
             filters: vec![],
             shim: None,
             headers: Vec::new(),
+            clusters: Vec::new(),
         },
         Config {
             name: "baseline-aa".into(),
@@ -117,6 +138,7 @@ fn configs() -> Result<Vec<Config>, String> {
             filters: vec![],
             shim: None,
             headers: Vec::new(),
+            clusters: Vec::new(),
         },
         Config {
             name: "wasm-0".into(),
@@ -124,6 +146,7 @@ fn configs() -> Result<Vec<Config>, String> {
             filters: vec![filters::policy_engine(&module, &set_headers_chain(0))],
             shim: None,
             headers: Vec::new(),
+            clusters: Vec::new(),
         },
         Config {
             name: "wasm-1".into(),
@@ -131,6 +154,7 @@ fn configs() -> Result<Vec<Config>, String> {
             filters: vec![filters::policy_engine(&module, &set_headers_chain(1))],
             shim: None,
             headers: Vec::new(),
+            clusters: Vec::new(),
         },
         Config {
             name: format!("wasm-{longest}"),
@@ -138,6 +162,7 @@ fn configs() -> Result<Vec<Config>, String> {
             filters: vec![filters::policy_engine(&module, &set_headers_chain(longest))],
             shim: None,
             headers: Vec::new(),
+            clusters: Vec::new(),
         },
         Config {
             name: "wasm-cel".into(),
@@ -145,6 +170,7 @@ fn configs() -> Result<Vec<Config>, String> {
             filters: vec![filters::policy_engine(&module, CEL_CHAIN)],
             shim: None,
             headers: Vec::new(),
+            clusters: Vec::new(),
         },
         Config {
             name: "wasm-auth".into(),
@@ -152,6 +178,7 @@ fn configs() -> Result<Vec<Config>, String> {
             filters: vec![filters::policy_engine(&module, &auth)],
             shim: None,
             headers: auth_headers.clone(),
+            clusters: Vec::new(),
         },
         Config {
             name: "wasm-auth-nocache".into(),
@@ -159,6 +186,7 @@ fn configs() -> Result<Vec<Config>, String> {
             filters: vec![filters::policy_engine(&module, &uncached)],
             shim: None,
             headers: uncached_headers,
+            clusters: Vec::new(),
         },
         Config {
             name: "extproc-1".into(),
@@ -166,6 +194,7 @@ fn configs() -> Result<Vec<Config>, String> {
             filters: vec![filters::ext_proc()],
             shim: Some(set_headers_chain(1)),
             headers: Vec::new(),
+            clusters: Vec::new(),
         },
         Config {
             name: format!("extproc-{longest}"),
@@ -173,6 +202,7 @@ fn configs() -> Result<Vec<Config>, String> {
             filters: vec![filters::ext_proc()],
             shim: Some(set_headers_chain(longest)),
             headers: Vec::new(),
+            clusters: Vec::new(),
         },
         Config {
             name: "extproc-cel".into(),
@@ -180,6 +210,7 @@ fn configs() -> Result<Vec<Config>, String> {
             filters: vec![filters::ext_proc()],
             shim: Some(CEL_CHAIN.into()),
             headers: Vec::new(),
+            clusters: Vec::new(),
         },
         Config {
             name: "extproc-auth".into(),
@@ -187,6 +218,31 @@ fn configs() -> Result<Vec<Config>, String> {
             filters: vec![filters::ext_proc()],
             shim: Some(auth),
             headers: auth_headers,
+            clusters: Vec::new(),
+        },
+        Config {
+            name: "wasm-extauthz".into(),
+            what: "Wasm filter, ext-authz: a gRPC Check per request to a loopback service (allows)".into(),
+            filters: vec![filters::policy_engine(&module, &ext_authz_chain(authz, false))],
+            shim: None,
+            headers: authz_headers.clone(),
+            clusters: authz_cluster.clone(),
+        },
+        Config {
+            name: "wasm-extauthz-cache".into(),
+            what: "the wasm-extauthz chain with its decision cache on (one check, then hits)".into(),
+            filters: vec![filters::policy_engine(&module, &ext_authz_chain(authz, true))],
+            shim: None,
+            headers: authz_headers.clone(),
+            clusters: authz_cluster.clone(),
+        },
+        Config {
+            name: "extproc-extauthz".into(),
+            what: "ext_proc shim, the wasm-extauthz chain (the shim calls the service)".into(),
+            filters: vec![filters::ext_proc()],
+            shim: Some(ext_authz_chain(authz, false)),
+            headers: authz_headers,
+            clusters: Vec::new(),
         },
         Config {
             name: "lua-1".into(),
@@ -194,6 +250,7 @@ fn configs() -> Result<Vec<Config>, String> {
             filters: vec![filters::lua(LUA_SET_HEADERS)],
             shim: None,
             headers: Vec::new(),
+            clusters: Vec::new(),
         },
     ])
 }
@@ -354,7 +411,11 @@ fn run() -> Result<bool, String> {
 
     let upstream = EchoUpstream::start(SocketAddr::from(([127, 0, 0, 1], 0)))
         .map_err(|e| format!("starting the echo upstream: {e}"))?;
-    let configs = configs()?;
+    // The ext-authz rows' service: it allows everything, on its own thread
+    // (not pinned: with Envoy on core 0 it runs beside wrk on core 1).
+    let authz = AuthzServer::start_grpc(Decision::allow())
+        .map_err(|e| format!("starting the authorization service: {e}"))?;
+    let configs = configs(&authz)?;
     let scratch = std::env::temp_dir().join(format!("policy-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)
         .map_err(|e| format!("creating {}: {e}", scratch.display()))?;
@@ -380,6 +441,7 @@ fn run() -> Result<bool, String> {
             }
             None => None,
         };
+        options.clusters.extend(config.clusters.clone());
         let envoy = Envoy::start(&options).map_err(|e| format!("{}: {e}", config.name))?;
         targets.push(Target {
             envoy,
