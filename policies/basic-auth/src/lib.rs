@@ -209,6 +209,8 @@ impl Hash {
     }
 
     fn verify(&self, password: &str) -> bool {
+        #[cfg(test)]
+        tests::VERIFIED.with(|costs| costs.borrow_mut().push(self.cost()));
         match self {
             Self::Bcrypt { text, .. } => bcrypt::verify(password, text).unwrap_or(false),
             Self::ShaCrypt {

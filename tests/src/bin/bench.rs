@@ -20,7 +20,12 @@
 //! Envoy core, so their ratios show Envoy's side of the cost only.
 //!
 //! Environment: `BENCH_CYCLES` (default 15), `BENCH_BURST_SECS` (2),
-//! `BENCH_CONNECTIONS` (16), `BENCH_OUT` (target/bench/results.md).
+//! `BENCH_CONNECTIONS` (16), `BENCH_OUT` (target/bench/results.md),
+//! `BENCH_ONLY` (comma-separated configuration names: run only those, with
+//! the two baselines), and `BENCH_MODULE_B` (another build's
+//! `plugin.wasm`: adds `b:` rows running it on the wasm-0, wasm-1 and
+//! wasm-auth chains, to measure a change side by side with what it
+//! changed).
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -114,6 +119,25 @@ fn ext_authz_chain(authz: &AuthzServer, cache: bool) -> String {
         "routes:\n  - name: bench\n    match: {{ route: echo-default }}\n    policies:\n      - name: ext-authz\n        config:\n          grpc: {{ uri: \"{}\", cluster: authz }}\n          timeout: 1s{cache}\n",
         authz.uri()
     )
+}
+
+/// `b:` rows: another build's module on the wasm-0, wasm-1 and wasm-auth
+/// chains.
+fn module_b_configs(module: &std::path::Path) -> Result<Vec<Config>, String> {
+    let (auth, auth_headers) = auth_chain::inline(true)?;
+    let row = |name: &str, chain: &str, headers: Vec<(String, String)>| Config {
+        name: format!("b:{name}"),
+        what: format!("{name} with {}", module.display()),
+        filters: vec![filters::policy_engine(module, chain)],
+        shim: None,
+        headers,
+        clusters: Vec::new(),
+    };
+    Ok(vec![
+        row("wasm-0", &set_headers_chain(0), Vec::new()),
+        row("wasm-1", &set_headers_chain(1), Vec::new()),
+        row("wasm-auth", &auth, auth_headers),
+    ])
 }
 
 fn configs(authz: &AuthzServer) -> Result<Vec<Config>, String> {
@@ -415,7 +439,19 @@ fn run() -> Result<bool, String> {
     // (not pinned: with Envoy on core 0 it runs beside wrk on core 1).
     let authz = AuthzServer::start_grpc(Decision::allow())
         .map_err(|e| format!("starting the authorization service: {e}"))?;
-    let configs = configs(&authz)?;
+    let mut configs = configs(&authz)?;
+    if let Ok(module) = std::env::var("BENCH_MODULE_B") {
+        configs.extend(module_b_configs(std::path::Path::new(&module))?);
+    }
+    if let Ok(only) = std::env::var("BENCH_ONLY") {
+        let wanted: Vec<&str> = only.split(',').map(str::trim).collect();
+        // The baselines stay first: ratios are to the first, A/A second.
+        configs.retain(|c| {
+            c.name.starts_with("baseline")
+                || wanted.contains(&c.name.as_str())
+                || c.name.starts_with("b:")
+        });
+    }
     let scratch = std::env::temp_dir().join(format!("policy-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)
         .map_err(|e| format!("creating {}: {e}", scratch.display()))?;
