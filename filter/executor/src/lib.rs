@@ -61,8 +61,8 @@ pub use policy::{
     Action, Context, LocalReply, Metadata, Phases, Policy, ResponseAction, RouteInfo,
 };
 pub use registry::{
-    check_reply_status, parse_duration, parse_header_map, parse_params, Build, Entry, ParamError,
-    PolicyFactory, Registry,
+    check_reply_status, parse_duration, parse_header_map, parse_header_names, parse_params, Build,
+    Entry, ParamError, PolicyFactory, Registry,
 };
 pub use remote::{Document, Documents, Refresher, Remote, RemoteSource};
 pub use route::{LazyRouteName, RouteInput, RouteTable, Selection};

@@ -105,6 +105,18 @@ pub fn parse_header_map<'a>(
         .collect()
 }
 
+/// Validates a list of header names from a policy's parameters (found at
+/// `field`); an error names `<field>[<index>]`.
+pub fn parse_header_names(field: &str, names: &[String]) -> Result<Vec<HeaderName>, ParamError> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            HeaderName::parse(name).map_err(|e| ParamError::at(format!("{field}[{i}]"), e))
+        })
+        .collect()
+}
+
 /// `500ms`, `5s`, `1.5s`, `10m`, `1h`: Envoy's duration notation, for
 /// policy parameters; `None` for anything else, zero or negative.
 pub fn parse_duration(text: &str) -> Option<std::time::Duration> {

@@ -46,6 +46,7 @@ impl Stream {
                 waiting: None,
                 listed: false,
                 call: None,
+                sent_calls: false,
                 request_headers_ended: false,
                 request_body_end: None,
             })
@@ -91,6 +92,9 @@ pub(crate) struct StreamState {
     listed: bool,
     /// The call sent for it and not yet answered.
     call: Option<InFlight>,
+    /// It sent a call (and so may have tokens in `CALLS`): only such
+    /// streams clean up there when they end, not every request.
+    sent_calls: bool,
     request_headers_ended: bool,
     /// The request body ended (with this size) while the headers waited.
     request_body_end: Option<usize>,
@@ -167,6 +171,7 @@ impl StreamState {
                     }
                 });
                 self.call = Some(in_flight);
+                self.sent_calls = true;
                 Action::Pause
             }
             Err(status) => {
@@ -464,12 +469,14 @@ impl Context for Stream {
     fn on_done(&mut self) -> bool {
         if let Ok(mut state) = self.state.try_borrow_mut() {
             state.call = None;
-            let me = Rc::downgrade(&self.state);
-            CALLS.with(|calls| {
-                if let Ok(mut calls) = calls.try_borrow_mut() {
-                    calls.retain(|_, (_, stream)| !Weak::ptr_eq(stream, &me));
-                }
-            });
+            if state.sent_calls {
+                let me = Rc::downgrade(&self.state);
+                CALLS.with(|calls| {
+                    if let Ok(mut calls) = calls.try_borrow_mut() {
+                        calls.retain(|_, (_, stream)| !Weak::ptr_eq(stream, &me));
+                    }
+                });
+            }
             if let Some(exchange) = state.exchange.as_mut().filter(|x| x.is_waiting()) {
                 exchange.abandon();
             }

@@ -28,9 +28,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use policy_executor::{
-    check_reply_status, parse_duration, parse_params, Action, Answer, Attribute, AttributeSet,
-    Call, CallRequest, CallResponse, Context, Expression, HeaderEdits, HeaderName, HeaderValue,
-    LocalReply, ParamError, Phase, Phases, Policy, PolicyFactory, Service,
+    check_reply_status, parse_duration, parse_header_names, parse_params, Action, Answer,
+    Attribute, AttributeSet, Call, CallRequest, CallResponse, Context, Expression, HeaderEdits,
+    HeaderName, HeaderValue, LocalReply, ParamError, Phase, Phases, Policy, PolicyFactory, Service,
 };
 use prost::Message;
 use serde::Deserialize;
@@ -147,12 +147,12 @@ fn build(config: &serde_json::Value) -> Result<Box<dyn Policy>, ParamError> {
     let (protocol, uri, cluster, at) = match (params.grpc, params.http) {
         (Some(grpc), None) => (Protocol::Grpc, grpc.uri, grpc.cluster, "grpc"),
         (None, Some(http)) => {
-            let allowed_upstream = header_names(
-                &http.allowed_upstream_headers,
+            let allowed_upstream = parse_header_names(
                 "http.allowed_upstream_headers",
+                &http.allowed_upstream_headers,
             )?;
             let allowed_client = match &http.allowed_client_headers {
-                Some(names) => Some(header_names(names, "http.allowed_client_headers")?),
+                Some(names) => Some(parse_header_names("http.allowed_client_headers", names)?),
                 None => None,
             };
             let prefix = path_of(&http.uri).to_owned();
@@ -196,7 +196,7 @@ fn build(config: &serde_json::Value) -> Result<Box<dyn Policy>, ParamError> {
         })?,
     };
     let include_headers = match &params.include_headers {
-        Some(names) => Some(header_names(names, "include_headers")?),
+        Some(names) => Some(parse_header_names("include_headers", names)?),
         None => None,
     };
     if params
@@ -232,16 +232,6 @@ fn build(config: &serde_json::Value) -> Result<Box<dyn Policy>, ParamError> {
         context_extensions: params.context_extensions.into_iter().collect(),
         cache,
     }))
-}
-
-fn header_names(names: &[String], field: &str) -> Result<Vec<HeaderName>, ParamError> {
-    names
-        .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            HeaderName::parse(name).map_err(|e| ParamError::at(format!("{field}[{i}]"), e))
-        })
-        .collect()
 }
 
 /// Headers proxies set about a request, which a client must not forge

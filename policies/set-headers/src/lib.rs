@@ -19,8 +19,8 @@
 use std::collections::BTreeMap;
 
 use policy_executor::{
-    parse_params, Action, Context, HeaderEdits, HeaderName, HeaderValue, ParamError, Phases,
-    Policy, PolicyFactory, ResponseAction,
+    parse_header_names, parse_params, Action, Context, HeaderEdits, HeaderName, HeaderValue,
+    ParamError, Phases, Policy, PolicyFactory, ResponseAction,
 };
 use serde::Deserialize;
 
@@ -63,12 +63,10 @@ fn compile(section: &str, raw: EditParams) -> Result<HeaderEdits, ParamError> {
     let name = |field: String, n: &str| HeaderName::parse(n).map_err(|e| ParamError::at(field, e));
     let value =
         |field: String, v: &str| HeaderValue::parse(v).map_err(|e| ParamError::at(field, e));
-    let mut edits = HeaderEdits::default();
-    for (i, n) in raw.remove.iter().enumerate() {
-        edits
-            .remove
-            .push(name(format!("{section}.remove[{i}]"), n)?);
-    }
+    let mut edits = HeaderEdits {
+        remove: parse_header_names(&format!("{section}.remove"), &raw.remove)?,
+        ..HeaderEdits::default()
+    };
     for (n, v) in &raw.set {
         let field = format!("{section}.set.{n}");
         edits.set.push((name(field.clone(), n)?, value(field, v)?));

@@ -41,8 +41,9 @@ use std::collections::BTreeMap;
 
 use policy_executor::canonical::{canonical_authority, canonical_path, EscapedSlashes};
 use policy_executor::{
-    parse_params, Action, AttributeSet, Context, Expression, HeaderName, HeaderValue, LocalReply,
-    ParamError, Phase, Phases, Policy, PolicyFactory, RequestTarget, ResponseAction,
+    parse_header_names, parse_params, Action, AttributeSet, Context, Expression, HeaderName,
+    HeaderValue, LocalReply, ParamError, Phase, Phases, Policy, PolicyFactory, RequestTarget,
+    ResponseAction,
 };
 use serde::Deserialize;
 
@@ -91,12 +92,10 @@ fn compile(section: &str, phase: Phase, raw: RawEdits) -> Result<Edits, ParamErr
     };
     let header =
         |field: String, name: &str| HeaderName::parse(name).map_err(|e| ParamError::at(field, e));
-    let mut edits = Edits::default();
-    for (i, name) in raw.remove.iter().enumerate() {
-        edits
-            .remove
-            .push(header(format!("{section}.remove[{i}]"), name)?);
-    }
+    let mut edits = Edits {
+        remove: parse_header_names(&format!("{section}.remove"), &raw.remove)?,
+        ..Edits::default()
+    };
     for (kind, values, into) in [
         ("set", &raw.set, &mut edits.set),
         ("add", &raw.add, &mut edits.add),
