@@ -49,7 +49,9 @@ use std::sync::Arc;
 pub use attributes::{
     Attribute, AttributeKind, AttributeSet, AttributeValue, Connection, SpiffeId,
 };
-pub use callout::{Answer, Call, CallFailure, CallRequest, CallResponse, Host, Service};
+pub use callout::{
+    Answer, Call, CallFailure, CallRequest, CallResponse, Host, Service, SharedError,
+};
 pub use chain::{BodyNeeds, Chain, Exchange, Outcome, ResponseOutcome, Wait};
 pub use config::ConfigError;
 pub use expr::{EvalError, Expression, ExpressionError, Phase, JWT_CLAIMS};

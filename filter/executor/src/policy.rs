@@ -10,7 +10,7 @@ use std::ops::BitOr;
 use std::sync::Arc;
 
 use crate::attributes::{AttributeSet, Connection};
-use crate::callout::{Answer, Call};
+use crate::callout::{Answer, Call, Host};
 use crate::headers::{HeaderMap, HeaderMutations, HeadersMut};
 use crate::remote::{Document, Remote, RemoteSource};
 
@@ -202,6 +202,13 @@ impl Context {
     /// time to live).
     pub fn now_millis(&self) -> u64 {
         self.remote.now()
+    }
+
+    /// The host's clock and the storage every worker of this Envoy (every
+    /// thread of the shim) shares, with compare-and-swap: for state that
+    /// must be counted once across workers, such as a rate limit's buckets.
+    pub fn host(&self) -> &dyn Host {
+        self.remote.host()
     }
 
     pub(crate) fn remote(&self) -> &Arc<Remote> {

@@ -242,6 +242,11 @@ impl Remote {
         self.host.now_millis()
     }
 
+    /// The host itself: its clock and the storage every worker shares.
+    pub fn host(&self) -> &dyn Host {
+        self.host.as_ref()
+    }
+
     /// Copies the shared document of `source` into this worker's cache if
     /// it is newer; returns whether it was.
     pub fn sync(&self, source: &RemoteSource) -> bool {

@@ -1,0 +1,584 @@
+//! `rate-limit`: how many requests a caller, a tenant or a route may make,
+//! counted per Envoy (local) or across every Envoy and shim replica
+//! (global, in Redis through a rate limit service).
+//!
+//! ```yaml
+//! - name: rate-limit
+//!   config:
+//!     limits:
+//!       - name: per-tenant                     # names the bucket and the RateLimit headers
+//!         descriptors: { tenant: 'request.headers["x-tenant"]' }   # CEL; one bucket per value
+//!         default_bucket: no-tenant            # where requests go whose key cannot be evaluated
+//!         requests: 100
+//!         unit: minute                         # second, minute, hour, day (or window: 10s)
+//!         cost: '1'                            # CEL, optional
+//!         overrides: [{ descriptors: { tenant: gold }, requests: 1000 }]
+//!       - name: everyone
+//!         requests: 5000
+//!         unit: second
+//!     headers: always                          # RateLimit headers on allowed responses too
+//!     # global: { grpc: { uri: "http://ratelimit:8081", cluster: ratelimit }, domain: edge,
+//!     #           timeout: 100ms, failure_mode: deny }
+//! ```
+//!
+//! Every limit applies and the tightest decides: a request is admitted only
+//! if every limit has room, and a denied request consumes nothing. Each
+//! bucket is a GCRA token bucket ([`gcra`]): it starts full, admits
+//! `requests` at once, and refills one request's worth every
+//! `unit / requests`.
+//!
+//! * **Local** (no `global`): the buckets live in the host's shared storage
+//!   ([`local`]), so all of an Envoy's workers (all of the shim's threads)
+//!   count against one bucket, exactly.
+//! * **Global**: each request asks a rate limit service
+//!   (`envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`) over
+//!   the callout mechanism ([`global`]); the project's service
+//!   (`policy-ratelimit`) counts in Redis, Envoy's ratelimit service and
+//!   Limitador work too. When it cannot answer, `failure_mode` decides
+//!   (deny by default).
+//!
+//! A denial is `429` with `Retry-After`, `RateLimit-Policy` and `RateLimit`
+//! (draft-ietf-httpapi-ratelimit-headers).
+
+pub mod gcra;
+pub mod global;
+pub mod local;
+pub mod proto;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use policy_executor::{
+    check_reply_status, parse_duration, parse_params, Action, AttributeSet, Context, Expression,
+    HeaderName, HeaderValue, LocalReply, ParamError, Phase, Phases, Policy, PolicyFactory,
+    ResponseAction,
+};
+use serde::Deserialize;
+
+use crate::gcra::{Rate, MICROS};
+use crate::proto::Unit;
+
+/// The policy's factory, for a build's registry.
+pub const FACTORY: PolicyFactory = PolicyFactory {
+    name: "rate-limit",
+    version: "0.1.0",
+    build,
+};
+
+/// The longest window a limit may have: a year.
+const MAX_WINDOW_SECS: u64 = 365 * 86_400;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    limits: Vec<LimitParams>,
+    global: Option<global::GlobalParams>,
+    #[serde(default)]
+    headers: HeaderMode,
+    deny: Option<DenyParams>,
+    max_keys: Option<u64>,
+    status_on_error: Option<u16>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitParams {
+    name: String,
+    #[serde(default)]
+    descriptors: BTreeMap<String, String>,
+    default_bucket: Option<String>,
+    requests: u64,
+    unit: Option<UnitName>,
+    window: Option<String>,
+    cost: Option<String>,
+    #[serde(default)]
+    overrides: Vec<OverrideParams>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OverrideParams {
+    descriptors: BTreeMap<String, String>,
+    requests: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DenyParams {
+    status: Option<u16>,
+    body: Option<String>,
+    content_type: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum UnitName {
+    Second,
+    Minute,
+    Hour,
+    Day,
+}
+
+impl UnitName {
+    fn unit(self) -> Unit {
+        match self {
+            Self::Second => Unit::Second,
+            Self::Minute => Unit::Minute,
+            Self::Hour => Unit::Hour,
+            Self::Day => Unit::Day,
+        }
+    }
+}
+
+/// Which responses carry the `RateLimit-Policy` and `RateLimit` headers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum HeaderMode {
+    /// Only denials.
+    #[default]
+    Denied,
+    /// Every response, allowed ones too.
+    Always,
+}
+
+/// Descriptor keys the policy sends itself.
+const RESERVED_KEYS: [&str; 2] = ["limit", "default_bucket"];
+
+/// One limit, compiled.
+pub(crate) struct Limit {
+    name: String,
+    descriptors: Vec<(String, Expression)>,
+    default_bucket: String,
+    requests: u64,
+    /// The window in microseconds.
+    period_us: u64,
+    /// The unit, when the window is one (global mode needs it).
+    unit: Option<Unit>,
+    cost: Option<Expression>,
+    overrides: Vec<(Vec<(String, String)>, u64)>,
+}
+
+/// The bucket a request falls in for one limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Bucket {
+    /// The descriptors' values, in the order of their keys.
+    Values(Vec<(String, String)>),
+    /// A descriptor could not be evaluated: the limit's default bucket.
+    Default,
+}
+
+/// One limit's answer to one request, for the headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Report {
+    pub(crate) allowed: bool,
+    /// Requests per window for this bucket (after overrides).
+    pub(crate) quota: u64,
+    pub(crate) window_secs: u64,
+    pub(crate) remaining: u64,
+    pub(crate) reset_secs: u64,
+    pub(crate) retry_after_secs: u64,
+}
+
+impl Limit {
+    /// The bucket `cx` falls in.
+    pub(crate) fn bucket(&self, cx: &Context) -> Bucket {
+        let mut values = Vec::with_capacity(self.descriptors.len());
+        for (key, expression) in &self.descriptors {
+            match expression.evaluate_text(cx) {
+                Ok(Some(value)) => values.push((key.clone(), value)),
+                Ok(None) | Err(_) => return Bucket::Default,
+            }
+        }
+        Bucket::Values(values)
+    }
+
+    /// The requests per window of `bucket`: an override's, else the limit's.
+    pub(crate) fn quota(&self, bucket: &Bucket) -> u64 {
+        let Bucket::Values(values) = bucket else {
+            return self.requests;
+        };
+        self.overrides
+            .iter()
+            .find(|(wanted, _)| {
+                wanted
+                    .iter()
+                    .all(|(key, value)| values.iter().any(|(k, v)| k == key && v == value))
+            })
+            .map_or(self.requests, |(_, requests)| *requests)
+    }
+
+    pub(crate) fn rate(&self, bucket: &Bucket) -> Rate {
+        Rate {
+            requests: self.quota(bucket),
+            period_us: self.period_us,
+        }
+    }
+
+    /// What the request costs against this limit; `Err` when the cost
+    /// expression cannot be evaluated to a non-negative integer.
+    pub(crate) fn cost(&self, cx: &Context) -> Result<u64, String> {
+        let Some(expression) = &self.cost else {
+            return Ok(1);
+        };
+        let text = expression
+            .evaluate_text(cx)
+            .map_err(|e| e.to_string())?
+            .ok_or("the cost is null")?;
+        text.parse::<u64>()
+            .map_err(|_| format!("the cost {text:?} is not a non-negative integer"))
+    }
+
+    /// The bucket's identity within the limit: its values, each prefixed
+    /// with its length so no value can pose as two.
+    pub(crate) fn bucket_id(&self, bucket: &Bucket) -> String {
+        match bucket {
+            Bucket::Default => format!("!{}", self.default_bucket),
+            Bucket::Values(values) => {
+                let mut id = String::new();
+                for (_, value) in values {
+                    id.push_str(&value.len().to_string());
+                    id.push(':');
+                    id.push_str(value);
+                }
+                id
+            }
+        }
+    }
+}
+
+struct RateLimit {
+    limits: Vec<Limit>,
+    mode: Mode,
+    headers: HeaderMode,
+    deny_status: u16,
+    deny_body: String,
+    deny_content_type: String,
+    status_on_error: u16,
+    attributes: AttributeSet,
+    policy_header: HeaderName,
+    state_header: HeaderName,
+}
+
+enum Mode {
+    Local(local::Buckets),
+    Global(global::Service),
+}
+
+fn build(config: &serde_json::Value) -> Result<Box<dyn Policy>, ParamError> {
+    let params: Params = parse_params(config)?;
+    if params.limits.is_empty() {
+        return Err(ParamError::at("limits", "at least one limit is needed"));
+    }
+    let mut limits = Vec::with_capacity(params.limits.len());
+    for (index, limit) in params.limits.into_iter().enumerate() {
+        let compiled = compile_limit(index, limit)?;
+        if limits.iter().any(|l: &Limit| l.name == compiled.name) {
+            return Err(ParamError::at(
+                format!("limits[{index}].name"),
+                format!("{:?} names two limits of this policy", compiled.name),
+            ));
+        }
+        limits.push(compiled);
+    }
+    let mut attributes = AttributeSet::NONE;
+    for limit in &limits {
+        for (_, expression) in &limit.descriptors {
+            attributes = attributes | expression.attributes();
+        }
+        if let Some(cost) = &limit.cost {
+            attributes = attributes | cost.attributes();
+        }
+    }
+    let mode = match params.global {
+        Some(global) => {
+            if params.max_keys.is_some() {
+                return Err(ParamError::at(
+                    "max_keys",
+                    "bounds local buckets; global ones expire in Redis",
+                ));
+            }
+            Mode::Global(global::Service::build(global, &limits)?)
+        }
+        None => Mode::Local(local::Buckets::new(params.max_keys.unwrap_or(10_000))?),
+    };
+    let deny = params.deny.unwrap_or(DenyParams {
+        status: None,
+        body: None,
+        content_type: None,
+    });
+    Ok(Box::new(RateLimit {
+        limits,
+        mode,
+        headers: params.headers,
+        deny_status: check_reply_status("deny.status", deny.status.unwrap_or(429))?,
+        deny_body: deny.body.unwrap_or_else(|| "rate limit exceeded\n".into()),
+        deny_content_type: deny.content_type.unwrap_or_else(|| "text/plain".into()),
+        status_on_error: check_reply_status(
+            "status_on_error",
+            params.status_on_error.unwrap_or(500),
+        )?,
+        attributes,
+        policy_header: header_name("ratelimit-policy")?,
+        state_header: header_name("ratelimit")?,
+    }))
+}
+
+fn header_name(name: &str) -> Result<HeaderName, ParamError> {
+    HeaderName::parse(name).map_err(|e| ParamError::at(".", format!("{name}: {e}")))
+}
+
+fn compile_limit(index: usize, limit: LimitParams) -> Result<Limit, ParamError> {
+    let at = |field: &str| format!("limits[{index}].{field}");
+    let name_ok = !limit.name.is_empty()
+        && limit
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if !name_ok {
+        return Err(ParamError::at(
+            at("name"),
+            "letters, digits, `-`, `_` and `.` only (it is a header token and a storage key)",
+        ));
+    }
+    if limit.requests == 0 || limit.requests > u64::from(u32::MAX) {
+        return Err(ParamError::at(at("requests"), "between 1 and 4294967295"));
+    }
+    let (period_us, unit) = match (limit.unit, &limit.window) {
+        (Some(unit), None) => {
+            let unit = unit.unit();
+            (unit.seconds().unwrap_or(1) * MICROS, Some(unit))
+        }
+        (None, Some(text)) => {
+            let window = parse_duration(text).ok_or_else(|| {
+                ParamError::at(
+                    at("window"),
+                    format!("{text:?} is not a duration like 10s or 1m"),
+                )
+            })?;
+            if window < Duration::from_millis(1) || window.as_secs() > MAX_WINDOW_SECS {
+                return Err(ParamError::at(at("window"), "between 1ms and a year"));
+            }
+            let micros = u64::try_from(window.as_micros()).unwrap_or(u64::MAX);
+            let unit = [Unit::Second, Unit::Minute, Unit::Hour, Unit::Day]
+                .into_iter()
+                .find(|u| u.seconds().map(|s| s * MICROS) == Some(micros));
+            (micros, unit)
+        }
+        _ => {
+            return Err(ParamError::at(
+                format!("limits[{index}]"),
+                "exactly one of `unit` and `window` says how often `requests` refill",
+            ))
+        }
+    };
+    let mut descriptors = Vec::with_capacity(limit.descriptors.len());
+    for (key, source) in limit.descriptors {
+        if key.is_empty() || RESERVED_KEYS.contains(&key.as_str()) {
+            return Err(ParamError::at(
+                at("descriptors"),
+                format!("{key:?} cannot name a descriptor (empty, or one the policy sends itself)"),
+            ));
+        }
+        let expression = Expression::compile(&source, Phase::Request)
+            .map_err(|e| ParamError::at(at(&format!("descriptors.{key}")), e.to_string()))?;
+        descriptors.push((key, expression));
+    }
+    let cost = limit
+        .cost
+        .map(|source| {
+            Expression::compile(&source, Phase::Request)
+                .map_err(|e| ParamError::at(at("cost"), e.to_string()))
+        })
+        .transpose()?;
+    let mut overrides = Vec::with_capacity(limit.overrides.len());
+    for (o, each) in limit.overrides.into_iter().enumerate() {
+        for key in each.descriptors.keys() {
+            if !descriptors.iter().any(|(k, _)| k == key) {
+                return Err(ParamError::at(
+                    at(&format!("overrides[{o}].descriptors.{key}")),
+                    "not a descriptor of this limit",
+                ));
+            }
+        }
+        if each.descriptors.is_empty() {
+            return Err(ParamError::at(
+                at(&format!("overrides[{o}].descriptors")),
+                "an override names the descriptor values it applies to",
+            ));
+        }
+        if each.requests == 0 || each.requests > u64::from(u32::MAX) {
+            return Err(ParamError::at(
+                at(&format!("overrides[{o}].requests")),
+                "between 1 and 4294967295",
+            ));
+        }
+        overrides.push((each.descriptors.into_iter().collect(), each.requests));
+    }
+    Ok(Limit {
+        name: limit.name,
+        descriptors,
+        default_bucket: limit.default_bucket.unwrap_or_else(|| "default".into()),
+        requests: limit.requests,
+        period_us,
+        unit,
+        cost,
+        overrides,
+    })
+}
+
+impl RateLimit {
+    /// The denial, with the headers of every limit and `Retry-After` of the
+    /// ones that refused.
+    fn deny(&self, reports: &[(&Limit, Report)]) -> Action {
+        let retry_after = reports
+            .iter()
+            .filter(|(_, r)| !r.allowed)
+            .map(|(_, r)| r.retry_after_secs)
+            .max()
+            .unwrap_or(1);
+        let mut headers = vec![
+            ("content-type".to_owned(), self.deny_content_type.clone()),
+            ("retry-after".to_owned(), retry_after.to_string()),
+        ];
+        headers.extend(rate_limit_headers(reports));
+        Action::Respond(LocalReply {
+            status: self.deny_status,
+            headers,
+            body: self.deny_body.clone().into_bytes(),
+        })
+    }
+
+    /// What cannot be decided (a cost that does not evaluate) is refused.
+    fn error(&self, cx: &Context, why: &str) -> Action {
+        log::warn!(
+            "rate-limit on {:?}: {why}: refused with {}",
+            cx.route().chain,
+            self.status_on_error
+        );
+        Action::Respond(LocalReply::text(
+            self.status_on_error,
+            "rate limit cannot be decided\n",
+        ))
+    }
+
+    /// Admitted: keeps what the response's headers need.
+    fn allow(&self, cx: &mut Context, reports: &[(&Limit, Report)]) -> Action {
+        if self.headers == HeaderMode::Always {
+            for (name, value) in rate_limit_headers(reports) {
+                cx.metadata_mut().insert(
+                    format!("rate-limit.{name}"),
+                    serde_json::Value::String(value),
+                );
+            }
+        }
+        Action::Continue
+    }
+}
+
+/// `RateLimit-Policy` and `RateLimit` for `reports`, one list item per
+/// limit (draft-ietf-httpapi-ratelimit-headers).
+fn rate_limit_headers(reports: &[(&Limit, Report)]) -> [(String, String); 2] {
+    let mut policy = String::new();
+    let mut state = String::new();
+    for (limit, report) in reports {
+        if !policy.is_empty() {
+            policy.push_str(", ");
+            state.push_str(", ");
+        }
+        policy.push_str(&format!(
+            "\"{}\";q={};w={}",
+            limit.name, report.quota, report.window_secs
+        ));
+        state.push_str(&format!(
+            "\"{}\";r={};t={}",
+            limit.name, report.remaining, report.reset_secs
+        ));
+    }
+    [
+        ("ratelimit-policy".to_owned(), policy),
+        ("ratelimit".to_owned(), state),
+    ]
+}
+
+/// Microseconds as whole seconds, rounded up.
+pub(crate) fn secs_up(micros: u64) -> u64 {
+    micros.div_ceil(MICROS)
+}
+
+impl Policy for RateLimit {
+    fn phases(&self) -> Phases {
+        Phases::headers(true, self.headers == HeaderMode::Always)
+    }
+
+    fn reads_response_headers(&self) -> bool {
+        false
+    }
+
+    fn attributes(&self) -> AttributeSet {
+        self.attributes
+    }
+
+    fn on_request_headers(&self, cx: &mut Context) -> Action {
+        let mut costs = Vec::with_capacity(self.limits.len());
+        for limit in &self.limits {
+            match limit.cost(cx) {
+                Ok(cost) => costs.push(cost),
+                Err(why) => return self.error(cx, &format!("limit {:?}: {why}", limit.name)),
+            }
+        }
+        let buckets: Vec<Bucket> = self.limits.iter().map(|l| l.bucket(cx)).collect();
+        let decided = match &self.mode {
+            Mode::Local(store) => Ok(store.decide(cx.host(), &self.limits, &buckets, &costs)),
+            Mode::Global(service) => match cx.answer() {
+                None => return Action::Call(service.call(&self.limits, &buckets, &costs)),
+                Some(answer) => service.read(answer, &self.limits, &buckets),
+            },
+        };
+        let reports = match decided {
+            Ok(reports) => reports,
+            Err(why) => {
+                let Mode::Global(service) = &self.mode else {
+                    return self.error(cx, &why);
+                };
+                return match service.failure_mode {
+                    global::FailureMode::Deny => self.error(cx, &why),
+                    global::FailureMode::Allow => {
+                        log::warn!(
+                            "rate-limit on {:?}: {why}: allowed (failure_mode: allow)",
+                            cx.route().chain
+                        );
+                        Action::Continue
+                    }
+                };
+            }
+        };
+        let reports: Vec<(&Limit, Report)> = self.limits.iter().zip(reports).collect();
+        if reports.iter().all(|(_, r)| r.allowed) {
+            self.allow(cx, &reports)
+        } else {
+            self.deny(&reports)
+        }
+    }
+
+    fn on_response_headers(&self, cx: &mut Context) -> ResponseAction {
+        let mut values = Vec::with_capacity(2);
+        for name in [&self.policy_header, &self.state_header] {
+            let value = cx
+                .metadata()
+                .get(&format!("rate-limit.{}", name.as_str()))
+                .and_then(|v| v.as_str())
+                .and_then(|v| HeaderValue::parse(v).ok());
+            if let Some(value) = value {
+                values.push((name, value));
+            }
+        }
+        let mut headers = cx.headers_mut();
+        for (name, value) in values {
+            headers.set_only(name, &value);
+        }
+        ResponseAction::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests;
