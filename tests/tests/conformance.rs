@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use integration_tests::authz::{alice_or_nobody, AuthzServer, Decision};
+use integration_tests::ratelimit::{RateLimitService, Redis};
 use integration_tests::raw::send_raw;
 use integration_tests::{send, yaml_files, Host, Stack};
 use local_envoy::filters::{grpc_cluster, static_cluster};
@@ -35,6 +36,12 @@ struct Suite {
     /// in the configuration is its address, and Envoy reaches it through
     /// the cluster `authz`.
     authz: Option<AuthzProtocol>,
+    /// A Redis and the project's rate limit service counting in it, for
+    /// the `rate-limit` global cases: `{ratelimit_uri}` in the
+    /// configuration is the service's address, and Envoy reaches it through
+    /// the cluster `ratelimit`.
+    #[serde(default)]
+    ratelimit: bool,
     cases: Vec<Case>,
 }
 
@@ -222,6 +229,7 @@ fn conforms(host: Host) {
     for (file, suite) in suites() {
         // Kept alive for the suite's cases.
         let mut authz = None;
+        let mut ratelimit = None;
         let stack = match suite.authz {
             Some(protocol) => {
                 let (server, cluster) = match protocol {
@@ -241,6 +249,14 @@ fn conforms(host: Host) {
                 authz = Some(server);
                 Stack::start_with_clusters(host, &config, vec![cluster], 1)
             }
+            None if suite.ratelimit => {
+                let redis = Redis::start().unwrap();
+                let service = RateLimitService::start(&redis.url()).unwrap();
+                let cluster = grpc_cluster("ratelimit", service.addr());
+                let config = suite.config.replace("{ratelimit_uri}", &service.uri());
+                ratelimit = Some((service, redis));
+                Stack::start_with_clusters(host, &config, vec![cluster], 1)
+            }
             None if suite.edge_hardening => Stack::start_on(host, &suite.config),
             None => Stack::start_without_edge_hardening(host, &suite.config),
         };
@@ -252,6 +268,7 @@ fn conforms(host: Host) {
         }
         drop(stack);
         drop(authz);
+        drop(ratelimit);
     }
     assert!(ran >= 10, "only {ran} cases ran");
     assert!(

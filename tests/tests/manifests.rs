@@ -160,30 +160,50 @@ fn the_schema_check_catches_a_broken_resource() {
     );
 }
 
+/// The resource of `kind` in `envoy/kubernetes/<file>`.
+fn kubernetes_resource(file: &str, kind: &str) -> Value {
+    documents(&repo().join("envoy/kubernetes").join(file))
+        .into_iter()
+        .find(|d| d["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} in {file}"))
+}
+
+/// What every Deployment of a gRPC server here has: replicas, gRPC probes
+/// on the serving port, resource requests, a hardened container. Returns
+/// its pods' labels.
+fn check_grpc_deployment(deployment: &Value) -> Value {
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let pods = deployment["spec"]["selector"]["matchLabels"].clone();
+    assert!(pods.is_object());
+    let template = &deployment["spec"]["template"];
+    assert_eq!(template["metadata"]["labels"], pods);
+    let container = &template["spec"]["containers"][0];
+    let port = &container["ports"][0]["containerPort"];
+    assert_eq!(&container["readinessProbe"]["grpc"]["port"], port);
+    assert_eq!(&container["livenessProbe"]["grpc"]["port"], port);
+    for resource in ["cpu", "memory"] {
+        assert!(
+            container["resources"]["requests"][resource].is_string(),
+            "resources.requests.{resource} missing"
+        );
+    }
+    assert!(container["resources"]["limits"]["memory"].is_string());
+    assert_eq!(
+        container["securityContext"]["allowPrivilegeEscalation"],
+        false
+    );
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(template["spec"]["securityContext"]["runAsNonRoot"], true);
+    pods
+}
+
 #[test]
 fn the_kubernetes_deployment_is_what_the_shim_needs() {
-    let docs = manifests();
-    let find = |kind: &str| {
-        docs.iter()
-            .find(|(_, d)| d["kind"] == kind)
-            .map(|(_, d)| d.clone())
-            .unwrap_or_else(|| panic!("no {kind}"))
-    };
+    let find = |kind: &str| kubernetes_resource("extproc.yaml", kind);
     let deployment = find("Deployment");
-    assert_eq!(deployment["spec"]["replicas"], 2);
-    let shim_pods = &deployment["spec"]["selector"]["matchLabels"];
-    assert!(shim_pods.is_object());
+    let shim_pods = &check_grpc_deployment(&deployment);
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
-    assert!(container["readinessProbe"]["grpc"]["port"].is_number());
-    assert!(container["livenessProbe"]["grpc"]["port"].is_number());
-    for bound in ["requests", "limits"] {
-        for resource in ["cpu", "memory"] {
-            assert!(
-                container["resources"][bound][resource].is_string(),
-                "resources.{bound}.{resource} missing"
-            );
-        }
-    }
+    assert!(container["resources"]["limits"]["cpu"].is_string());
 
     // Voluntary disruptions leave a replica serving.
     let budget = find("PodDisruptionBudget");
@@ -213,6 +233,77 @@ fn the_kubernetes_deployment_is_what_the_shim_needs() {
         service["spec"]["ports"][0]["appProtocol"],
         "kubernetes.io/h2c"
     );
+}
+
+#[test]
+fn the_rate_limit_service_deployment_reaches_redis_and_only_the_engine_reaches_it() {
+    let find = |kind: &str| kubernetes_resource("ratelimit.yaml", kind);
+    let deployment = find("Deployment");
+    let pods = check_grpc_deployment(&deployment);
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        container["readinessProbe"]["grpc"]["service"],
+        "envoy.service.ratelimit.v3.RateLimitService"
+    );
+    // The Redis URL (it may hold a password) comes from the Secret.
+    let secret = find("Secret");
+    let redis = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "REDIS_URL")
+        .expect("REDIS_URL");
+    let reference = &redis["valueFrom"]["secretKeyRef"];
+    assert_eq!(reference["name"], secret["metadata"]["name"]);
+    let key = reference["key"].as_str().unwrap();
+    let url = secret["stringData"][key].as_str().unwrap();
+    assert!(
+        url.starts_with("redis://") || url.starts_with("rediss://"),
+        "{url}"
+    );
+    // The arguments are the binary's: it parses them.
+    let args: Vec<String> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect();
+    let help = std::process::Command::new(local_envoy::ratelimit_bin())
+        .arg("--help")
+        .output()
+        .expect("policy-ratelimit (make build builds it)");
+    let help = String::from_utf8_lossy(&help.stdout);
+    for arg in &args {
+        let flag = arg.split('=').next().unwrap();
+        assert!(help.contains(flag), "{flag} is not a policy-ratelimit flag");
+    }
+    let budget = find("PodDisruptionBudget");
+    assert_eq!(budget["spec"]["selector"]["matchLabels"], pods);
+    let service = find("Service");
+    assert_eq!(service["spec"]["selector"], pods);
+    assert_eq!(
+        service["spec"]["ports"][0]["appProtocol"],
+        "kubernetes.io/h2c"
+    );
+    let fence = find("NetworkPolicy");
+    assert_eq!(fence["spec"]["podSelector"]["matchLabels"], pods);
+    let peers = fence["spec"]["ingress"][0]["from"].as_array().unwrap();
+    let shim_pods = kubernetes_resource("extproc.yaml", "Deployment")["spec"]["selector"]
+        ["matchLabels"]
+        .clone();
+    assert!(
+        peers
+            .iter()
+            .any(|p| p["podSelector"]["matchLabels"] == shim_pods),
+        "the shim's pods may call it"
+    );
+    for peer in peers {
+        let labels = peer["podSelector"]["matchLabels"].as_object();
+        assert!(
+            labels.is_some_and(|l| !l.is_empty()),
+            "{peer} admits every pod"
+        );
+    }
 }
 
 /// The plugin configurations the examples embed: the shim's ConfigMap, the

@@ -247,8 +247,8 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-async fn termination() {
+/// Resolves on SIGTERM or Ctrl-C (also what `policy-ratelimit` stops on).
+pub async fn termination() {
     let ctrl_c = tokio::signal::ctrl_c();
     match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(mut sigterm) => {

@@ -34,6 +34,7 @@ use std::time::Instant;
 
 use integration_tests::authz::{AuthzServer, Decision};
 use integration_tests::measure::{env_or, quantile};
+use integration_tests::ratelimit::{RateLimitService, Redis};
 use integration_tests::{auth_chain, wrk};
 use local_envoy::echo::EchoUpstream;
 use local_envoy::shim::Shim;
@@ -121,6 +122,21 @@ fn ext_authz_chain(authz: &AuthzServer, cache: bool) -> String {
     )
 }
 
+/// One `rate-limit` policy: a limit keyed by the `x-client` header wrk
+/// sends, too large to be exhausted, counted locally (shared data) or
+/// through the rate limit service (`ratelimit`: its gRPC URI).
+fn rate_limit_chain(ratelimit: Option<&RateLimitService>) -> String {
+    let global = ratelimit.map_or_else(String::new, |service| {
+        format!(
+            "\n          global: {{ grpc: {{ uri: \"{}\", cluster: ratelimit }}, timeout: 1s }}",
+            service.uri()
+        )
+    });
+    format!(
+        "routes:\n  - name: bench\n    match: {{ route: echo-default }}\n    policies:\n      - name: rate-limit\n        config:\n          limits: [{{ name: per-client, descriptors: {{ client: 'request.headers[\"x-client\"]' }}, requests: 4000000000, unit: second }}]{global}\n"
+    )
+}
+
 /// `b:` rows: another build's module on the wasm-0, wasm-1 and wasm-auth
 /// chains.
 fn module_b_configs(module: &std::path::Path) -> Result<Vec<Config>, String> {
@@ -140,8 +156,10 @@ fn module_b_configs(module: &std::path::Path) -> Result<Vec<Config>, String> {
     ])
 }
 
-fn configs(authz: &AuthzServer) -> Result<Vec<Config>, String> {
+fn configs(authz: &AuthzServer, ratelimit: &RateLimitService) -> Result<Vec<Config>, String> {
     let module = filter_wasm();
+    let ratelimit_cluster = vec![filters::grpc_cluster("ratelimit", ratelimit.addr())];
+    let client_header = vec![("x-client".to_owned(), "bench".to_owned())];
     let authz_cluster = vec![filters::grpc_cluster("authz", authz.addr())];
     let authz_headers = vec![("authorization".to_owned(), "Bearer bench".to_owned())];
     let longest = 8;
@@ -266,6 +284,38 @@ fn configs(authz: &AuthzServer) -> Result<Vec<Config>, String> {
             filters: vec![filters::ext_proc()],
             shim: Some(ext_authz_chain(authz, false)),
             headers: authz_headers,
+            clusters: Vec::new(),
+        },
+        Config {
+            name: "wasm-ratelimit-local".into(),
+            what: "Wasm filter, rate-limit: one local limit keyed by a header, never exhausted".into(),
+            filters: vec![filters::policy_engine(&module, &rate_limit_chain(None))],
+            shim: None,
+            headers: client_header.clone(),
+            clusters: Vec::new(),
+        },
+        Config {
+            name: "wasm-ratelimit-global".into(),
+            what: "Wasm filter, the same limit counted in Redis through policy-ratelimit (a gRPC call per request)".into(),
+            filters: vec![filters::policy_engine(&module, &rate_limit_chain(Some(ratelimit)))],
+            shim: None,
+            headers: client_header.clone(),
+            clusters: ratelimit_cluster,
+        },
+        Config {
+            name: "extproc-ratelimit-local".into(),
+            what: "ext_proc shim, the wasm-ratelimit-local chain".into(),
+            filters: vec![filters::ext_proc()],
+            shim: Some(rate_limit_chain(None)),
+            headers: client_header.clone(),
+            clusters: Vec::new(),
+        },
+        Config {
+            name: "extproc-ratelimit-global".into(),
+            what: "ext_proc shim, the wasm-ratelimit-global chain (the shim calls the service)".into(),
+            filters: vec![filters::ext_proc()],
+            shim: Some(rate_limit_chain(Some(ratelimit))),
+            headers: client_header,
             clusters: Vec::new(),
         },
         Config {
@@ -439,7 +489,10 @@ fn run() -> Result<bool, String> {
     // (not pinned: with Envoy on core 0 it runs beside wrk on core 1).
     let authz = AuthzServer::start_grpc(Decision::allow())
         .map_err(|e| format!("starting the authorization service: {e}"))?;
-    let mut configs = configs(&authz)?;
+    let redis = Redis::start().map_err(|e| format!("starting Redis: {e}"))?;
+    let ratelimit = RateLimitService::start(&redis.url())
+        .map_err(|e| format!("starting the rate limit service: {e}"))?;
+    let mut configs = configs(&authz, &ratelimit)?;
     if let Ok(module) = std::env::var("BENCH_MODULE_B") {
         configs.extend(module_b_configs(std::path::Path::new(&module))?);
     }
