@@ -150,6 +150,10 @@ fn run() -> Result<(), String> {
                 "request header set and removed, response header added",
             ),
             (
+                format!("for i in 1 2 3 4; do curl -s -o /dev/null -w '%{{http_code}} ' {base}/api/limited -H 'x-client: me'; done"),
+                "rate-limit: 200 200 200 429",
+            ),
+            (
                 format!("curl -i {base}/public/page"),
                 "a route with an empty chain",
             ),

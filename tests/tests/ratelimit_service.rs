@@ -221,3 +221,19 @@ async fn health_reports_serving() {
         assert_eq!(status, ServingStatus::Serving as i32, "service {name:?}");
     }
 }
+
+#[tokio::test]
+async fn a_zero_limit_refuses_and_an_unknown_unit_is_an_error_not_no_limit() {
+    let redis = Redis::start().unwrap();
+    let service = RateLimitService::start(&redis.url()).unwrap();
+    let mut client = client(&service).await;
+    let zero = descriptor(&[("limit", "closed")], Some((0, Unit::Second)), None);
+    let answer = ask(&mut client, vec![zero], 0).await.unwrap();
+    assert_eq!(answer.overall_code, Code::OverLimit as i32);
+    let mut unknown = descriptor(&[("limit", "odd")], Some((5, Unit::Second)), None);
+    if let Some(limit) = unknown.limit.as_mut() {
+        limit.unit = 42;
+    }
+    let failed = ask(&mut client, vec![unknown], 0).await.unwrap_err();
+    assert_eq!(failed.code(), tonic::Code::InvalidArgument, "{failed:?}");
+}

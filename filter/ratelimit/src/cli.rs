@@ -33,6 +33,7 @@ struct Args {
         long,
         value_name = "URL",
         env = "REDIS_URL",
+        hide_env_values = true,
         default_value = "redis://127.0.0.1:6379"
     )]
     redis: String,

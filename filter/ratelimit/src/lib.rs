@@ -16,6 +16,12 @@
 //! service on hosts whose clocks differ still agree. Keys expire once their
 //! bucket is full again.
 //!
+//! Keys are `policy-ratelimit:{<domain hash>}:<descriptor hash>`, of fixed
+//! size whatever a caller sends; the hash tag keeps a request's keys in one
+//! Redis Cluster slot, as the script needs. Run Redis with
+//! `maxmemory-policy noeviction` (or `volatile-ttl`): an evicted key is a
+//! bucket that starts full again.
+//!
 //! When Redis cannot answer, the call fails with `UNAVAILABLE` and the
 //! policy's `failure_mode` decides. Precision: exact per Redis. Across a
 //! Redis failover, buckets the replica had not received yet (Redis
@@ -37,6 +43,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimit
 use policy_rate_limit::gcra::{Rate, Verdict, MICROS};
 use policy_rate_limit::proto::Unit;
 use redis::aio::ConnectionManager;
+use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
 /// The prefix of every Redis key this service writes.
@@ -51,6 +58,8 @@ const MAX_DESCRIPTORS: usize = 64;
 /// hits). Returns Redis's time, whether the request was admitted, then each
 /// bucket's TAT as it was before. The arithmetic is `Rate::decide`'s.
 const SCRIPT: &str = r#"
+-- Redis < 5 replicates scripts verbatim, which TIME makes unsafe.
+if redis.replicate_commands then redis.replicate_commands() end
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 local admitted = 1
@@ -117,11 +126,12 @@ impl RateLimiter {
             )));
         }
         let request_hits = u64::from(request.hits_addend.max(1));
+        let domain = hex(&Sha256::digest(request.domain.as_bytes())[..8]);
         let buckets: Vec<Option<Bucket>> = request
             .descriptors
             .iter()
-            .map(|descriptor| bucket(&request.domain, descriptor, request_hits))
-            .collect();
+            .map(|descriptor| bucket(&domain, descriptor, request_hits))
+            .collect::<Result<_, _>>()?;
         let limited: Vec<&Bucket> = buckets.iter().flatten().collect();
         if limited.is_empty() {
             return Ok(RateLimitResponse {
@@ -184,29 +194,37 @@ impl RateLimiter {
     }
 }
 
-/// The bucket of a descriptor with a usable `limit`; `None` for one
-/// without (not limited).
-fn bucket(domain: &str, descriptor: &RateLimitDescriptor, request_hits: u64) -> Option<Bucket> {
-    let limit = descriptor.limit.as_ref()?;
-    let unit = ProtoUnit::try_from(limit.unit).ok()?;
-    let seconds = Unit::try_from(limit.unit).ok()?.seconds()?;
-    if limit.requests_per_unit == 0 {
-        return None;
-    }
-    // Every part length-prefixed, so no value can pose as two.
-    let mut key = format!("{KEY_PREFIX}{}:{domain}", domain.len());
+/// The bucket of a descriptor with a `limit`; `None` for one without (not
+/// limited). A limit of 0 requests refuses everything, as in Envoy's
+/// service; a unit this service does not know is an error, never no limit.
+fn bucket(
+    domain: &str,
+    descriptor: &RateLimitDescriptor,
+    request_hits: u64,
+) -> Result<Option<Bucket>, Status> {
+    let Some(limit) = descriptor.limit.as_ref() else {
+        return Ok(None);
+    };
+    let unknown = || Status::invalid_argument(format!("unknown rate limit unit {}", limit.unit));
+    let unit = ProtoUnit::try_from(limit.unit).map_err(|_| unknown())?;
+    let seconds = Unit::try_from(limit.unit)
+        .ok()
+        .and_then(Unit::seconds)
+        .ok_or_else(unknown)?;
+    // Fixed-size keys, whatever the caller sends: the entries' hash, each
+    // part length-prefixed so no value can pose as two. The domain's hash
+    // is a hash tag, so a request's keys share a Redis Cluster slot.
+    let mut entries = Sha256::new();
     for entry in &descriptor.entries {
-        key.push_str(&format!(
-            "|{}:{}={}:{}",
-            entry.key.len(),
-            entry.key,
-            entry.value.len(),
-            entry.value
-        ));
+        for part in [&entry.key, &entry.value] {
+            entries.update((part.len() as u64).to_be_bytes());
+            entries.update(part.as_bytes());
+        }
     }
-    Some(Bucket {
-        key,
+    Ok(Some(Bucket {
+        key: format!("{KEY_PREFIX}{{{domain}}}:{}", hex(&entries.finalize())),
         rate: Rate {
+            // 0 requests: a bucket that never admits (a cost above its size).
             requests: u64::from(limit.requests_per_unit),
             period_us: seconds * MICROS,
         },
@@ -214,7 +232,11 @@ fn bucket(domain: &str, descriptor: &RateLimitDescriptor, request_hits: u64) -> 
         cost: descriptor
             .hits_addend
             .map_or(request_hits, |hits| hits.value),
-    })
+    }))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn unlimited() -> DescriptorStatus {

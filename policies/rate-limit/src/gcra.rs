@@ -17,6 +17,9 @@
 /// Microseconds in a second.
 pub const MICROS: u64 = 1_000_000;
 
+/// `Verdict::retry_after_us` of a request that can never be admitted.
+pub const NEVER: u64 = u64::MAX;
+
 /// A limit's rate: `requests` per `period_us` microseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate {
@@ -42,9 +45,27 @@ pub struct Verdict {
 }
 
 impl Rate {
-    /// Microseconds between two refills of one request.
+    /// Microseconds between two refills of one request, rounded up: a
+    /// bucket may refill a little slower than asked, never faster.
     pub fn emission_us(&self) -> u64 {
-        (self.period_us / self.requests.max(1)).max(1)
+        self.period_us.div_ceil(self.requests.max(1)).max(1)
+    }
+
+    /// Checks that whole-microsecond refills enforce this rate within 1 %
+    /// (600,000 a second would be enforced as 500,000); the error says
+    /// what would be enforced.
+    pub fn check(&self) -> Result<(), String> {
+        // The enforced rate, period / emission, against the asked one.
+        let emission = u128::from(self.emission_us());
+        if u128::from(self.requests) * emission * 99 <= u128::from(self.period_us) * 100 {
+            return Ok(());
+        }
+        let enforced = self.period_us / self.emission_us();
+        Err(format!(
+            "buckets refill in whole microseconds: {} per {} s would be enforced as {enforced}; choose a number that divides the window in microseconds, or count in larger units",
+            self.requests,
+            self.period_us / MICROS
+        ))
     }
 
     /// How far ahead of now the TAT may run: a full bucket's worth.
@@ -80,7 +101,12 @@ impl Rate {
                 tat,
                 remaining: tolerance.saturating_sub(ahead) / emission,
                 reset_us: ahead,
-                retry_after_us: next - now_us - tolerance,
+                // A cost above the bucket's size is never admitted.
+                retry_after_us: if cost > self.requests {
+                    NEVER
+                } else {
+                    next - now_us - tolerance
+                },
             }
         }
     }
@@ -145,9 +171,24 @@ mod tests {
         assert_eq!(rate.decide(refunded, now, 10).remaining, 0);
         assert!(rate.decide(refunded, now, 10).allowed);
         // A cost above the bucket's size is never admitted.
-        assert!(!rate.decide(0, now, 11).allowed);
+        assert_eq!(rate.decide(0, now, 11).retry_after_us, NEVER);
         // Cost 0 only reads.
         assert_eq!(rate.decide(first.tat, now, 0).tat, first.tat);
+    }
+
+    #[test]
+    fn refills_round_to_the_stricter_side_and_imprecise_rates_are_refused() {
+        let rate = |requests| Rate {
+            requests,
+            period_us: MICROS,
+        };
+        assert_eq!(rate(3).emission_us(), 333_334);
+        assert!(rate(3).check().is_ok());
+        assert!(rate(500_000).check().is_ok());
+        assert!(rate(1_000_000).check().is_ok());
+        let refused = rate(600_000).check().unwrap_err();
+        assert!(refused.contains("enforced as 500000"), "{refused}");
+        assert!(rate(2_000_000).check().is_err());
     }
 
     #[test]

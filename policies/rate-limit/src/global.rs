@@ -19,7 +19,7 @@ use prost::Message;
 use serde::Deserialize;
 
 use crate::proto::{self, Code, RateLimitDescriptor, RateLimitOverride, RateLimitRequest};
-use crate::{secs_up, Bucket, Limit, Report};
+use crate::{secs_up, Bucket, Limit, Report, State};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -117,14 +117,12 @@ impl Service {
             .zip(costs)
             .map(|((limit, bucket), cost)| descriptor(limit, bucket, *cost))
             .collect();
-        // Every descriptor carries its own hits; the request's is for
-        // services that read only that one, when all agree.
-        let hits_addend = match costs.first() {
-            Some(first) if costs.iter().all(|c| c == first) => {
-                u32::try_from(*first).unwrap_or(u32::MAX)
-            }
-            _ => 0,
-        };
+        // Every descriptor carries its own hits; the request's, for
+        // services that read only that one, is the largest (never less
+        // than a limit asked for). 0 means 1 in the protocol: a request
+        // costing nothing anywhere sends 1 there and 0 per descriptor.
+        let largest = costs.iter().copied().max().unwrap_or(1);
+        let hits_addend = u32::try_from(largest.max(1)).unwrap_or(u32::MAX);
         let request = RateLimitRequest {
             domain: self.domain.clone(),
             descriptors,
@@ -157,15 +155,20 @@ impl Service {
         if overall == Code::Unknown {
             return Err("the rate limit service answered UNKNOWN".into());
         }
+        // One status per descriptor, as Envoy's service answers; a
+        // service that answers none is read by its overall code alone.
+        if !decoded.statuses.is_empty() && decoded.statuses.len() != limits.len() {
+            return Err(format!(
+                "the rate limit service answered {} statuses for {} descriptors",
+                decoded.statuses.len(),
+                limits.len()
+            ));
+        }
         let mut reports = Vec::with_capacity(limits.len());
         for (i, (limit, bucket)) in limits.iter().zip(buckets).enumerate() {
             let rate = limit.rate(bucket);
-            // A service may answer fewer statuses (Envoy's answers none for
-            // descriptors it has no limit for): those limits say OK.
             let status = decoded.statuses.get(i);
-            let code = status
-                .map(|s| Code::try_from(s.code).unwrap_or(Code::Unknown))
-                .unwrap_or(Code::Ok);
+            let code = status.map_or(overall, |s| Code::try_from(s.code).unwrap_or(Code::Unknown));
             let allowed = match code {
                 Code::Ok => true,
                 Code::OverLimit => false,
@@ -173,21 +176,27 @@ impl Service {
             };
             let reset = status
                 .and_then(|s| s.duration_until_reset)
-                .map_or(0, |d| d.as_micros());
+                .map(|d| d.as_micros());
             reports.push(Report {
                 allowed,
                 quota: rate.requests,
                 window_secs: rate.window_secs(),
-                remaining: status.map_or(rate.requests, |s| u64::from(s.limit_remaining)),
-                reset_secs: secs_up(reset),
-                retry_after_secs: if allowed { 0 } else { secs_up(reset).max(1) },
+                state: status.map(|s| State {
+                    remaining: u64::from(s.limit_remaining),
+                    reset_secs: secs_up(reset.unwrap_or(0)),
+                }),
+                retry_after_secs: if allowed {
+                    None
+                } else {
+                    Some(reset.map_or(1, |micros| secs_up(micros).max(1)))
+                },
             });
         }
         if overall == Code::OverLimit && reports.iter().all(|r| r.allowed) {
             // Over the limit overall, yet no descriptor said which: refuse.
             if let Some(first) = reports.first_mut() {
                 first.allowed = false;
-                first.retry_after_secs = first.retry_after_secs.max(1);
+                first.retry_after_secs = Some(1);
             }
         }
         Ok(reports)

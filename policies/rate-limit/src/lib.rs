@@ -68,6 +68,12 @@ pub const FACTORY: PolicyFactory = PolicyFactory {
 /// The longest window a limit may have: a year.
 const MAX_WINDOW_SECS: u64 = 365 * 86_400;
 
+/// The most limits one policy may have (and one rate limit call carries).
+const MAX_LIMITS: usize = 64;
+
+/// The most local buckets a limit may keep.
+const MAX_KEYS: u64 = 1_000_000;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Params {
@@ -174,9 +180,19 @@ pub(crate) struct Report {
     /// Requests per window for this bucket (after overrides).
     pub(crate) quota: u64,
     pub(crate) window_secs: u64,
+    /// What is left and when the bucket is full again, when known (a rate
+    /// limit service may answer with the overall decision alone).
+    pub(crate) state: Option<State>,
+    /// When refused: seconds until this request would be admitted; `None`
+    /// if never (it costs more than the bucket holds) or unknown.
+    pub(crate) retry_after_secs: Option<u64>,
+}
+
+/// A bucket's state after a decision, for the `RateLimit` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct State {
     pub(crate) remaining: u64,
     pub(crate) reset_secs: u64,
-    pub(crate) retry_after_secs: u64,
 }
 
 impl Limit {
@@ -228,17 +244,21 @@ impl Limit {
             .map_err(|_| format!("the cost {text:?} is not a non-negative integer"))
     }
 
-    /// The bucket's identity within the limit: its values, each prefixed
-    /// with its length so no value can pose as two.
+    /// The bucket's identity within the limit: its keys and values, each
+    /// prefixed with its length so no value can pose as two, and no two
+    /// policies' limits of one name share a bucket unless their
+    /// descriptors have the same keys.
     pub(crate) fn bucket_id(&self, bucket: &Bucket) -> String {
         match bucket {
             Bucket::Default => format!("!{}", self.default_bucket),
             Bucket::Values(values) => {
                 let mut id = String::new();
-                for (_, value) in values {
-                    id.push_str(&value.len().to_string());
-                    id.push(':');
-                    id.push_str(value);
+                for (key, value) in values {
+                    for part in [key, value] {
+                        id.push_str(&part.len().to_string());
+                        id.push(':');
+                        id.push_str(part);
+                    }
                 }
                 id
             }
@@ -257,6 +277,10 @@ struct RateLimit {
     attributes: AttributeSet,
     policy_header: HeaderName,
     state_header: HeaderName,
+    /// Where an admitted request keeps its headers for the response phase:
+    /// per instance (by its first limit's name), so two `rate-limit`
+    /// policies in one chain do not overwrite each other's.
+    metadata_keys: [String; 2],
 }
 
 enum Mode {
@@ -266,8 +290,11 @@ enum Mode {
 
 fn build(config: &serde_json::Value) -> Result<Box<dyn Policy>, ParamError> {
     let params: Params = parse_params(config)?;
-    if params.limits.is_empty() {
-        return Err(ParamError::at("limits", "at least one limit is needed"));
+    if params.limits.is_empty() || params.limits.len() > MAX_LIMITS {
+        return Err(ParamError::at(
+            "limits",
+            format!("between 1 and {MAX_LIMITS} limits"),
+        ));
     }
     let mut limits = Vec::with_capacity(params.limits.len());
     for (index, limit) in params.limits.into_iter().enumerate() {
@@ -299,20 +326,41 @@ fn build(config: &serde_json::Value) -> Result<Box<dyn Policy>, ParamError> {
             }
             Mode::Global(global::Service::build(global, &limits)?)
         }
-        None => Mode::Local(local::Buckets::new(params.max_keys.unwrap_or(10_000))?),
+        None => {
+            let max_keys = params.max_keys.unwrap_or(10_000);
+            if !(1..=MAX_KEYS).contains(&max_keys) {
+                return Err(ParamError::at(
+                    "max_keys",
+                    format!("between 1 and {MAX_KEYS}"),
+                ));
+            }
+            Mode::Local(local::Buckets::new(max_keys))
+        }
     };
     let deny = params.deny.unwrap_or(DenyParams {
         status: None,
         body: None,
         content_type: None,
     });
+    let deny_content_type = deny.content_type.unwrap_or_else(|| "text/plain".into());
+    if HeaderValue::parse(&deny_content_type).is_err() {
+        return Err(ParamError::at(
+            "deny.content_type",
+            "not a valid header value",
+        ));
+    }
+    let first = limits.first().map_or("", |l| l.name.as_str());
+    let metadata_keys = [
+        format!("rate-limit.{first}.ratelimit-policy"),
+        format!("rate-limit.{first}.ratelimit"),
+    ];
     Ok(Box::new(RateLimit {
         limits,
         mode,
         headers: params.headers,
         deny_status: check_reply_status("deny.status", deny.status.unwrap_or(429))?,
         deny_body: deny.body.unwrap_or_else(|| "rate limit exceeded\n".into()),
-        deny_content_type: deny.content_type.unwrap_or_else(|| "text/plain".into()),
+        deny_content_type,
         status_on_error: check_reply_status(
             "status_on_error",
             params.status_on_error.unwrap_or(500),
@@ -320,6 +368,7 @@ fn build(config: &serde_json::Value) -> Result<Box<dyn Policy>, ParamError> {
         attributes,
         policy_header: header_name("ratelimit-policy")?,
         state_header: header_name("ratelimit")?,
+        metadata_keys,
     }))
 }
 
@@ -355,8 +404,15 @@ fn compile_limit(index: usize, limit: LimitParams) -> Result<Limit, ParamError> 
                     format!("{text:?} is not a duration like 10s or 1m"),
                 )
             })?;
-            if window < Duration::from_millis(1) || window.as_secs() > MAX_WINDOW_SECS {
-                return Err(ParamError::at(at("window"), "between 1ms and a year"));
+            // Whole seconds: the RateLimit-Policy header's `w` is seconds.
+            if window.subsec_nanos() != 0
+                || window < Duration::from_secs(1)
+                || window > Duration::from_secs(MAX_WINDOW_SECS)
+            {
+                return Err(ParamError::at(
+                    at("window"),
+                    "whole seconds, between 1s and a year",
+                ));
             }
             let micros = u64::try_from(window.as_micros()).unwrap_or(u64::MAX);
             let unit = [Unit::Second, Unit::Minute, Unit::Hour, Unit::Day]
@@ -375,7 +431,7 @@ fn compile_limit(index: usize, limit: LimitParams) -> Result<Limit, ParamError> 
     for (key, source) in limit.descriptors {
         if key.is_empty() || RESERVED_KEYS.contains(&key.as_str()) {
             return Err(ParamError::at(
-                at("descriptors"),
+                at(&format!("descriptors.{key}")),
                 format!("{key:?} cannot name a descriptor (empty, or one the policy sends itself)"),
             ));
         }
@@ -412,8 +468,20 @@ fn compile_limit(index: usize, limit: LimitParams) -> Result<Limit, ParamError> 
                 "between 1 and 4294967295",
             ));
         }
+        Rate {
+            requests: each.requests,
+            period_us,
+        }
+        .check()
+        .map_err(|e| ParamError::at(at(&format!("overrides[{o}].requests")), e))?;
         overrides.push((each.descriptors.into_iter().collect(), each.requests));
     }
+    Rate {
+        requests: limit.requests,
+        period_us,
+    }
+    .check()
+    .map_err(|e| ParamError::at(at("requests"), e))?;
     Ok(Limit {
         name: limit.name,
         descriptors,
@@ -430,17 +498,22 @@ impl RateLimit {
     /// The denial, with the headers of every limit and `Retry-After` of the
     /// ones that refused.
     fn deny(&self, reports: &[(&Limit, Report)]) -> Action {
-        let retry_after = reports
+        let mut headers = vec![("content-type".to_owned(), self.deny_content_type.clone())];
+        // The latest of the refusing limits; none if one of them never
+        // admits this request.
+        let refusals: Option<Vec<u64>> = reports
             .iter()
             .filter(|(_, r)| !r.allowed)
             .map(|(_, r)| r.retry_after_secs)
-            .max()
-            .unwrap_or(1);
-        let mut headers = vec![
-            ("content-type".to_owned(), self.deny_content_type.clone()),
-            ("retry-after".to_owned(), retry_after.to_string()),
-        ];
-        headers.extend(rate_limit_headers(reports));
+            .collect();
+        if let Some(retry_after) = refusals.and_then(|r| r.into_iter().max()) {
+            headers.push(("retry-after".to_owned(), retry_after.to_string()));
+        }
+        headers.extend(
+            rate_limit_headers(reports)
+                .into_iter()
+                .filter(|(_, value)| !value.is_empty()),
+        );
         Action::Respond(LocalReply {
             status: self.deny_status,
             headers,
@@ -464,11 +537,11 @@ impl RateLimit {
     /// Admitted: keeps what the response's headers need.
     fn allow(&self, cx: &mut Context, reports: &[(&Limit, Report)]) -> Action {
         if self.headers == HeaderMode::Always {
-            for (name, value) in rate_limit_headers(reports) {
-                cx.metadata_mut().insert(
-                    format!("rate-limit.{name}"),
-                    serde_json::Value::String(value),
-                );
+            for (key, (_, value)) in self.metadata_keys.iter().zip(rate_limit_headers(reports)) {
+                if !value.is_empty() {
+                    cx.metadata_mut()
+                        .insert(key.clone(), serde_json::Value::String(value));
+                }
             }
         }
         Action::Continue
@@ -476,23 +549,28 @@ impl RateLimit {
 }
 
 /// `RateLimit-Policy` and `RateLimit` for `reports`, one list item per
-/// limit (draft-ietf-httpapi-ratelimit-headers).
+/// limit (draft-ietf-httpapi-ratelimit-headers); `RateLimit` only for the
+/// limits whose state is known, empty when none is.
 fn rate_limit_headers(reports: &[(&Limit, Report)]) -> [(String, String); 2] {
     let mut policy = String::new();
     let mut state = String::new();
     for (limit, report) in reports {
         if !policy.is_empty() {
             policy.push_str(", ");
-            state.push_str(", ");
         }
         policy.push_str(&format!(
             "\"{}\";q={};w={}",
             limit.name, report.quota, report.window_secs
         ));
-        state.push_str(&format!(
-            "\"{}\";r={};t={}",
-            limit.name, report.remaining, report.reset_secs
-        ));
+        if let Some(now) = report.state {
+            if !state.is_empty() {
+                state.push_str(", ");
+            }
+            state.push_str(&format!(
+                "\"{}\";r={};t={}",
+                limit.name, now.remaining, now.reset_secs
+            ));
+        }
     }
     [
         ("ratelimit-policy".to_owned(), policy),
@@ -528,7 +606,7 @@ impl Policy for RateLimit {
         }
         let buckets: Vec<Bucket> = self.limits.iter().map(|l| l.bucket(cx)).collect();
         let decided = match &self.mode {
-            Mode::Local(store) => Ok(store.decide(cx.host(), &self.limits, &buckets, &costs)),
+            Mode::Local(store) => store.decide(cx.host(), &self.limits, &buckets, &costs),
             Mode::Global(service) => match cx.answer() {
                 None => return Action::Call(service.call(&self.limits, &buckets, &costs)),
                 Some(answer) => service.read(answer, &self.limits, &buckets),
@@ -562,10 +640,13 @@ impl Policy for RateLimit {
 
     fn on_response_headers(&self, cx: &mut Context) -> ResponseAction {
         let mut values = Vec::with_capacity(2);
-        for name in [&self.policy_header, &self.state_header] {
+        for (name, key) in [&self.policy_header, &self.state_header]
+            .into_iter()
+            .zip(&self.metadata_keys)
+        {
             let value = cx
                 .metadata()
-                .get(&format!("rate-limit.{}", name.as_str()))
+                .get(key)
                 .and_then(|v| v.as_str())
                 .and_then(|v| HeaderValue::parse(v).ok());
             if let Some(value) = value {

@@ -9,11 +9,12 @@
 //!
 //! Proxy-Wasm's shared data cannot create an entry atomically (a write
 //! naming a version succeeds on an entry that does not exist), so a missing
-//! entry is first created *empty* (a full bucket, nothing consumed) and
-//! only then consumed with compare-and-swap. A creation can overwrite
-//! another worker's only if that worker created the entry *and* consumed
-//! from it between this worker's read and write, a window of one host
-//! call: the one place a count can be off, once per new key.
+//! entry is read again, then created *empty* (a full bucket, nothing
+//! consumed), and only then consumed with compare-and-swap. A creation can
+//! overwrite another worker's only if that worker created the entry *and*
+//! consumed from it between this worker's last read and its write, a
+//! window of one host call: the one place a count can be off, once per new
+//! key.
 //!
 //! Entries are never deleted (shared data has no expiry), so the number of
 //! entries is bounded: each limit has `max_keys` slots, and a key's slot is
@@ -24,8 +25,8 @@
 
 use policy_executor::{Host, SharedError};
 
-use crate::gcra::Verdict;
-use crate::{secs_up, Bucket, Limit, Report};
+use crate::gcra::{Rate, Verdict, NEVER};
+use crate::{secs_up, Bucket, Limit, Report, State};
 
 /// The prefix of the shared-storage entries.
 const KEY_PREFIX: &str = "policy-engine/rate-limit/";
@@ -69,11 +70,8 @@ struct Slot {
 }
 
 impl Buckets {
-    pub(crate) fn new(max_keys: u64) -> Result<Self, policy_executor::ParamError> {
-        if max_keys == 0 {
-            return Err(policy_executor::ParamError::at("max_keys", "at least 1"));
-        }
-        Ok(Self { max_keys })
+    pub(crate) fn new(max_keys: u64) -> Self {
+        Self { max_keys }
     }
 
     fn slot(&self, limit: &Limit, bucket: &Bucket) -> Slot {
@@ -85,58 +83,87 @@ impl Buckets {
     }
 
     /// Decides a request against every limit: admitted (and counted in
-    /// every bucket) only if every bucket has room.
+    /// every bucket) only if every bucket has room. `Err` when the shared
+    /// storage would not let it decide (the caller refuses the request).
     pub(crate) fn decide(
         &self,
         host: &dyn Host,
         limits: &[Limit],
         buckets: &[Bucket],
         costs: &[u64],
-    ) -> Vec<Report> {
+    ) -> Result<Vec<Report>, String> {
         let now = host.now_millis().saturating_mul(1_000);
-        let slots: Vec<Slot> = limits
+        let mut entries: Vec<Candidate> = limits
             .iter()
             .zip(buckets)
-            .map(|(limit, bucket)| self.slot(limit, bucket))
-            .collect();
-        let mut reports = Vec::with_capacity(limits.len());
-        let mut views = Vec::with_capacity(limits.len());
-        for (i, limit) in limits.iter().enumerate() {
-            let view = read(host, &slots[i], now);
-            let verdict = limit.rate(&buckets[i]).decide(view.tat, now, costs[i]);
-            reports.push(report(limit, &buckets[i], &verdict));
-            views.push(view);
-        }
-        if reports.iter().any(|r| !r.allowed) {
-            // Refused: the limits that had room report it unconsumed.
-            for (i, limit) in limits.iter().enumerate() {
-                if reports[i].allowed {
-                    let unchanged = limit.rate(&buckets[i]).decide(views[i].tat, now, 0);
-                    reports[i] = report(limit, &buckets[i], &unchanged);
+            .zip(costs)
+            .map(|((limit, bucket), &cost)| {
+                let slot = self.slot(limit, bucket);
+                let view = read(host, &slot, now);
+                let rate = limit.rate(bucket);
+                let verdict = rate.decide(view.tat, now, cost);
+                Candidate {
+                    slot,
+                    view,
+                    rate,
+                    cost,
+                    verdict,
                 }
-            }
-            return reports;
+            })
+            .collect();
+        if entries.iter().any(|c| !c.verdict.allowed) {
+            // Refused: the limits that had room report it unconsumed.
+            return Ok(entries
+                .iter()
+                .map(|c| {
+                    if c.verdict.allowed {
+                        report(&c.rate, &c.rate.decide(c.view.tat, now, 0))
+                    } else {
+                        report(&c.rate, &c.verdict)
+                    }
+                })
+                .collect());
         }
-        for i in 0..limits.len() {
-            let rate = limits[i].rate(&buckets[i]);
-            match commit(host, &slots[i], now, &mut views[i], |tat| {
-                rate.decide(tat, now, costs[i])
-            }) {
-                Ok(verdict) => reports[i] = report(&limits[i], &buckets[i], &verdict),
+        for i in 0..entries.len() {
+            let (committed, rest) = entries.split_at_mut(i);
+            let Some(candidate) = rest.first_mut() else {
+                break;
+            };
+            let (rate, cost) = (candidate.rate, candidate.cost);
+            match commit(host, &candidate.slot, now, &mut candidate.view, |tat| {
+                rate.decide(tat, now, cost)
+            })? {
+                Ok(verdict) => candidate.verdict = verdict,
                 Err(verdict) => {
                     // Another worker took the room first: give back what
                     // the earlier limits counted, and refuse.
-                    for j in 0..i {
-                        let rate = limits[j].rate(&buckets[j]);
-                        refund(host, &slots[j], |tat| rate.refund(tat, costs[j]));
+                    for earlier in committed.iter_mut() {
+                        let (rate, cost) = (earlier.rate, earlier.cost);
+                        refund(host, &earlier.slot, |tat| rate.refund(tat, cost));
+                        earlier.verdict = rate.decide(earlier.view.tat, now, 0);
                     }
-                    reports[i] = report(&limits[i], &buckets[i], &verdict);
-                    return reports;
+                    candidate.verdict = verdict;
+                    return Ok(entries
+                        .iter()
+                        .map(|c| report(&c.rate, &c.verdict))
+                        .collect());
                 }
             }
         }
-        reports
+        Ok(entries
+            .iter()
+            .map(|c| report(&c.rate, &c.verdict))
+            .collect())
     }
+}
+
+/// One limit's bucket for one request, and what it says.
+struct Candidate {
+    slot: Slot,
+    view: View,
+    rate: Rate,
+    cost: u64,
+    verdict: Verdict,
 }
 
 /// What a worker read of a slot: the TAT that applies to its key, and the
@@ -161,17 +188,24 @@ fn read(host: &dyn Host, slot: &Slot, now: u64) -> View {
 }
 
 /// Writes the verdict `decide` gives on the slot, deciding again each time
-/// another worker wrote first. `Err` carries a refusal (the room went to
-/// another worker, or the races never ended).
+/// another worker wrote first: `Ok(Ok)` admitted, `Ok(Err)` refused (the
+/// room went to another worker), `Err` when the storage fails or the races
+/// never end.
 fn commit(
     host: &dyn Host,
     slot: &Slot,
     now: u64,
     view: &mut View,
     decide: impl Fn(u64) -> Verdict,
-) -> Result<Verdict, Verdict> {
+) -> Result<Result<Verdict, Verdict>, String> {
     for _ in 0..MAX_ATTEMPTS {
         if view.cas.is_none() {
+            // Read again right before creating, to keep the window in
+            // which a creation can overwrite another's to one host call.
+            *view = read(host, slot, now);
+            if view.cas.is_some() {
+                continue;
+            }
             // Create the entry empty, then swap on it like everyone else.
             let empty = Entry {
                 tat: 0,
@@ -179,37 +213,31 @@ fn commit(
             };
             if let Err(SharedError::Failed(why)) = host.shared_set(&slot.key, &empty.encode(), None)
             {
-                log::warn!("rate-limit: cannot create {:?}: {why}", slot.key);
-                break;
+                return Err(format!("cannot create {:?}: {why}", slot.key));
             }
             *view = read(host, slot, now);
             continue;
         }
         let verdict = decide(view.tat);
         if !verdict.allowed {
-            return Err(verdict);
+            return Ok(Err(verdict));
         }
         let entry = Entry {
             tat: verdict.tat,
             owner: slot.owner,
         };
         match host.shared_set(&slot.key, &entry.encode(), view.cas) {
-            Ok(()) => return Ok(verdict),
+            Ok(()) => return Ok(Ok(verdict)),
             Err(SharedError::CasMismatch) => *view = read(host, slot, now),
             Err(SharedError::Failed(why)) => {
-                log::warn!("rate-limit: cannot write {:?}: {why}", slot.key);
-                break;
+                return Err(format!("cannot write {:?}: {why}", slot.key))
             }
         }
     }
-    // Undecidable: refused (fail closed), to be retried in a second.
-    Err(Verdict {
-        allowed: false,
-        tat: view.tat,
-        remaining: 0,
-        reset_us: 0,
-        retry_after_us: crate::gcra::MICROS,
-    })
+    Err(format!(
+        "{:?}: still contended after {MAX_ATTEMPTS} attempts",
+        slot.key
+    ))
 }
 
 /// Gives back what a request counted in `slot`.
@@ -233,15 +261,17 @@ fn refund(host: &dyn Host, slot: &Slot, give_back: impl Fn(u64) -> u64) {
     }
 }
 
-fn report(limit: &Limit, bucket: &Bucket, verdict: &Verdict) -> Report {
-    let rate = limit.rate(bucket);
+fn report(rate: &Rate, verdict: &Verdict) -> Report {
     Report {
         allowed: verdict.allowed,
         quota: rate.requests,
         window_secs: rate.window_secs(),
-        remaining: verdict.remaining,
-        reset_secs: secs_up(verdict.reset_us),
-        retry_after_secs: secs_up(verdict.retry_after_us).max(u64::from(!verdict.allowed)),
+        state: Some(State {
+            remaining: verdict.remaining,
+            reset_secs: secs_up(verdict.reset_us),
+        }),
+        retry_after_secs: (!verdict.allowed && verdict.retry_after_us != NEVER)
+            .then(|| secs_up(verdict.retry_after_us).max(1)),
     }
 }
 

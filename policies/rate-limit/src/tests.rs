@@ -413,7 +413,7 @@ fn configuration_errors_name_the_field() {
         ),
         (
             json!({ "limits": [{ "name": "a", "requests": 1, "unit": "second", "descriptors": { "limit": "1" } }] }),
-            "limits[0].descriptors",
+            "limits[0].descriptors.limit",
         ),
         (
             json!({ "limits": [{ "name": "a", "requests": 1, "unit": "second", "descriptors": { "k": "request.nope" } }] }),
@@ -431,10 +431,77 @@ fn configuration_errors_name_the_field() {
             json!({ "limits": [{ "name": "a", "requests": 1, "unit": "second", "cost": "1 +" }] }),
             "limits[0].cost",
         ),
+        (
+            json!({ "limits": [{ "name": "a", "requests": 600000, "unit": "second" }] }),
+            "limits[0].requests",
+        ),
+        (
+            json!({ "limits": [{ "name": "a", "requests": 1, "window": "1500ms" }] }),
+            "limits[0].window",
+        ),
+        (
+            json!({ "limits": [{ "name": "a", "requests": 1, "unit": "second" }], "deny": { "content_type": "a\nb" } }),
+            "deny.content_type",
+        ),
+        (
+            json!({ "limits": [{ "name": "a", "requests": 1, "unit": "second" }], "max_keys": 2000000 }),
+            "max_keys",
+        ),
     ] {
         let error = (FACTORY.build)(&config)
             .err()
             .unwrap_or_else(|| panic!("{config} accepted"));
         assert_eq!(error.field, field, "{config}: {}", error.reason);
     }
+}
+
+#[test]
+fn a_request_that_can_never_fit_gets_no_retry_after() {
+    let host = FakeHost::at(NOW);
+    let engine = engine_at(
+        json!({ "limits": [{
+            "name": "units", "requests": 5, "unit": "minute",
+            "cost": "int(request.headers[\"x-units\"])",
+        }] }),
+        &host,
+    );
+    let denied = reply(&engine, &[("x-units", "6")]).expect("denied");
+    assert_eq!(denied.status, 429);
+    assert_eq!(header(&denied, "retry-after"), None);
+    assert_eq!(
+        header(&denied, "ratelimit"),
+        Some("\"units\";r=5;t=0"),
+        "nothing was taken"
+    );
+}
+
+#[test]
+fn global_answers_are_read_strictly() {
+    let host = FakeHost::at(NOW);
+    let engine = engine_at(global(json!({})), &host);
+    let ask = |answer: policy_executor::Answer| {
+        let mut exchange = start(&engine, request("GET", "/", &[])).unwrap();
+        assert!(matches!(
+            exchange.on_request_headers(),
+            Outcome::Wait(Wait::Send(_))
+        ));
+        match exchange.on_answer(answer) {
+            Outcome::Respond(reply) => Some(reply),
+            Outcome::Continue(_) => None,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    // One status for two descriptors: no decision, refused.
+    let short = ask(answered(
+        proto::Code::Ok,
+        vec![descriptor_status(proto::Code::Ok, 1, 1)],
+    ));
+    assert_eq!(short.map(|r| r.status), Some(500));
+    // No statuses at all: the overall code decides, without RateLimit.
+    assert!(ask(answered(proto::Code::Ok, vec![])).is_none());
+    let over = ask(answered(proto::Code::OverLimit, vec![])).expect("denied");
+    assert_eq!(over.status, 429);
+    assert_eq!(header(&over, "ratelimit"), None);
+    assert_eq!(header(&over, "retry-after"), Some("1"));
+    assert!(header(&over, "ratelimit-policy").is_some());
 }

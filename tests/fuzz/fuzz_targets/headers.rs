@@ -1,6 +1,7 @@
 //! Any request headers (names, values, repeats, pseudo-headers) through an
 //! engine whose chains read credentials, evaluate CEL over headers and
-//! assert headers of their own: an answer, never a panic.
+//! assert headers of their own, and count rate limits by header values:
+//! an answer, never a panic.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -27,6 +28,21 @@ routes:
         config:
           htpasswd: "alice:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n"
           user_header: x-user
+  - name: limited
+    match: { path: { prefix: /limited } }
+    policies:
+      - name: rate-limit
+        config:
+          limits:
+            - name: per-client
+              descriptors: { client: 'request.headers["x-client"]', team: 'request.headers["x-team"]' }
+              requests: 5
+              unit: second
+              cost: '"x-cost" in request.headers ? int(request.headers["x-cost"]) : 1'
+              overrides: [{ descriptors: { client: partner }, requests: 50 }]
+            - { name: all, requests: 100, window: 2s }
+          headers: always
+          max_keys: 64
   - name: rules
     policies:
       - name: authorization

@@ -133,7 +133,7 @@ fn rate_limit_chain(ratelimit: Option<&RateLimitService>) -> String {
         )
     });
     format!(
-        "routes:\n  - name: bench\n    match: {{ route: echo-default }}\n    policies:\n      - name: rate-limit\n        config:\n          limits: [{{ name: per-client, descriptors: {{ client: 'request.headers[\"x-client\"]' }}, requests: 4000000000, unit: second }}]{global}\n"
+        "routes:\n  - name: bench\n    match: {{ route: echo-default }}\n    policies:\n      - name: rate-limit\n        config:\n          limits: [{{ name: per-client, descriptors: {{ client: 'request.headers[\"x-client\"]' }}, requests: 1000000, unit: second }}]{global}\n"
     )
 }
 
