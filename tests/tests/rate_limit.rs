@@ -20,8 +20,9 @@ use integration_tests::ratelimit::{RateLimitService, Redis};
 use integration_tests::{Host, Stack};
 use local_envoy::filters::grpc_cluster;
 
-/// A local limit of `requests` per `period` keyed by `x-client`.
-fn local(requests: u32, period: &str) -> String {
+/// One limit of `requests` per `period` (`unit: ...` or `window: ...`)
+/// keyed by `x-client`, with `more` (further lines of the policy's config).
+fn limit(requests: u32, period: &str, more: &str) -> String {
     format!(
         r#"
 routes:
@@ -34,8 +35,13 @@ routes:
               descriptors: {{ client: 'request.headers["x-client"]' }}
               requests: {requests}
               {period}
-"#
+{more}"#
     )
+}
+
+/// A local limit (the policy's default mode).
+fn local(requests: u32, period: &str) -> String {
+    limit(requests, period, "")
 }
 
 /// Sends `count` requests with `headers` from `threads` threads at once;
@@ -289,25 +295,11 @@ routes:
 /// A global limit of `requests` per minute keyed by `x-client`, asking
 /// `service`.
 fn global(service: &RateLimitService, requests: u32, failure_mode: &str) -> String {
-    format!(
-        r#"
-routes:
-  - name: api
-    policies:
-      - name: rate-limit
-        config:
-          limits:
-            - name: per-client
-              descriptors: {{ client: 'request.headers["x-client"]' }}
-              requests: {requests}
-              unit: minute
-          global:
-            grpc: {{ uri: "{uri}", cluster: ratelimit }}
-            timeout: 1s
-            failure_mode: {failure_mode}
-"#,
-        uri = service.uri()
-    )
+    let global = format!(
+        "          global:\n            grpc: {{ uri: \"{}\", cluster: ratelimit }}\n            timeout: 1s\n            failure_mode: {failure_mode}\n",
+        service.uri()
+    );
+    limit(requests, "unit: minute", &global)
 }
 
 fn start_global(host: Host, service: &RateLimitService, config: &str, workers: u32) -> Stack {

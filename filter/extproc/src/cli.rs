@@ -183,12 +183,7 @@ async fn serve(args: Args, build: Build) -> Result<(), String> {
         Arc::clone(&caller),
     ));
 
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let address = listener
-        .local_addr()
-        .map_err(|e| format!("cannot read the listening address: {e}"))?;
+    let (listener, address) = listen(args.listen).await?;
 
     let (stopping, mut stop_requested) = watch::channel(false);
     tokio::spawn(async move {
@@ -245,6 +240,18 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// Binds `addr`; the listener and the address it got (port 0 picks one).
+/// Shared with `policy-ratelimit`.
+pub async fn listen(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), String> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the listening address: {e}"))?;
+    Ok((listener, address))
 }
 
 /// Resolves on SIGTERM or Ctrl-C (also what `policy-ratelimit` stops on).

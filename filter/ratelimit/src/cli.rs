@@ -14,7 +14,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::R
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
-use policy_extproc::cli::termination;
+use policy_extproc::cli::{listen, termination};
 
 use crate::RateLimiter;
 
@@ -78,12 +78,7 @@ async fn serve(args: Args) -> Result<(), String> {
     health
         .set_serving::<RateLimitServiceServer<RateLimiter>>()
         .await;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let address = listener
-        .local_addr()
-        .map_err(|e| format!("cannot read the listening address: {e}"))?;
+    let (listener, address) = listen(args.listen).await?;
     println!("policy-ratelimit listening on {address}");
     log::info!(
         "serving envoy.service.ratelimit.v3.RateLimitService on {address}, counting in {}",
