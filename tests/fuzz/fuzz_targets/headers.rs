@@ -31,6 +31,11 @@ routes:
   - name: limited
     match: { path: { prefix: /limited } }
     policies:
+      - name: cors
+        config:
+          allow_origins: ["https://app.example.com", "https://*.example.org"]
+          allow_headers: [authorization]
+          allow_credentials: true
       - name: rate-limit
         config:
           limits:

@@ -6,11 +6,12 @@ use policy_executor::{Engine, HeaderMap, Outcome, PolicyFactory, Registry, Start
 /// The policies of the default build (`build.yaml`), so a fuzzed
 /// configuration can reach each one's parameter parsing.
 pub fn registry() -> Registry {
-    let factories: [PolicyFactory; 12] = [
+    let factories: [PolicyFactory; 13] = [
         policy_api_key::FACTORY,
         policy_authorization::FACTORY,
         policy_backend_auth::FACTORY,
         policy_basic_auth::FACTORY,
+        policy_cors::FACTORY,
         policy_ext_authz::FACTORY,
         policy_json_body::FACTORY,
         policy_jwt::FACTORY,
