@@ -112,6 +112,7 @@ impl Shim {
             .arg("--listen")
             .arg(listen.to_string())
             .args(["--reload-interval", "0.2", "--shutdown-grace", "5"])
+            .args(["--metrics-listen", "127.0.0.1:0"])
             .args(["--log-level", log_level])
             .args(extra_args)
             .stdin(Stdio::null())
@@ -171,6 +172,18 @@ impl Shim {
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
+    }
+
+    /// Where it serves its metrics (`--metrics-listen 127.0.0.1:0`, as
+    /// every shim started here has): the address it logged.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        const LOGGED: &str = "serving metrics on http://";
+        if !self.wait_for_log(LOGGED, Duration::from_secs(10)) {
+            return None;
+        }
+        let log = self.log();
+        let (_, rest) = log.split_once(LOGGED)?;
+        rest.split('/').next()?.parse().ok()
     }
 
     /// Sends SIGTERM: the shim stops taking streams and drains.

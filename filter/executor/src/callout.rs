@@ -176,6 +176,11 @@ pub enum SharedError {
 pub trait Host: Send + Sync {
     /// Milliseconds since the epoch.
     fn now_millis(&self) -> u64;
+    /// Microseconds since the epoch, for latencies; hosts with a finer
+    /// clock than milliseconds give it here.
+    fn now_micros(&self) -> u64 {
+        self.now_millis().saturating_mul(1_000)
+    }
     /// The entry `key` and its version; `(None, None)` if there is none.
     fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
     /// Writes the entry `key`, if its version is still `cas` (`None`: in
@@ -192,10 +197,14 @@ pub struct ProcessHost {
 
 impl Host for ProcessHost {
     fn now_millis(&self) -> u64 {
+        self.now_micros() / 1_000
+    }
+
+    fn now_micros(&self) -> u64 {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .ok()
-            .and_then(|d| u64::try_from(d.as_millis()).ok())
+            .and_then(|d| u64::try_from(d.as_micros()).ok())
             .unwrap_or(0)
     }
 

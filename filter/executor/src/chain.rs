@@ -57,6 +57,7 @@ use crate::attributes::{AttributeSet, Connection};
 use crate::callout::{Answer, Call, CallFailure};
 use crate::expr::Expression;
 use crate::headers::{HeaderMap, HeaderMutations, HeaderName};
+use crate::metrics::{metrics, CalloutMetrics, ChainMetrics};
 use crate::policy::{Action, Context, LocalReply, Phases, Policy, ResponseAction, RouteInfo};
 use crate::remote::attempt::ANSWER_GRACE;
 use crate::remote::{duration_millis, Remote, RemoteSource, Step, WaitStep, Waiting};
@@ -91,6 +92,7 @@ pub struct Chain {
     attributes: AttributeSet,
     has_guards: bool,
     remote_sources: Vec<RemoteSource>,
+    metrics: ChainMetrics,
 }
 
 /// Which bodies a chain must see whole. A headers-only chain needs neither,
@@ -123,6 +125,12 @@ impl Chain {
                 remote_sources.push(source);
             }
         }
+        let metrics = ChainMetrics::new(
+            name,
+            entries
+                .iter()
+                .map(|e| e.label.split_once('@').map_or(e.label.as_str(), |(n, _)| n)),
+        );
         Self {
             name: Arc::from(name),
             entries,
@@ -131,6 +139,7 @@ impl Chain {
             attributes,
             has_guards,
             remote_sources,
+            metrics,
         }
     }
 
@@ -212,8 +221,14 @@ struct Pending {
 }
 
 enum WaitingOn {
-    /// The answer to the policy's call, sent at `sent_at`.
-    Answer { sent_at: u64, timeout: Duration },
+    /// The answer to the policy's call, sent at `sent_at` (milliseconds;
+    /// `sent_us` in microseconds, for the callout's metrics).
+    Answer {
+        sent_at: u64,
+        timeout: Duration,
+        sent_us: u64,
+        metrics: Arc<CalloutMetrics>,
+    },
     /// A fresher copy of a document, fetched by a worker's `Refresher`.
     Document {
         source: RemoteSource,
@@ -238,6 +253,8 @@ pub struct Exchange {
     finished: bool,
     /// Where the chain waits for a service (boxed: rare).
     pending: Option<Box<Pending>>,
+    /// When the exchange started, in microseconds, for the chain latency.
+    started_us: u64,
 }
 
 impl Exchange {
@@ -257,6 +274,7 @@ impl Exchange {
             route_name,
         };
         let passed = chain.entries.len();
+        let started_us = remote.host().now_micros();
         Self {
             chain,
             cx: Context::new(route, request, remote, rewrites),
@@ -264,6 +282,7 @@ impl Exchange {
             skipped: Vec::new(),
             finished: false,
             pending: None,
+            started_us,
         }
     }
 
@@ -326,7 +345,17 @@ impl Exchange {
             return Outcome::Respond(LocalReply::text(500, "policy engine error\n"));
         };
         match &pending.on {
-            WaitingOn::Answer { .. } => self.resume(*pending, Rerun::Answered(answer)),
+            WaitingOn::Answer {
+                sent_us, metrics, ..
+            } => {
+                metrics.calls.increment();
+                if answer.is_err() {
+                    metrics.failures.increment();
+                }
+                let now = self.cx.host().now_micros();
+                metrics.latency.record(now.saturating_sub(*sent_us));
+                self.resume(*pending, Rerun::Answered(answer))
+            }
             WaitingOn::Document { .. } => {
                 // A document wait sends nothing: keep waiting.
                 self.pending = Some(pending);
@@ -345,12 +374,19 @@ impl Exchange {
         let remote = Arc::clone(self.cx.remote());
         let now = remote.now();
         match &mut pending.on {
-            WaitingOn::Answer { sent_at, timeout } => {
+            WaitingOn::Answer {
+                sent_at,
+                timeout,
+                metrics,
+                ..
+            } => {
                 let overdue = sent_at
                     .saturating_add(duration_millis(*timeout))
                     .saturating_add(duration_millis(ANSWER_GRACE));
                 if now >= overdue {
                     log::warn!("no answer to a call past its timeout: failing it");
+                    metrics.calls.increment();
+                    metrics.failures.increment();
                     return self.resume(*pending, Rerun::Answered(Err(CallFailure::Timeout)));
                 }
             }
@@ -460,6 +496,11 @@ impl Exchange {
                 }
             }
             if self.is_skipped(position) {
+                if phase == Phases::REQUEST_HEADERS {
+                    if let Some(m) = chain.metrics.entries.get(position) {
+                        m.skipped.increment();
+                    }
+                }
                 // What the policy would have asserted is not the client's
                 // to assert either.
                 if phase == Phases::REQUEST_HEADERS {
@@ -487,6 +528,9 @@ impl Exchange {
             self.cx.set_answer(None);
             match action {
                 Action::Continue => {
+                    if let Some(m) = chain.metrics.entries.get(position) {
+                        m.continued.increment();
+                    }
                     position += 1;
                     calls = 0;
                 }
@@ -497,6 +541,10 @@ impl Exchange {
                         entry.label,
                         reply.status
                     );
+                    if let Some(m) = chain.metrics.entries.get(position) {
+                        m.replied.increment();
+                    }
+                    self.count_reply(position, reply.status);
                     self.passed = position;
                     return self.outcome_of(Some((position, reply))).into();
                 }
@@ -512,6 +560,8 @@ impl Exchange {
                         on: WaitingOn::Answer {
                             sent_at: self.cx.now_millis(),
                             timeout: call.timeout,
+                            sent_us: self.cx.host().now_micros(),
+                            metrics: metrics().callout(&call.service.cluster),
                         },
                     }));
                     return Outcome::Wait(Wait::Send(call));
@@ -532,7 +582,26 @@ impl Exchange {
                 }
             }
         }
+        // The request is through once its last request phase is.
+        if phase == Phases::REQUEST_BODY || !chain.phases.contains(Phases::REQUEST_BODY) {
+            chain.metrics.allowed.increment();
+            self.record_latency();
+        }
         Outcome::Continue(self.cx.take_pending())
+    }
+
+    /// Counts a request the policy at `position` answered itself.
+    fn count_reply(&self, position: usize, status: u16) {
+        self.chain.metrics.deny(position, status);
+        self.record_latency();
+    }
+
+    fn record_latency(&self) {
+        let now = self.cx.host().now_micros();
+        self.chain
+            .metrics
+            .latency
+            .record(now.saturating_sub(self.started_us));
     }
 
     /// Starts waiting for a fresher copy of `source`: for the fetch in
@@ -578,6 +647,7 @@ impl Exchange {
         log::warn!("chain {:?}: {} {why}", self.chain.name, entry.label);
         self.passed = position;
         let reply = LocalReply::text(500, "policy engine error\n");
+        self.count_reply(position, reply.status);
         self.outcome_of(Some((position, reply))).into()
     }
 

@@ -24,6 +24,8 @@
 //!   small interface (clock, shared storage) hosts provide for them.
 //! * [`remote`]: documents policies need fetched (a JWKS), fetched and
 //!   refreshed over the same calls.
+//! * [`metrics`]: what the engine counts, under the names both hosts
+//!   export.
 //! * [`registry`]: the policies a build contains.
 //! * [`schema`]: the check of each instance's parameters against its schema.
 
@@ -35,6 +37,7 @@ pub mod config;
 pub mod credentials;
 pub mod expr;
 pub mod headers;
+pub mod metrics;
 pub mod policy;
 pub mod registry;
 pub mod remote;
@@ -73,6 +76,7 @@ pub use route::{LazyRouteName, RouteInput, RouteTable, Selection};
 pub struct Engine {
     routes: RouteTable,
     remote: Arc<Remote>,
+    unmatched: metrics::UnmatchedMetrics,
 }
 
 /// How a request starts.
@@ -91,10 +95,23 @@ impl Engine {
     /// Parses, validates and compiles a plugin configuration (JSON or YAML)
     /// against the policies in `registry`.
     pub fn from_config(text: &[u8], registry: &Registry) -> Result<Self, ConfigError> {
-        Ok(Self {
-            routes: config::compile(text, registry)?,
-            remote: Arc::default(),
-        })
+        let loads = metrics::metrics().counter(&format!("{}.config.loads", metrics::PREFIX));
+        let rejections =
+            metrics::metrics().counter(&format!("{}.config.rejections", metrics::PREFIX));
+        match config::compile(text, registry) {
+            Ok(routes) => {
+                loads.increment();
+                Ok(Self {
+                    routes,
+                    remote: Arc::default(),
+                    unmatched: metrics::UnmatchedMetrics::new(),
+                })
+            }
+            Err(error) => {
+                rejections.increment();
+                Err(error)
+            }
+        }
     }
 
     /// Shares documents and fetch attempts through `host` (the Wasm host's
@@ -163,6 +180,7 @@ impl Engine {
             Ok(rewrites) => rewrites,
             Err(error) => {
                 log::debug!("refused {:?}: {error}", request.get(":path"));
+                self.unmatched.invalid.increment();
                 return Start::Respond(LocalReply::text(400, format!("bad request: {error}\n")));
             }
         };
@@ -178,8 +196,14 @@ impl Engine {
                 Arc::clone(&self.remote),
                 rewrites,
             )),
-            Selection::Allow => Start::Pass(rewrites),
-            Selection::Deny(reply) => Start::Respond(reply.clone()),
+            Selection::Allow => {
+                self.unmatched.allowed.increment();
+                Start::Pass(rewrites)
+            }
+            Selection::Deny(reply) => {
+                self.unmatched.denied.increment();
+                Start::Respond(reply.clone())
+            }
         }
     }
 }

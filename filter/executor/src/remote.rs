@@ -484,6 +484,13 @@ impl Refresher {
     /// Takes the answer to this owner's fetch of `source` (a host that could
     /// not send it answers with the failure).
     pub fn on_answer(&mut self, remote: &Remote, source: &RemoteSource, answer: &Answer) {
+        let all = crate::metrics::metrics();
+        all.counter(&format!("{}.remote.fetches", crate::metrics::PREFIX))
+            .increment();
+        if !answer.as_ref().is_ok_and(|r| r.status == 200) {
+            all.counter(&format!("{}.remote.fetch_failures", crate::metrics::PREFIX))
+                .increment();
+        }
         if let Some(at) = self.owned.iter().position(|(s, _)| s == source) {
             let (source, claimed_at) = self.owned.swap_remove(at);
             remote.answer(&source, claimed_at, answer);

@@ -70,6 +70,11 @@ struct Args {
     #[arg(long, value_name = "FILE")]
     client_ca: Option<PathBuf>,
 
+    /// Serve the metrics for Prometheus on this address (`GET /metrics`);
+    /// none by default.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+
     /// Only check the configuration against this build's policies, print
     /// the verdict, and exit (0 when valid).
     #[arg(long)]
@@ -184,6 +189,14 @@ async fn serve(args: Args, build: Build) -> Result<(), String> {
     ));
 
     let (listener, address) = listen(args.listen).await?;
+    if let Some(metrics_address) = args.metrics_listen {
+        let (metrics_listener, metrics_address) = listen(metrics_address).await?;
+        log::info!(
+            "serving metrics on {}",
+            crate::prometheus::describe(metrics_address)
+        );
+        tokio::spawn(crate::prometheus::serve(metrics_listener));
+    }
 
     let (stopping, mut stop_requested) = watch::channel(false);
     tokio::spawn(async move {

@@ -24,6 +24,7 @@
 pub mod callout;
 pub mod cli;
 pub mod fetch;
+pub mod prometheus;
 pub mod service;
 pub mod store;
 pub mod stream;

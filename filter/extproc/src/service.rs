@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessor;
 use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
+use policy_executor::metrics::{metrics, Counter, PREFIX};
 use policy_executor::Wait;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -22,13 +23,46 @@ const POLL_EVERY: Duration = Duration::from_millis(20);
 pub struct PolicyProcessor {
     store: Arc<ConfigStore>,
     caller: Arc<Caller>,
+    streams: StreamCounts,
 }
 
 impl PolicyProcessor {
     /// A processor serving `store`'s configuration, sending the calls its
     /// policies make with `caller`.
     pub fn new(store: Arc<ConfigStore>, caller: Arc<Caller>) -> Self {
-        Self { store, caller }
+        let all = metrics();
+        Self {
+            store,
+            caller,
+            streams: StreamCounts {
+                opened: all.counter(&format!("{PREFIX}.extproc.streams_opened")),
+                closed: all.counter(&format!("{PREFIX}.extproc.streams_closed")),
+            },
+        }
+    }
+}
+
+/// ext_proc streams opened and closed (the difference is those open).
+#[derive(Clone)]
+struct StreamCounts {
+    opened: Arc<Counter>,
+    closed: Arc<Counter>,
+}
+
+/// One stream while it is open: counted opened when made, closed when
+/// dropped.
+struct OpenStream(StreamCounts);
+
+impl OpenStream {
+    fn new(counts: &StreamCounts) -> Self {
+        counts.opened.increment();
+        Self(counts.clone())
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.closed.increment();
     }
 }
 
@@ -77,10 +111,13 @@ impl ExternalProcessor for PolicyProcessor {
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<Self::ProcessStream>, Status> {
         let mut inbound = request.into_inner();
+        let stream = OpenStream::new(&self.streams);
         let mut state = ProcessingStream::new(self.store.current());
         let caller = Arc::clone(&self.caller);
         let (replies, outbound) = mpsc::channel(4);
         tokio::spawn(async move {
+            // Counted closed when this task ends, however it ends.
+            let _stream = stream;
             loop {
                 let message = match inbound.message().await {
                     Ok(Some(message)) => message,

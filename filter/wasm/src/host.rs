@@ -23,6 +23,14 @@ impl Host for EnvoyHost {
         now_millis()
     }
 
+    fn now_micros(&self) -> u64 {
+        hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .and_then(|d| u64::try_from(d.as_micros()).ok())
+            .unwrap_or(0)
+    }
+
     fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
         match hostcalls::get_shared_data(key) {
             Ok(entry) => entry,

@@ -29,6 +29,7 @@
 
 mod host;
 mod http;
+mod stats;
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -67,7 +68,8 @@ const FAST_TICK: Duration = Duration::from_millis(20);
 /// A root context's timer, which its streams hurry while they wait.
 #[derive(Default)]
 pub(crate) struct Tick {
-    fast: Cell<bool>,
+    /// The period set last: `None` before the first.
+    fast: Cell<Option<bool>>,
 }
 
 impl Tick {
@@ -80,12 +82,12 @@ impl Tick {
     }
 
     fn set(&self, fast: bool) {
-        if self.fast.get() == fast {
+        if self.fast.get() == Some(fast) {
             return;
         }
         let period = if fast { FAST_TICK } else { SLOW_TICK };
         match hostcalls::set_tick_period(period) {
-            Ok(()) => self.fast.set(fast),
+            Ok(()) => self.fast.set(Some(fast)),
             Err(status) => log::error!("cannot set the refresh timer: {status:?}"),
         }
     }
@@ -101,6 +103,8 @@ struct PluginRoot {
     refresher: Refresher,
     /// The refresher's fetches in flight, by callout token.
     fetching: HashMap<u32, (RemoteSource, host::InFlight)>,
+    /// Pushes the engine's metrics into Envoy's stats on each tick.
+    exporter: stats::Exporter,
 }
 
 impl PluginRoot {
@@ -112,6 +116,7 @@ impl PluginRoot {
             tick: Rc::default(),
             refresher: Refresher::default(),
             fetching: HashMap::new(),
+            exporter: stats::Exporter::default(),
         }
     }
 
@@ -119,6 +124,7 @@ impl PluginRoot {
     /// this VM's claims and fetches what is due.
     fn on_timer(&mut self) {
         http::poll_waiting();
+        self.exporter.export();
         let Some(engine) = self.engine.as_ref().map(Rc::clone) else {
             return;
         };
@@ -202,7 +208,11 @@ impl RootContext for PluginRoot {
             return false;
         };
         let registry = (build.registry)();
-        match Engine::from_config(&text, &registry) {
+        let configured = Engine::from_config(&text, &registry);
+        // The load (or rejection) shows in Envoy's stats now: a VM whose
+        // configuration is refused does not live to tick.
+        self.exporter.export();
+        match configured {
             Ok(mut engine) => {
                 engine.set_host(Box::new(host::EnvoyHost));
                 log::info!(
@@ -212,6 +222,8 @@ impl RootContext for PluginRoot {
                 );
                 self.remote_sources = engine.remote_sources();
                 self.engine = Some(Rc::new(engine));
+                // Metrics go out on every tick, whatever else it does.
+                self.tick.set(http::any_waiting());
                 if !self.remote_sources.is_empty() {
                     // The first fetch waits for the first tick: Envoy also
                     // configures VMs only to check a configuration, then
