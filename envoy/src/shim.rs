@@ -62,6 +62,8 @@ pub struct Shim {
     child: Child,
     addr: SocketAddr,
     log: PathBuf,
+    /// Its standard output: the address line, then the decision log.
+    stdout: PathBuf,
 }
 
 impl Shim {
@@ -106,6 +108,9 @@ impl Shim {
             }
             None => Command::new(extproc_bin()),
         };
+        let stdout = log.with_extension("stdout");
+        let stdout_file = std::fs::File::create(&stdout)
+            .map_err(|e| EnvoyError::Io("creating the shim's stdout file".into(), e))?;
         let mut child = command
             .arg("--config")
             .arg(config)
@@ -116,13 +121,18 @@ impl Shim {
             .args(["--log-level", log_level])
             .args(extra_args)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(stdout_file)
             .stderr(log_file)
             .spawn()
             .map_err(|e| EnvoyError::Io(format!("starting {}", extproc_bin().display()), e))?;
-        let addr = crate::announced_addr(&mut child, Duration::from_secs(30));
+        let addr = announced_in(&stdout, &mut child, Duration::from_secs(30));
         match addr {
-            Some(addr) => Ok(Self { child, addr, log }),
+            Some(addr) => Ok(Self {
+                child,
+                addr,
+                log,
+                stdout,
+            }),
             None => {
                 let _ = child.kill();
                 let status = child
@@ -151,6 +161,13 @@ impl Shim {
     /// Where it logs.
     pub fn log_path(&self) -> &Path {
         &self.log
+    }
+
+    /// Everything it has written to its standard output so far: the line
+    /// announcing its address, then one decision log line per request when
+    /// the configuration asks for them.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
     }
 
     /// Everything it has logged so far.
@@ -203,5 +220,21 @@ impl Drop for Shim {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The address announced on the first line of `stdout` (`... listening on
+/// ADDR`), waited for up to `timeout` or until the process exits.
+fn announced_in(stdout: &Path, child: &mut Child, timeout: Duration) -> Option<SocketAddr> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let text = std::fs::read_to_string(stdout).unwrap_or_default();
+        if let Some(line) = text.lines().next().filter(|_| text.contains('\n')) {
+            return line.rsplit(' ').next().and_then(|a| a.parse().ok());
+        }
+        if std::time::Instant::now() >= deadline || matches!(child.try_wait(), Ok(Some(_))) {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }

@@ -116,6 +116,9 @@ pub struct Check {
     /// The client's address, without port (gRPC only: the source peer's
     /// socket address).
     pub source_address: String,
+    /// The check call's own gRPC metadata that carries trace context
+    /// (`traceparent`, `tracestate`; gRPC only).
+    pub trace_metadata: BTreeMap<String, String>,
 }
 
 /// Decides each check.
@@ -371,7 +374,14 @@ impl Authorization for GrpcAuthz {
                 "the authorization service is down",
             ));
         }
-        let check = grpc_check(request.get_ref());
+        let mut check = grpc_check(request.get_ref());
+        for name in ["traceparent", "tracestate"] {
+            if let Some(value) = request.metadata().get(name).and_then(|v| v.to_str().ok()) {
+                check
+                    .trace_metadata
+                    .insert(name.to_owned(), value.to_owned());
+            }
+        }
         self.state.record(check.clone());
         let delay = self.state.delay();
         if !delay.is_zero() {
@@ -440,6 +450,7 @@ fn grpc_check(request: &CheckRequest) -> Check {
         body,
         context_extensions,
         source_address,
+        trace_metadata: BTreeMap::new(),
     }
 }
 
@@ -694,6 +705,7 @@ fn read_request(reader: &mut impl BufRead) -> Option<HttpCheck> {
             body,
             context_extensions: BTreeMap::new(),
             source_address: String::new(),
+            trace_metadata: BTreeMap::new(),
         },
         close,
     })

@@ -1,7 +1,8 @@
 //! Secrets never reach a log: API keys, bearer tokens, Basic passwords
 //! sent by clients, right or wrong, and the credentials `backend-auth`
 //! injects are absent from Envoy's log and from the shim's, both logging
-//! at debug with every decision.
+//! at debug with every decision, and from the decision log, even when its
+//! expressions read the headers that carry them.
 
 #![allow(
     clippy::unwrap_used,
@@ -13,6 +14,11 @@
 use integration_tests::{Host, Stack};
 
 const CONFIG: &str = r#"
+decision_log:
+  expressions:
+    auth: 'request.headers["authorization"]'
+    key: '"key=" + request.headers["x-api-key"]'
+    upstream: 'request.headers["x-forwarded-auth"]'
 routes:
   - name: api
     match: { path: { prefix: /a } }
@@ -79,7 +85,20 @@ fn credentials_are_never_logged() {
         let mut logs = stack.envoy.log();
         if let Some(shim) = &stack.shim {
             logs.push_str(&shim.log());
+            // The decision log.
+            logs.push_str(&shim.stdout());
         }
+        // Every request got a decision line, with the expressions that
+        // read credentials redacted.
+        assert_eq!(
+            logs.matches(r#""route_entry":"#).count(),
+            6,
+            "{host:?}: one decision line per request:\n{logs}"
+        );
+        assert!(
+            logs.matches(r#""[redacted]""#).count() >= 3,
+            "{host:?}: expressions over credentials are not redacted:\n{logs}"
+        );
         // Both hosts log decisions at debug here: an empty log must not pass.
         for decision in [
             "api-key: route \"api\" denied",

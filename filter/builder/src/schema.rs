@@ -112,6 +112,21 @@ pub fn plugin_configuration(build: &str, policies: &[Definition]) -> Value {
         "additionalProperties": false,
         "properties": {
             "routes": { "type": "array", "items": { "$ref": "#/$defs/route" } },
+            "decision_log": {
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {
+                    "requests": { "enum": ["all", "denied"] },
+                    "fields": {
+                        "type": "array",
+                        "items": { "enum": [
+                            "route_entry", "route", "decision", "status", "policy", "policies",
+                            "request_id", "trace_id", "latency_us", "method", "path", "host", "caller",
+                        ] },
+                    },
+                    "expressions": { "type": "object", "additionalProperties": { "type": "string" } },
+                },
+            },
             "unmatched": {
                 "oneOf": [
                     { "enum": ["deny", "allow"] },

@@ -89,6 +89,9 @@ pub enum CallRequest {
         method: String,
         /// The request message, protobuf-encoded.
         message: Vec<u8>,
+        /// Initial metadata (lower-case names); the exchange adds the
+        /// request's trace context.
+        metadata: Vec<(String, String)>,
     },
 }
 

@@ -54,7 +54,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::attributes::{AttributeSet, Connection};
-use crate::callout::{Answer, Call, CallFailure};
+use crate::callout::{Answer, Call, CallFailure, CallRequest};
+use crate::decision::{DecisionLog, PolicyDecision, Verdict};
 use crate::expr::Expression;
 use crate::headers::{HeaderMap, HeaderMutations, HeaderName};
 use crate::metrics::{metrics, CalloutMetrics, ChainMetrics};
@@ -66,6 +67,15 @@ use crate::remote::{duration_millis, Remote, RemoteSource, Step, WaitStep, Waiti
 /// it the request is answered 500 (a policy that never stops calling is a
 /// bug, not a reason to hold the request forever).
 pub const MAX_CALLS_PER_PHASE: usize = 8;
+
+impl ChainEntry {
+    /// The policy's name, without its version.
+    pub(crate) fn policy_name(&self) -> &str {
+        self.label
+            .split_once('@')
+            .map_or(self.label.as_str(), |(name, _)| name)
+    }
+}
 
 /// One policy instance in a chain.
 pub(crate) struct ChainEntry {
@@ -125,12 +135,7 @@ impl Chain {
                 remote_sources.push(source);
             }
         }
-        let metrics = ChainMetrics::new(
-            name,
-            entries
-                .iter()
-                .map(|e| e.label.split_once('@').map_or(e.label.as_str(), |(n, _)| n)),
-        );
+        let metrics = ChainMetrics::new(name, entries.iter().map(ChainEntry::policy_name));
         Self {
             name: Arc::from(name),
             entries,
@@ -255,6 +260,16 @@ pub struct Exchange {
     pending: Option<Box<Pending>>,
     /// When the exchange started, in microseconds, for the chain latency.
     started_us: u64,
+    /// The decision log and, per entry, what the policy did; `None` when
+    /// the configuration logs no decisions (boxed: most requests have none).
+    logging: Option<Box<Logging>>,
+}
+
+struct Logging {
+    log: Arc<DecisionLog>,
+    decisions: Vec<PolicyDecision>,
+    /// The line for this request, once decided, until the host takes it.
+    line: Option<String>,
 }
 
 impl Exchange {
@@ -283,6 +298,35 @@ impl Exchange {
             finished: false,
             pending: None,
             started_us,
+            logging: None,
+        }
+    }
+
+    /// Logs this exchange's decision to `log`, when there is one.
+    pub(crate) fn with_decision_log(mut self, log: Option<Arc<DecisionLog>>) -> Self {
+        self.logging = log.map(|log| {
+            Box::new(Logging {
+                log,
+                decisions: vec![PolicyDecision::NotRun; self.chain.entries.len()],
+                line: None,
+            })
+        });
+        self
+    }
+
+    /// The decision log's line for this request, once its request phases
+    /// have decided (allowed, or answered by a policy); the host writes it.
+    pub fn take_decision_log(&mut self) -> Option<String> {
+        self.logging.as_mut().and_then(|l| l.line.take())
+    }
+
+    fn note(&mut self, position: usize, decision: PolicyDecision) {
+        if let Some(slot) = self
+            .logging
+            .as_mut()
+            .and_then(|l| l.decisions.get_mut(position))
+        {
+            *slot = decision;
         }
     }
 
@@ -307,7 +351,11 @@ impl Exchange {
     /// before the request-headers phase; when the set is empty it does
     /// nothing.
     pub fn attributes(&self) -> AttributeSet {
-        self.chain.attributes()
+        let logged = self
+            .logging
+            .as_ref()
+            .map_or(AttributeSet::NONE, |l| l.log.attributes());
+        self.chain.attributes() | logged
     }
 
     /// Provides the connection attributes asked for by
@@ -500,6 +548,7 @@ impl Exchange {
                     if let Some(m) = chain.metrics.entries.get(position) {
                         m.skipped.increment();
                     }
+                    self.note(position, PolicyDecision::Skipped);
                 }
                 // What the policy would have asserted is not the client's
                 // to assert either.
@@ -531,6 +580,7 @@ impl Exchange {
                     if let Some(m) = chain.metrics.entries.get(position) {
                         m.continued.increment();
                     }
+                    self.note(position, PolicyDecision::Continued);
                     position += 1;
                     calls = 0;
                 }
@@ -544,14 +594,16 @@ impl Exchange {
                     if let Some(m) = chain.metrics.entries.get(position) {
                         m.replied.increment();
                     }
+                    self.note(position, PolicyDecision::Replied);
                     self.count_reply(position, reply.status);
                     self.passed = position;
                     return self.outcome_of(Some((position, reply))).into();
                 }
-                Action::Call(call) => {
+                Action::Call(mut call) => {
                     if calls >= MAX_CALLS_PER_PHASE {
                         return self.give_up(position, entry, "made too many calls");
                     }
+                    self.propagate_trace(&mut call);
                     self.pending = Some(Box::new(Pending {
                         position,
                         phase,
@@ -585,23 +637,64 @@ impl Exchange {
         // The request is through once its last request phase is.
         if phase == Phases::REQUEST_BODY || !chain.phases.contains(Phases::REQUEST_BODY) {
             chain.metrics.allowed.increment();
-            self.record_latency();
+            self.decided(None);
         }
         Outcome::Continue(self.cx.take_pending())
     }
 
-    /// Counts a request the policy at `position` answered itself.
-    fn count_reply(&self, position: usize, status: u16) {
-        self.chain.metrics.deny(position, status);
-        self.record_latency();
+    /// Sends the request's W3C trace context (`traceparent`, with its
+    /// `tracestate`) with a call, so the service's spans join the
+    /// request's trace; an invalid `traceparent` is not forwarded.
+    fn propagate_trace(&self, call: &mut Call) {
+        let request = self.cx.request_headers();
+        let Some(parent) = request
+            .get("traceparent")
+            .filter(|p| crate::decision::trace_id(p).is_some())
+        else {
+            return;
+        };
+        let mut context = vec![("traceparent".to_owned(), parent.trim().to_owned())];
+        if let Some(state) = request.get("tracestate") {
+            context.push(("tracestate".to_owned(), state.to_owned()));
+        }
+        let carried = match &mut call.request {
+            CallRequest::Http { headers, .. } => headers,
+            CallRequest::Grpc { metadata, .. } => metadata,
+        };
+        carried.retain(|(name, _)| name != "traceparent" && name != "tracestate");
+        carried.extend(context);
     }
 
-    fn record_latency(&self) {
-        let now = self.cx.host().now_micros();
-        self.chain
-            .metrics
-            .latency
-            .record(now.saturating_sub(self.started_us));
+    /// Counts a request the policy at `position` answered itself.
+    fn count_reply(&mut self, position: usize, status: u16) {
+        self.chain.metrics.deny(position, status);
+        self.decided(Some((status, position)));
+    }
+
+    /// The request phases have decided: records the latency and, if the
+    /// configuration logs decisions, this request's line.
+    fn decided(&mut self, reply: Option<(u16, usize)>) {
+        let latency_us = self.cx.host().now_micros().saturating_sub(self.started_us);
+        self.chain.metrics.latency.record(latency_us);
+        let Some(logging) = &self.logging else {
+            return;
+        };
+        let policies: Vec<(&str, PolicyDecision)> = self
+            .chain
+            .entries
+            .iter()
+            .zip(&logging.decisions)
+            .map(|(entry, decision)| (entry.policy_name(), *decision))
+            .collect();
+        let verdict = Verdict {
+            reply,
+            policies: &policies,
+            latency_us,
+        };
+        let line = logging.log.record(&self.cx, &verdict);
+        if let Some(logging) = self.logging.as_mut() {
+            logging.line = line;
+        }
     }
 
     /// Starts waiting for a fresher copy of `source`: for the fetch in
@@ -647,6 +740,7 @@ impl Exchange {
         log::warn!("chain {:?}: {} {why}", self.chain.name, entry.label);
         self.passed = position;
         let reply = LocalReply::text(500, "policy engine error\n");
+        self.note(position, PolicyDecision::Replied);
         self.count_reply(position, reply.status);
         self.outcome_of(Some((position, reply))).into()
     }

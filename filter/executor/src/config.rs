@@ -101,6 +101,7 @@ struct RawConfig {
     unmatched: Option<RawUnmatched>,
     #[serde(default)]
     paths: RawPaths,
+    decision_log: Option<crate::decision::RawDecisionLog>,
 }
 
 #[derive(Deserialize, Default)]
@@ -249,10 +250,19 @@ fn compile_raw(raw: RawConfig, registry: &Registry) -> Result<RouteTable, Config
             Unmatched::Chain(Arc::new(chain))
         }
     };
+    let decision_log = raw
+        .decision_log
+        .map(|log| {
+            crate::decision::DecisionLog::compile(log)
+                .map(Arc::new)
+                .map_err(|(field, reason)| ConfigError::document(Some(field), reason))
+        })
+        .transpose()?;
     Ok(RouteTable {
         entries,
         unmatched,
         escaped_slashes: raw.paths.escaped_slashes,
+        decision_log,
     })
 }
 

@@ -18,6 +18,7 @@
 //!   configuration is compiled.
 //! * [`credentials`]: where clients put credentials, shared by the
 //!   authentication policies.
+//! * [`decision`]: the decision log, a JSON line per request.
 //! * [`attributes`]: the connection attributes (peer address, SPIFFE ID,
 //!   TLS) hosts fetch for the expressions that read them.
 //! * [`callout`]: calls policies make to services outside Envoy, and the
@@ -35,6 +36,7 @@ pub mod canonical;
 pub mod chain;
 pub mod config;
 pub mod credentials;
+pub mod decision;
 pub mod expr;
 pub mod headers;
 pub mod metrics;
@@ -80,6 +82,10 @@ pub struct Engine {
 }
 
 /// How a request starts.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "Run is what nearly every request gets: boxing it would cost an allocation per request"
+)]
 pub enum Start {
     /// Run this exchange: call [`Exchange::on_request_headers`] next.
     Run(Exchange),
@@ -156,9 +162,14 @@ impl Engine {
     /// The connection attributes any chain of this configuration reads. The
     /// `ext_proc` filter must send these (`request_attributes`).
     pub fn attributes(&self) -> AttributeSet {
+        let logged = self
+            .routes
+            .decision_log
+            .as_ref()
+            .map_or(AttributeSet::NONE, |log| log.attributes());
         self.routes
             .chains()
-            .fold(AttributeSet::NONE, |all, chain| all | chain.attributes())
+            .fold(logged, |all, chain| all | chain.attributes())
     }
 
     /// Selects the chain for a request and starts its exchange.
@@ -189,13 +200,16 @@ impl Engine {
             .routes
             .select(&RouteInput::from_headers(&request), &mut route_name);
         match selection {
-            Selection::Chain(chain) => Start::Run(Exchange::new(
-                Arc::clone(chain),
-                route_name.into_fetched(),
-                request,
-                Arc::clone(&self.remote),
-                rewrites,
-            )),
+            Selection::Chain(chain) => Start::Run(
+                Exchange::new(
+                    Arc::clone(chain),
+                    route_name.into_fetched(),
+                    request,
+                    Arc::clone(&self.remote),
+                    rewrites,
+                )
+                .with_decision_log(self.routes.decision_log.clone()),
+            ),
             Selection::Allow => {
                 self.unmatched.allowed.increment();
                 Start::Pass(rewrites)

@@ -160,6 +160,8 @@ pub struct RouteTable {
     pub(crate) unmatched: Unmatched,
     /// What `%2F` and `%5C` in a path get (see `canonical`).
     pub(crate) escaped_slashes: EscapedSlashes,
+    /// The decision log, when the configuration turns it on.
+    pub(crate) decision_log: Option<Arc<crate::decision::DecisionLog>>,
 }
 
 /// The route table's verdict for one request.

@@ -66,9 +66,10 @@ impl Caller {
                 service: name,
                 method,
                 message,
+                metadata,
             } => {
                 let channel = self.channel(&service.base_uri)?;
-                grpc_unary(channel, &format!("/{name}/{method}"), message).await
+                grpc_unary(channel, &format!("/{name}/{method}"), message, &metadata).await
             }
         }
     }
@@ -133,17 +134,29 @@ impl Caller {
     }
 }
 
-async fn grpc_unary(channel: Channel, path: &str, message: Vec<u8>) -> Answer {
+async fn grpc_unary(
+    channel: Channel,
+    path: &str,
+    message: Vec<u8>,
+    metadata: &[(String, String)],
+) -> Answer {
     let path = http::uri::PathAndQuery::from_str(path)
         .map_err(|e| CallFailure::Unreachable(format!("{path}: {e}")))?;
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready()
         .await
         .map_err(|e| CallFailure::Unreachable(e.to_string()))?;
-    match grpc
-        .unary(tonic::Request::new(message), path, RawCodec)
-        .await
-    {
+    let mut request = tonic::Request::new(message);
+    for (name, value) in metadata {
+        let (Ok(name), Ok(value)) = (
+            tonic::metadata::MetadataKey::from_bytes(name.as_bytes()),
+            value.parse(),
+        ) else {
+            continue;
+        };
+        request.metadata_mut().insert(name, value);
+    }
+    match grpc.unary(request, path, RawCodec).await {
         Ok(response) => Ok(CallResponse {
             status: 200,
             headers: Vec::new(),

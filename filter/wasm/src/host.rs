@@ -102,8 +102,20 @@ pub(crate) fn dispatch(call: &Call) -> Result<InFlight, Status> {
             service,
             method,
             message,
+            metadata,
         } => {
-            hostcalls::dispatch_grpc_call(cluster, service, method, vec![], Some(message), timeout)?
+            let metadata = metadata
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_bytes()))
+                .collect();
+            hostcalls::dispatch_grpc_call(
+                cluster,
+                service,
+                method,
+                metadata,
+                Some(message),
+                timeout,
+            )?
         }
     };
     Ok(InFlight {

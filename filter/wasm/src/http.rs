@@ -110,6 +110,7 @@ enum WaitingPhase {
 impl StreamState {
     /// Applies a request phase's outcome; returns the action for Envoy.
     fn settle_request(&mut self, phase: WaitingPhase, outcome: Outcome) -> Action {
+        self.write_decision();
         let mutations = match outcome {
             Outcome::Continue(mutations) => mutations,
             Outcome::Respond(reply) => return self.respond(&reply),
@@ -127,6 +128,21 @@ impl StreamState {
                 _ => self.after_headers(Direction::Request, self.request_headers_ended),
             },
             WaitingPhase::Body => Action::Continue,
+        }
+    }
+
+    /// Writes the decision log's line for this request, once decided: to
+    /// Envoy's log, and as the filter state `wasm.policy_engine_decision`
+    /// for Envoy's access log (`%FILTER_STATE(wasm.policy_engine_decision:PLAIN)%`).
+    fn write_decision(&mut self) {
+        let Some(line) = self.exchange.as_mut().and_then(Exchange::take_decision_log) else {
+            return;
+        };
+        log::info!("decision {line}");
+        if let Err(status) =
+            hostcalls::set_property(vec!["policy_engine_decision"], Some(line.as_bytes()))
+        {
+            log::warn!("cannot set the decision as filter state: {status:?}");
         }
     }
 

@@ -335,6 +335,7 @@ impl ExtAuthz {
                 service: "envoy.service.auth.v3.Authorization".into(),
                 method: "Check".into(),
                 message: self.check_request(cx, body).encode_to_vec(),
+                metadata: Vec::new(),
             },
             Protocol::Http { prefix, .. } => self.http_request(cx, prefix, body),
         };

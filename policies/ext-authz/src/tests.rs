@@ -36,6 +36,7 @@ fn check_request(call: &Call) -> proto::CheckRequest {
             service,
             method,
             message,
+            ..
         } => {
             assert_eq!(service, "envoy.service.auth.v3.Authorization");
             assert_eq!(method, "Check");

@@ -135,6 +135,7 @@ impl Service {
                 service: "envoy.service.ratelimit.v3.RateLimitService".into(),
                 method: "ShouldRateLimit".into(),
                 message: request.encode_to_vec(),
+                metadata: Vec::new(),
             },
         }
     }

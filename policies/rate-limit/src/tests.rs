@@ -288,6 +288,7 @@ fn global_mode_asks_the_service_with_each_limit_as_a_descriptor() {
         service,
         method,
         message,
+        ..
     } = &call.request
     else {
         panic!("expected gRPC");

@@ -1,0 +1,319 @@
+//! Decision logs: one JSON line per request a route entry takes (or per
+//! denial), saying what the chain decided, for whom, and why. The hosts
+//! write the line: the Wasm filter to Envoy's log and as filter state for
+//! Envoy's access log, the shim to its standard output.
+//!
+//! ```yaml
+//! decision_log:
+//!   requests: all                  # or denied
+//!   fields: [route_entry, decision, status, policy, caller]   # default: every field below
+//!   expressions: { tenant: 'request.headers["x-tenant"]' }    # CEL, under "fields"
+//! ```
+//!
+//! The fields: `route_entry`, `route` (Envoy's route name, when routing
+//! read it), `decision` (`allowed`, `denied`, or `error` for a 5xx the
+//! engine answered), `status` (of the engine's reply), `policy` (the one
+//! that replied), `policies` (each policy and what it did: `continued`,
+//! `replied`, `skipped`, `not_run`), `request_id` (`x-request-id`),
+//! `trace_id` (from a valid W3C `traceparent`), `latency_us`, `method`,
+//! `path` (without the query, which may carry credentials), `host`, and
+//! `caller`: `spiffe_id`, `address`, `jwt_sub`, `api_key_consumer`,
+//! `basic_auth_user`, those known.
+//!
+//! Secrets never appear: no field carries a header, and an expression
+//! whose value contains a credential the request carries (the value of
+//! `authorization`, `proxy-authorization`, `cookie`, or of any header or
+//! query parameter whose name says key, token, secret, password or auth)
+//! is written as `"[redacted]"`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::attributes::{Attribute, AttributeSet};
+use crate::expr::{Expression, Phase, JWT_CLAIMS};
+use crate::policy::Context;
+
+/// The `decision_log` section of the plugin configuration.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDecisionLog {
+    #[serde(default)]
+    requests: Which,
+    fields: Option<Vec<Field>>,
+    #[serde(default)]
+    expressions: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum Which {
+    #[default]
+    All,
+    Denied,
+}
+
+/// A built-in field of the record.
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Field {
+    RouteEntry,
+    Route,
+    Decision,
+    Status,
+    Policy,
+    Policies,
+    RequestId,
+    TraceId,
+    LatencyUs,
+    Method,
+    Path,
+    Host,
+    Caller,
+}
+
+const ALL_FIELDS: [Field; 13] = [
+    Field::RouteEntry,
+    Field::Route,
+    Field::Decision,
+    Field::Status,
+    Field::Policy,
+    Field::Policies,
+    Field::RequestId,
+    Field::TraceId,
+    Field::LatencyUs,
+    Field::Method,
+    Field::Path,
+    Field::Host,
+    Field::Caller,
+];
+
+/// The compiled section.
+pub(crate) struct DecisionLog {
+    denied_only: bool,
+    fields: Vec<Field>,
+    expressions: Vec<(String, Expression)>,
+}
+
+/// What one policy did to one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PolicyDecision {
+    NotRun,
+    Continued,
+    Replied,
+    Skipped,
+}
+
+impl PolicyDecision {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::NotRun => "not_run",
+            Self::Continued => "continued",
+            Self::Replied => "replied",
+            Self::Skipped => "skipped",
+        }
+    }
+}
+
+/// How the request phases ended.
+pub(crate) struct Verdict<'a> {
+    /// The reply's status and the position of the policy that made it;
+    /// `None`: allowed.
+    pub(crate) reply: Option<(u16, usize)>,
+    pub(crate) policies: &'a [(&'a str, PolicyDecision)],
+    pub(crate) latency_us: u64,
+}
+
+impl DecisionLog {
+    pub(crate) fn compile(raw: RawDecisionLog) -> Result<Self, (String, String)> {
+        let mut expressions = Vec::with_capacity(raw.expressions.len());
+        for (name, source) in raw.expressions {
+            let expression = Expression::compile(&source, Phase::Request)
+                .map_err(|e| (format!("decision_log.expressions.{name}"), e.to_string()))?;
+            expressions.push((name, expression));
+        }
+        Ok(Self {
+            denied_only: raw.requests == Which::Denied,
+            fields: raw.fields.unwrap_or_else(|| ALL_FIELDS.to_vec()),
+            expressions,
+        })
+    }
+
+    /// The connection attributes the record reads.
+    pub(crate) fn attributes(&self) -> AttributeSet {
+        let caller = if self.fields.contains(&Field::Caller) {
+            AttributeSet::of(Attribute::SourceAddress) | AttributeSet::of(Attribute::PeerUriSan)
+        } else {
+            AttributeSet::NONE
+        };
+        self.expressions
+            .iter()
+            .fold(caller, |all, (_, e)| all | e.attributes())
+    }
+
+    /// The line for a request, or `None` if this log skips it.
+    pub(crate) fn record(&self, cx: &Context, verdict: &Verdict<'_>) -> Option<String> {
+        if self.denied_only && verdict.reply.is_none() {
+            return None;
+        }
+        let request = cx.request_headers();
+        let mut record = Map::new();
+        for field in &self.fields {
+            let value = match field {
+                Field::RouteEntry => json!(cx.route().chain.as_ref()),
+                Field::Route => json!(cx.route().route_name),
+                Field::Decision => json!(match verdict.reply {
+                    None => "allowed",
+                    Some((status, _)) if status >= 500 => "error",
+                    Some(_) => "denied",
+                }),
+                Field::Status => json!(verdict.reply.map(|(status, _)| status)),
+                Field::Policy => json!(verdict
+                    .reply
+                    .and_then(|(_, at)| verdict.policies.get(at))
+                    .map(|(name, _)| *name)),
+                Field::Policies => Value::Array(
+                    verdict
+                        .policies
+                        .iter()
+                        .map(|(name, decision)| json!({ "policy": name, "decision": decision.as_str() }))
+                        .collect(),
+                ),
+                Field::RequestId => json!(request.get("x-request-id")),
+                Field::TraceId => json!(request.get("traceparent").and_then(trace_id)),
+                Field::LatencyUs => json!(verdict.latency_us),
+                Field::Method => json!(request.get(":method")),
+                Field::Path => json!(request
+                    .get(":path")
+                    .map(|p| p.split_once('?').map_or(p, |(path, _)| path))),
+                Field::Host => json!(request.get(":authority")),
+                Field::Caller => caller(cx),
+            };
+            record.insert(field_name(*field).to_owned(), value);
+        }
+        if !self.expressions.is_empty() {
+            let secrets = credentials(cx);
+            let mut fields = Map::new();
+            for (name, expression) in &self.expressions {
+                let value = match expression.evaluate_text(cx) {
+                    Ok(Some(text)) if secrets.iter().any(|s| text.contains(s.as_str())) => {
+                        json!("[redacted]")
+                    }
+                    Ok(text) => json!(text),
+                    Err(_) => Value::Null,
+                };
+                fields.insert(name.clone(), value);
+            }
+            record.insert("fields".into(), Value::Object(fields));
+        }
+        serde_json::to_string(&record).ok()
+    }
+}
+
+fn field_name(field: Field) -> &'static str {
+    match field {
+        Field::RouteEntry => "route_entry",
+        Field::Route => "route",
+        Field::Decision => "decision",
+        Field::Status => "status",
+        Field::Policy => "policy",
+        Field::Policies => "policies",
+        Field::RequestId => "request_id",
+        Field::TraceId => "trace_id",
+        Field::LatencyUs => "latency_us",
+        Field::Method => "method",
+        Field::Path => "path",
+        Field::Host => "host",
+        Field::Caller => "caller",
+    }
+}
+
+/// Who is calling, as far as the host and the chain's policies know.
+fn caller(cx: &Context) -> Value {
+    let mut who = Map::new();
+    let connection = cx.connection();
+    if let Some(id) = connection.spiffe_id() {
+        who.insert("spiffe_id".into(), json!(id.uri));
+    }
+    if let Some(address) = connection.source_ip() {
+        who.insert("address".into(), json!(address));
+    }
+    let metadata = cx.metadata();
+    if let Some(sub) = metadata.get(JWT_CLAIMS).and_then(|c| c.get("sub")) {
+        who.insert("jwt_sub".into(), sub.clone());
+    }
+    for (key, name) in [
+        ("api-key.consumer", "api_key_consumer"),
+        ("basic-auth.user", "basic_auth_user"),
+    ] {
+        if let Some(value) = metadata.get(key) {
+            who.insert(name.into(), value.clone());
+        }
+    }
+    Value::Object(who)
+}
+
+/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`),
+/// if it is one.
+pub fn trace_id(traceparent: &str) -> Option<&str> {
+    let mut parts = traceparent.trim().split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let valid = hex(version, 2)
+        && version != "ff"
+        && hex(trace, 32)
+        && trace.bytes().any(|b| b != b'0')
+        && hex(parent, 16)
+        && hex(flags, 2);
+    valid.then_some(trace)
+}
+
+/// Values in the request that carry credentials.
+fn credentials(cx: &Context) -> Vec<String> {
+    const NAMED: [&str; 3] = ["authorization", "proxy-authorization", "cookie"];
+    const HINTS: [&str; 5] = ["key", "token", "secret", "password", "auth"];
+    let secretive = |name: &str| {
+        let name = name.to_ascii_lowercase();
+        NAMED.contains(&name.as_str()) || HINTS.iter().any(|h| name.contains(h))
+    };
+    let request = cx.request_headers();
+    let mut found: Vec<String> = request
+        .iter()
+        .filter(|(name, value)| secretive(name) && value.len() >= 4)
+        .map(|(_, value)| value.to_owned())
+        .collect();
+    if let Some((_, query)) = request.get(":path").and_then(|p| p.split_once('?')) {
+        for pair in query.split('&') {
+            if let Some((name, value)) = pair.split_once('=') {
+                if secretive(name) && value.len() >= 4 {
+                    found.push(value.to_owned());
+                    found.push(crate::canonical::percent_decode_lossy(value).into_owned());
+                }
+            }
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_ids_come_from_valid_traceparents_only() {
+        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        assert_eq!(trace_id(&format!("00-{id}-00f067aa0ba902b7-01")), Some(id));
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-zz",
+        ] {
+            assert_eq!(trace_id(bad), None, "{bad}");
+        }
+    }
+}
