@@ -122,6 +122,10 @@ pub struct Options {
     /// that must send the engine paths and headers Envoy would otherwise
     /// clean or refuse first, to prove the engine's own canonicalization.
     pub edge_hardening: bool,
+    /// Write Envoy's access log to `access.log` in its directory, one line
+    /// per request: the decision log's line the Wasm filter leaves as the
+    /// filter state `wasm.policy_engine_decision` (see [`Envoy::access_log`]).
+    pub decision_access_log: bool,
 }
 
 /// TLS for the listener, from PEM files.
@@ -175,6 +179,7 @@ impl Options {
             tls: None,
             drain_time_s: None,
             edge_hardening: true,
+            decision_access_log: false,
         }
     }
 }
@@ -235,6 +240,7 @@ pub struct Envoy {
     listen_port: u16,
     tls: Option<ListenerTls>,
     edge_hardening: bool,
+    access_log: Option<PathBuf>,
     version: u32,
 }
 
@@ -270,6 +276,7 @@ impl Envoy {
                 port: options.listen_port,
                 tls: options.tls.as_ref(),
                 edge_hardening: options.edge_hardening,
+                access_log: options.decision_access_log.then(|| dir.join("access.log")),
                 filters: &options.filters,
                 version: 1,
             },
@@ -297,6 +304,15 @@ impl Envoy {
                 options
                     .drain_time_s
                     .map(|seconds| ["--drain-time-s".to_owned(), seconds.to_string()])
+                    .into_iter()
+                    .flatten(),
+            )
+            // The decision access log is read back by tests: flushed every
+            // 100 ms rather than Envoy's 10 s.
+            .args(
+                options
+                    .decision_access_log
+                    .then_some(["--file-flush-interval-msec", "100"])
                     .into_iter()
                     .flatten(),
             )
@@ -335,6 +351,7 @@ impl Envoy {
         match started {
             Ok((admin, listener)) => Ok(Self {
                 child,
+                access_log: options.decision_access_log.then(|| dir.join("access.log")),
                 dir,
                 admin,
                 listener,
@@ -385,6 +402,11 @@ impl Envoy {
         read_log(&self.dir)
     }
 
+    /// The access log's lines so far (with [`Options::decision_access_log`]).
+    pub fn access_log(&self) -> String {
+        fs::read_to_string(self.dir.join("access.log")).unwrap_or_default()
+    }
+
     /// A counter's or gauge's current value from the admin endpoint (e.g.
     /// `listener_manager.lds.update_rejected`), or `None` if Envoy has no
     /// such statistic.
@@ -415,6 +437,7 @@ impl Envoy {
                 port: self.listen_port,
                 tls: self.tls.as_ref(),
                 edge_hardening: self.edge_hardening,
+                access_log: self.access_log.clone(),
                 filters,
                 version: self.version,
             },
@@ -546,11 +569,30 @@ struct Listener<'a> {
     port: u16,
     tls: Option<&'a ListenerTls>,
     edge_hardening: bool,
+    access_log: Option<PathBuf>,
     filters: &'a [Value],
     version: u32,
 }
 
 impl Listener<'_> {
+    /// The HTTP connection manager's `access_log`: none, or the decision
+    /// log's filter state to a file.
+    fn access_log_config(&self) -> Value {
+        match &self.access_log {
+            None => json!([]),
+            Some(path) => json!([{
+                "name": "envoy.access_loggers.file",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                    "path": path.display().to_string(),
+                    "log_format": { "text_format_source": {
+                        "inline_string": "%FILTER_STATE(wasm.policy_engine_decision:PLAIN)%\n"
+                    } },
+                },
+            }]),
+        }
+    }
+
     /// `listener.yaml` with its placeholders filled in.
     fn render(&self) -> String {
         let transport_socket = self.tls.map_or(Value::Null, ListenerTls::transport_socket);
@@ -565,6 +607,7 @@ impl Listener<'_> {
         LISTENER
             .replace("{{VERSION}}", &self.version.to_string())
             .replace("{{LISTEN_PORT}}", &self.port.to_string())
+            .replace("{{ACCESS_LOG}}", &self.access_log_config().to_string())
             .replace("{{TRANSPORT_SOCKET}}", &transport_socket.to_string())
             .replace("{{NORMALIZE_PATH}}", normalize)
             .replace("{{MERGE_SLASHES}}", merge)
@@ -587,6 +630,7 @@ mod tests {
             port: 10000,
             tls: None,
             edge_hardening,
+            access_log: None,
             filters: &[],
             version: 1,
         }

@@ -166,6 +166,7 @@ impl Stack {
             tls,
             concurrency: workers,
             edge_hardening,
+            decision_access_log: host == Host::Wasm,
             ..options
         };
         options.clusters.extend(clusters);

@@ -146,6 +146,24 @@ fn each_request_gets_one_decision_line_field_by_field_without_secrets() {
         assert!(generated.len() >= 32 && generated != "req-1", "{generated}");
         assert_eq!(second["fields"]["tenant"], Value::Null);
 
+        if stack.shim.is_none() {
+            // The same lines reach Envoy's access log through the filter
+            // state `wasm.policy_engine_decision`.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let logged = loop {
+                let logged: Vec<Value> = stack
+                    .envoy
+                    .access_log()
+                    .lines()
+                    .filter_map(|l| serde_json::from_str(l).ok())
+                    .collect();
+                if logged.len() >= 2 || Instant::now() >= deadline {
+                    break logged;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            assert_eq!(logged, lines, "the access log's lines");
+        }
         let mut everything = match &stack.shim {
             Some(shim) => shim.stdout() + &shim.log(),
             None => String::new(),
