@@ -300,6 +300,75 @@ fn credentials(cx: &Context) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        Action, Engine, HeaderMap, LocalReply, Outcome, ParamError, Phases, Policy, PolicyFactory,
+        Registry, Start,
+    };
+
+    struct DenyOnHeader;
+
+    impl Policy for DenyOnHeader {
+        fn phases(&self) -> Phases {
+            Phases::REQUEST_HEADERS
+        }
+        fn on_request_headers(&self, cx: &mut Context) -> Action {
+            match cx.request_headers().get("x-deny") {
+                Some(_) => Action::Respond(LocalReply::text(403, "no\n")),
+                None => Action::Continue,
+            }
+        }
+    }
+
+    fn build(_: &Value) -> Result<Box<dyn Policy>, ParamError> {
+        Ok(Box::new(DenyOnHeader))
+    }
+
+    const FACTORY: PolicyFactory = PolicyFactory {
+        name: "deny-on-header",
+        version: "0.1.0",
+        build,
+    };
+
+    /// The decision line for a request with `headers` under `log`.
+    fn line(log: &str, headers: &[(&str, &str)]) -> Option<Value> {
+        let config = format!(
+            "decision_log: {log}\nroutes: [{{name: r, policies: [{{name: deny-on-header, config: {{}}}}]}}]"
+        );
+        let engine = Engine::from_config(config.as_bytes(), &Registry::new([FACTORY])).unwrap();
+        let pairs = [
+            (":method", "GET"),
+            (":path", "/p?token=abcd1234"),
+            (":authority", "h"),
+        ];
+        let request = HeaderMap::from_pairs(pairs.into_iter().chain(headers.iter().copied()));
+        let Start::Run(mut exchange) = engine.start(|| None, request) else {
+            panic!("no chain");
+        };
+        let _: Outcome = exchange.on_request_headers();
+        exchange
+            .take_decision_log()
+            .map(|l| serde_json::from_str(&l).unwrap())
+    }
+
+    #[test]
+    fn denied_only_logs_denials_and_fields_can_be_chosen() {
+        let log = "{requests: denied, fields: [decision, status, policy]}";
+        assert_eq!(line(log, &[]), None);
+        assert_eq!(
+            line(log, &[("x-deny", "1")]),
+            Some(json!({ "decision": "denied", "status": 403, "policy": "deny-on-header" }))
+        );
+    }
+
+    #[test]
+    fn expressions_never_carry_credentials_from_headers_or_the_query() {
+        let log = r#"{fields: [path], expressions: {a: 'request.headers["x-session-token"]', q: 'request.query["token"]', ok: '"fine"'}}"#;
+        let got = line(log, &[("x-session-token", "t0ps3cret")]).unwrap();
+        assert_eq!(
+            got,
+            json!({ "path": "/p", "fields": { "a": "[redacted]", "q": "[redacted]", "ok": "fine" } })
+        );
+    }
 
     #[test]
     fn trace_ids_come_from_valid_traceparents_only() {
