@@ -103,6 +103,9 @@ pub struct Chain {
     has_guards: bool,
     remote_sources: Vec<RemoteSource>,
     metrics: ChainMetrics,
+    /// Headers carrying credentials: those the policies read them from and
+    /// those they assert (an injected backend credential).
+    secret_headers: Vec<HeaderName>,
 }
 
 /// Which bodies a chain must see whole. A headers-only chain needs neither,
@@ -136,6 +139,17 @@ impl Chain {
             }
         }
         let metrics = ChainMetrics::new(name, entries.iter().map(ChainEntry::policy_name));
+        let mut secret_headers: Vec<HeaderName> = Vec::new();
+        for header in entries.iter().flat_map(|e| {
+            e.policy
+                .credential_headers()
+                .into_iter()
+                .chain(e.asserted.clone())
+        }) {
+            if !secret_headers.contains(&header) {
+                secret_headers.push(header);
+            }
+        }
         Self {
             name: Arc::from(name),
             entries,
@@ -145,6 +159,7 @@ impl Chain {
             has_guards,
             remote_sources,
             metrics,
+            secret_headers,
         }
     }
 
@@ -654,14 +669,20 @@ impl Exchange {
             return;
         };
         let mut context = vec![("traceparent".to_owned(), parent.trim().to_owned())];
-        if let Some(state) = request.get("tracestate") {
+        // W3C: at most 32 members, 512 characters is what must be kept.
+        if let Some(state) = request
+            .get("tracestate")
+            .filter(|s| s.len() <= 512 && s.bytes().all(|b| (0x20..0x7f).contains(&b)))
+        {
             context.push(("tracestate".to_owned(), state.to_owned()));
         }
         let carried = match &mut call.request {
             CallRequest::Http { headers, .. } => headers,
             CallRequest::Grpc { metadata, .. } => metadata,
         };
-        carried.retain(|(name, _)| name != "traceparent" && name != "tracestate");
+        carried.retain(|(name, _)| {
+            !name.eq_ignore_ascii_case("traceparent") && !name.eq_ignore_ascii_case("tracestate")
+        });
         carried.extend(context);
     }
 
@@ -690,6 +711,7 @@ impl Exchange {
             reply,
             policies: &policies,
             latency_us,
+            secret_headers: &self.chain.secret_headers,
         };
         let line = logging.log.record(&self.cx, &verdict);
         if let Some(logging) = self.logging.as_mut() {
@@ -740,6 +762,9 @@ impl Exchange {
         log::warn!("chain {:?}: {} {why}", self.chain.name, entry.label);
         self.passed = position;
         let reply = LocalReply::text(500, "policy engine error\n");
+        if let Some(m) = self.chain.metrics.entries.get(position) {
+            m.replied.increment();
+        }
         self.note(position, PolicyDecision::Replied);
         self.count_reply(position, reply.status);
         self.outcome_of(Some((position, reply))).into()

@@ -135,6 +135,17 @@ impl fmt::Display for CredentialError {
 impl std::error::Error for CredentialError {}
 
 impl Location {
+    /// The headers among `locations`, for [`crate::Policy::credential_headers`].
+    pub fn header_names(locations: &[Location]) -> Vec<HeaderName> {
+        locations
+            .iter()
+            .filter_map(|l| match l {
+                Self::Header(name, _) => Some(name.clone()),
+                Self::Query(_) | Self::Cookie(_) => None,
+            })
+            .collect()
+    }
+
     /// Checks a configured location; errors name `field`.
     pub fn parse(raw: RawLocation, field: &str) -> Result<Self, ParamError> {
         let one = "give exactly one of `header`, `query` or `cookie`";

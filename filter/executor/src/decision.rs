@@ -11,8 +11,9 @@
 //! ```
 //!
 //! The fields: `route_entry`, `route` (Envoy's route name, when routing
-//! read it), `decision` (`allowed`, `denied`, or `error` for a 5xx the
-//! engine answered), `status` (of the engine's reply), `policy` (the one
+//! read it), `decision` (`allowed`; `answered` for a reply below 400, such
+//! as a CORS preflight or a redirect; `denied` for a 4xx; `error` for a 5xx
+//! the engine answered), `status` (of the engine's reply), `policy` (the one
 //! that replied), `policies` (each policy and what it did: `continued`,
 //! `replied`, `skipped`, `not_run`), `request_id` (`x-request-id`),
 //! `trace_id` (from a valid W3C `traceparent`), `latency_us`, `method`,
@@ -20,11 +21,14 @@
 //! `caller`: `spiffe_id`, `address`, `jwt_sub`, `api_key_consumer`,
 //! `basic_auth_user`, those known.
 //!
-//! Secrets never appear: no field carries a header, and an expression
-//! whose value contains a credential the request carries (the value of
-//! `authorization`, `proxy-authorization`, `cookie`, or of any header or
-//! query parameter whose name says key, token, secret, password or auth)
-//! is written as `"[redacted]"`.
+//! Secrets never appear: no field carries a header. Expressions are
+//! evaluated over the request without its query string, its cookies, and
+//! every header that carries a credential: `authorization`,
+//! `proxy-authorization`, any header whose name says key, token, secret,
+//! pass, auth, cred or session, and every header a policy of the chain
+//! reads a credential from or asserts (an API key's header, an injected
+//! backend credential). A value that still contains a credential the
+//! request carries is written as `"[redacted]"`.
 
 use std::collections::BTreeMap;
 
@@ -123,6 +127,8 @@ pub(crate) struct Verdict<'a> {
     pub(crate) reply: Option<(u16, usize)>,
     pub(crate) policies: &'a [(&'a str, PolicyDecision)],
     pub(crate) latency_us: u64,
+    /// Headers the chain's policies read credentials from or assert.
+    pub(crate) secret_headers: &'a [crate::headers::HeaderName],
 }
 
 impl DecisionLog {
@@ -165,8 +171,7 @@ impl DecisionLog {
                 Field::Route => json!(cx.route().route_name),
                 Field::Decision => json!(match verdict.reply {
                     None => "allowed",
-                    Some((status, _)) if status >= 500 => "error",
-                    Some(_) => "denied",
+                    Some((status, _)) => crate::metrics::reply_outcome(status),
                 }),
                 Field::Status => json!(verdict.reply.map(|(status, _)| status)),
                 Field::Policy => json!(verdict
@@ -193,10 +198,12 @@ impl DecisionLog {
             record.insert(field_name(*field).to_owned(), value);
         }
         if !self.expressions.is_empty() {
-            let secrets = credentials(cx);
+            let secrets = credentials(cx, verdict.secret_headers);
+            // Expressions see the request without what carries credentials.
+            let masked = cx.with_request(masked(cx, verdict.secret_headers));
             let mut fields = Map::new();
             for (name, expression) in &self.expressions {
-                let value = match expression.evaluate_text(cx) {
+                let value = match expression.evaluate_text(&masked) {
                     Ok(Some(text)) if secrets.iter().any(|s| text.contains(s.as_str())) => {
                         json!("[redacted]")
                     }
@@ -260,6 +267,10 @@ pub fn trace_id(traceparent: &str) -> Option<&str> {
     let mut parts = traceparent.trim().split('-');
     let (version, trace, parent, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    // Version 00 has exactly these four fields.
+    if version == "00" && parts.next().is_some() {
+        return None;
+    }
     let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
     let valid = hex(version, 2)
         && version != "ff"
@@ -270,24 +281,49 @@ pub fn trace_id(traceparent: &str) -> Option<&str> {
     valid.then_some(trace)
 }
 
-/// Values in the request that carry credentials.
-fn credentials(cx: &Context) -> Vec<String> {
+/// Header names that say they carry a credential.
+fn secretive(name: &str) -> bool {
     const NAMED: [&str; 3] = ["authorization", "proxy-authorization", "cookie"];
-    const HINTS: [&str; 5] = ["key", "token", "secret", "password", "auth"];
-    let secretive = |name: &str| {
-        let name = name.to_ascii_lowercase();
-        NAMED.contains(&name.as_str()) || HINTS.iter().any(|h| name.contains(h))
-    };
+    const HINTS: [&str; 7] = ["key", "token", "secret", "pass", "auth", "cred", "session"];
+    let name = name.to_ascii_lowercase();
+    NAMED.contains(&name.as_str()) || HINTS.iter().any(|h| name.contains(h))
+}
+
+/// The request as the log's expressions see it: without its query
+/// string, its cookies, and every header that carries a credential (by its
+/// name, or because a policy of the chain reads or asserts one there).
+fn masked(cx: &Context, secret_headers: &[crate::headers::HeaderName]) -> crate::HeaderMap {
+    let request = cx.request_headers();
+    let kept = request.iter().filter(|(name, _)| {
+        *name != ":path"
+            && !secretive(name)
+            && !secret_headers
+                .iter()
+                .any(|secret| secret.as_str() == *name || secret.is_variant(name))
+    });
+    let mut headers = crate::HeaderMap::from_pairs(kept);
+    if let Some(path) = request.get(":path") {
+        headers.set(":path", path.split_once('?').map_or(path, |(path, _)| path));
+    }
+    headers
+}
+
+/// Values in the request that carry credentials: a second guard, for an
+/// expression that finds one elsewhere (metadata a policy copied it to).
+fn credentials(cx: &Context, secret_headers: &[crate::headers::HeaderName]) -> Vec<String> {
     let request = cx.request_headers();
     let mut found: Vec<String> = request
         .iter()
-        .filter(|(name, value)| secretive(name) && value.len() >= 4)
+        .filter(|(name, value)| {
+            (secretive(name) || secret_headers.iter().any(|s| s.as_str() == *name))
+                && value.len() >= 4
+        })
         .map(|(_, value)| value.to_owned())
         .collect();
     if let Some((_, query)) = request.get(":path").and_then(|p| p.split_once('?')) {
         for pair in query.split('&') {
             if let Some((name, value)) = pair.split_once('=') {
-                if secretive(name) && value.len() >= 4 {
+                if secretive(&crate::canonical::percent_decode_lossy(name)) && value.len() >= 4 {
                     found.push(value.to_owned());
                     found.push(crate::canonical::percent_decode_lossy(value).into_owned());
                 }
@@ -362,11 +398,17 @@ mod tests {
 
     #[test]
     fn expressions_never_carry_credentials_from_headers_or_the_query() {
-        let log = r#"{fields: [path], expressions: {a: 'request.headers["x-session-token"]', q: 'request.query["token"]', ok: '"fine"'}}"#;
-        let got = line(log, &[("x-session-token", "t0ps3cret")]).unwrap();
+        // Expressions see neither credential headers nor the query, however
+        // they would transform them.
+        let log = r#"{fields: [path], expressions: {a: 'request.headers["x-session-token"].substring(1)', q: 'request.query["token"]', n: 'string(size(request.headers))', ok: '"fine"'}}"#;
+        let got = line(
+            log,
+            &[("x-session-token", "t0ps3cret"), ("x-tenant", "acme")],
+        )
+        .unwrap();
         assert_eq!(
             got,
-            json!({ "path": "/p", "fields": { "a": "[redacted]", "q": "[redacted]", "ok": "fine" } })
+            json!({ "path": "/p", "fields": { "a": null, "q": null, "n": "1", "ok": "fine" } })
         );
     }
 
@@ -381,6 +423,7 @@ mod tests {
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-zz",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-junk",
         ] {
             assert_eq!(trace_id(bad), None, "{bad}");
         }

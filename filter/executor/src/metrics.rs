@@ -3,7 +3,7 @@
 //! tick), a Prometheus endpoint in the shim.
 //!
 //! Counting happens in memory, with relaxed atomics: a request costs a few
-//! increments and no host call. Every metric of a route entry or policy is
+//! increments and two reads of the host's clock (for the chain latency). Every metric of a route entry or policy is
 //! looked up once, when the configuration is compiled; the only names made
 //! later are one per (policy, status) a chain denies with and one per
 //! callout cluster, the first time each happens. So the number of series
@@ -18,7 +18,8 @@
 //! | name | kind | |
 //! |---|---|---|
 //! | `policy_engine.route.<entry>.requests_allowed` | counter | requests the chain let through |
-//! | `policy_engine.route.<entry>.policy.<policy>.status.<code>.requests_denied` | counter | requests a policy answered itself, with that status (below 500) |
+//! | `policy_engine.route.<entry>.policy.<policy>.status.<code>.requests_denied` | counter | requests a policy refused itself, with that status (4xx) |
+//! | `policy_engine.route.<entry>.policy.<policy>.status.<code>.requests_answered` | counter | the same below 400: a preflight, a redirect, a health check |
 //! | `policy_engine.route.<entry>.policy.<policy>.status.<code>.requests_error` | counter | the same with a 5xx: the policy could not decide |
 //! | `policy_engine.route.<entry>.policy.<policy>.policy_continued` | counter | the policy's request phases that let the request go on |
 //! | `policy_engine.route.<entry>.policy.<policy>.policy_replied` | counter | ... that answered the request (a denial, a preflight, a redirect) |
@@ -55,6 +56,17 @@ pub const BUCKETS_US: [u64; 14] = [
 /// between two exports; more are counted in the buckets but not kept.
 const MAX_SAMPLES: usize = 1_024;
 
+/// Whether histograms keep raw samples for a host that takes them
+/// ([`keep_samples`]).
+static KEEP_SAMPLES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes histograms keep their raw samples (at most 1,024 between two
+/// [`Histogram::take_samples`]), for a host whose histograms take samples
+/// (Envoy). Hosts that export buckets (the shim) leave it off.
+pub fn keep_samples() {
+    KEEP_SAMPLES.store(true, Ordering::Relaxed);
+}
+
 /// A monotonic count.
 #[derive(Debug, Default)]
 pub struct Counter(AtomicU64);
@@ -77,7 +89,6 @@ impl Counter {
 pub struct Histogram {
     buckets: [AtomicU64; BUCKETS_US.len() + 1],
     sum: AtomicU64,
-    count: AtomicU64,
     samples: Mutex<Vec<u64>>,
 }
 
@@ -104,17 +115,18 @@ impl Histogram {
             slot.fetch_add(1, Ordering::Relaxed);
         }
         self.sum.fetch_add(micros, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-        let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
-        if samples.len() < MAX_SAMPLES {
-            samples.push(micros);
+        if KEEP_SAMPLES.load(Ordering::Relaxed) {
+            let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+            if samples.len() < MAX_SAMPLES {
+                samples.push(micros);
+            }
         }
     }
 
     /// The buckets, sum and count so far.
     pub fn snapshot(&self) -> HistogramSnapshot {
         let mut running = 0;
-        let cumulative = self
+        let cumulative: Vec<u64> = self
             .buckets
             .iter()
             .map(|b| {
@@ -123,9 +135,10 @@ impl Histogram {
             })
             .collect();
         HistogramSnapshot {
+            // The +Inf bucket, so the count always agrees with the buckets.
+            count: cumulative.last().copied().unwrap_or(0),
             cumulative,
             sum: self.sum.load(Ordering::Relaxed),
-            count: self.count.load(Ordering::Relaxed),
         }
     }
 
@@ -327,17 +340,23 @@ impl ChainMetrics {
                 .entries
                 .get(position)
                 .map_or("_", |e| e.policy.as_str());
-            let outcome = if status >= 500 {
-                "requests_error"
-            } else {
-                "requests_denied"
-            };
             metrics().counter(&format!(
-                "{}.policy.{policy}.status.{status}.{outcome}",
-                self.prefix
+                "{}.policy.{policy}.status.{status}.requests_{}",
+                self.prefix,
+                reply_outcome(status)
             ))
         });
         counter.increment();
+    }
+}
+
+/// What a reply the engine made means: `answered` below 400 (a preflight,
+/// a redirect, a health check), `denied` for a 4xx, `error` for a 5xx.
+pub(crate) fn reply_outcome(status: u16) -> &'static str {
+    match status {
+        ..=399 => "answered",
+        400..=499 => "denied",
+        _ => "error",
     }
 }
 
@@ -374,6 +393,7 @@ mod tests {
 
     #[test]
     fn histograms_bucket_and_keep_samples() {
+        keep_samples();
         let histogram = Histogram::default();
         for micros in [10, 60, 2_000_000] {
             histogram.record(micros);

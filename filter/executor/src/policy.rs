@@ -182,6 +182,20 @@ impl Context {
         }
     }
 
+    /// A copy of this context over other request headers, for evaluating
+    /// expressions on a masked view of the request.
+    pub(crate) fn with_request(&self, request: HeaderMap) -> Self {
+        let mut copy = Self::new(
+            self.route.clone(),
+            request,
+            Arc::clone(&self.remote),
+            HeaderMutations::default(),
+        );
+        copy.connection = self.connection.clone();
+        copy.metadata = self.metadata.clone();
+        copy
+    }
+
     /// The document fetched for `source` (one the policy listed in
     /// [`Policy::remote_sources`]), if a fetch has succeeded yet.
     pub fn document(&self, source: &RemoteSource) -> Option<Document> {
@@ -379,6 +393,13 @@ pub trait Policy: Send + Sync {
     /// before it may still need to read the client's header (a `jwt` reads
     /// the `Authorization` a later `backend-auth` replaces).
     fn asserted_headers(&self) -> Vec<crate::headers::HeaderName> {
+        Vec::new()
+    }
+
+    /// The request headers this instance reads credentials from (an API
+    /// key's header, a token's): the decision log's expressions never see
+    /// them.
+    fn credential_headers(&self) -> Vec<crate::headers::HeaderName> {
         Vec::new()
     }
 

@@ -23,6 +23,7 @@
 
 pub mod callout;
 pub mod cli;
+pub mod decisions;
 pub mod fetch;
 pub mod prometheus;
 pub mod service;

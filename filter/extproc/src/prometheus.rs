@@ -82,6 +82,8 @@ fn label_text(labels: &[(&str, String)], le: Option<&str>) -> String {
 pub async fn serve(listener: tokio::net::TcpListener) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            // Out of file descriptors, most likely: let some close.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             continue;
         };
         tokio::spawn(async move {

@@ -7,7 +7,6 @@
 //! [`ProcessingStream::on_answer`] or [`ProcessingStream::poll`].
 
 use std::collections::HashMap;
-use std::io::Write as _;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::ext_proc::v3::{
@@ -142,9 +141,7 @@ impl ProcessingStream {
     /// Answers a request phase, or waits.
     fn settle_request(&mut self, waiting: Waiting, outcome: Outcome) -> Step {
         if let Some(line) = self.exchange.as_mut().and_then(Exchange::take_decision_log) {
-            // The decision log is the shim's standard output, a line each.
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{line}");
+            crate::decisions::write(line);
         }
         let changes = match outcome {
             Outcome::Wait(wait) => {

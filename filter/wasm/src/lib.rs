@@ -52,6 +52,8 @@ pub fn install(build: Build) {
     // Installs the logger and a panic hook that reports to Envoy's log.
     // Host calls are not allowed yet; `on_configure` adopts Envoy's level.
     proxy_wasm::set_log_level(LogLevel::Info);
+    // Envoy's histograms take samples, which the tick pushes.
+    policy_executor::metrics::keep_samples();
     proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
         Box::new(PluginRoot::new(context_id))
     });
@@ -103,8 +105,6 @@ struct PluginRoot {
     refresher: Refresher,
     /// The refresher's fetches in flight, by callout token.
     fetching: HashMap<u32, (RemoteSource, host::InFlight)>,
-    /// Pushes the engine's metrics into Envoy's stats on each tick.
-    exporter: stats::Exporter,
 }
 
 impl PluginRoot {
@@ -116,7 +116,6 @@ impl PluginRoot {
             tick: Rc::default(),
             refresher: Refresher::default(),
             fetching: HashMap::new(),
-            exporter: stats::Exporter::default(),
         }
     }
 
@@ -124,7 +123,7 @@ impl PluginRoot {
     /// this VM's claims and fetches what is due.
     fn on_timer(&mut self) {
         http::poll_waiting();
-        self.exporter.export();
+        stats::export();
         let Some(engine) = self.engine.as_ref().map(Rc::clone) else {
             return;
         };
@@ -211,7 +210,7 @@ impl RootContext for PluginRoot {
         let configured = Engine::from_config(&text, &registry);
         // The load (or rejection) shows in Envoy's stats now: a VM whose
         // configuration is refused does not live to tick.
-        self.exporter.export();
+        stats::export();
         match configured {
             Ok(mut engine) => {
                 engine.set_host(Box::new(host::EnvoyHost));

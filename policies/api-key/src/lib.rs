@@ -195,6 +195,10 @@ fn refuse(error: CredentialError, cx: &Context) -> Action {
 }
 
 impl Policy for ApiKey {
+    fn credential_headers(&self) -> Vec<HeaderName> {
+        Location::header_names(&self.from)
+    }
+
     fn phases(&self) -> Phases {
         Phases::REQUEST_HEADERS
     }

@@ -487,6 +487,10 @@ impl BasicAuth {
 }
 
 impl Policy for BasicAuth {
+    fn credential_headers(&self) -> Vec<HeaderName> {
+        Location::header_names(std::slice::from_ref(&self.location))
+    }
+
     fn phases(&self) -> Phases {
         Phases::REQUEST_HEADERS
     }

@@ -5,7 +5,7 @@
 //! - name: cors                              # first in the chain: preflights carry no credentials
 //!   config:
 //!     allow_origins: ["https://app.example.com", "https://*.example.com"]
-//!     allow_origin_expression: 'request.headers["origin"].endsWith(".corp.internal")'   # optional, CEL
+//!     allow_origin_expression: 'request.headers["origin"].startsWith("https://") && request.headers["origin"].endsWith(".corp.internal")'   # optional, CEL
 //!     allow_methods: [GET, POST, PUT]
 //!     allow_headers: [authorization, content-type]
 //!     expose_headers: [x-request-id]
@@ -187,6 +187,22 @@ fn build(config: &serde_json::Value) -> Result<Box<dyn Policy>, ParamError> {
             "credentials cannot be allowed for any origin (`*`): name the origins",
         ));
     }
+    if params.allow_credentials {
+        // Browsers read `*` literally in answers to requests with
+        // credentials: a wildcard there allows nothing, and is a mistake.
+        for (field, list) in [
+            ("allow_methods", &params.allow_methods),
+            ("allow_headers", &params.allow_headers),
+            ("expose_headers", &params.expose_headers),
+        ] {
+            if list.iter().any(|v| v == "*") {
+                return Err(ParamError::at(
+                    field,
+                    "`*` is not a wildcard for requests with credentials: name them",
+                ));
+            }
+        }
+    }
     let expression = params
         .allow_origin_expression
         .map(|source| {
@@ -204,7 +220,7 @@ fn build(config: &serde_json::Value) -> Result<Box<dyn Policy>, ParamError> {
                 format!("{method:?} is not a method"),
             ));
         }
-        methods.push(method.to_ascii_uppercase());
+        methods.push(method.clone());
     }
     let mut headers = Vec::with_capacity(params.allow_headers.len());
     for (i, name) in params.allow_headers.iter().enumerate() {
@@ -260,6 +276,11 @@ impl Cors {
     /// Whether `origin` may read this route's responses. An expression that
     /// cannot be evaluated does not allow it.
     fn allows(&self, cx: &Context, origin: &str) -> bool {
+        // Two `Origin` headers (joined with `,`) are no origin at all: which
+        // one would the expression and the reflected value agree on?
+        if origin.contains(',') {
+            return false;
+        }
         // `null` (sandboxed frames, file: pages) is never an origin to trust
         // by pattern; only `*` admits it.
         if self.origins.iter().any(|p| p.matches(origin)) {
@@ -289,10 +310,7 @@ impl Cors {
             .map(|h| h.trim().to_ascii_lowercase())
             .filter(|h| !h.is_empty())
             .collect();
-        let method_ok = self
-            .methods
-            .iter()
-            .any(|m| m == "*" || m.eq_ignore_ascii_case(method));
+        let method_ok = self.methods.iter().any(|m| m == "*" || m == method);
         let any_header = self.headers.iter().any(|h| h == "*");
         let headers_ok = any_header || requested.iter().all(|h| self.headers.contains(h));
         let mut headers = vec![(

@@ -229,3 +229,23 @@ fn origins_that_are_not_origins_are_refused_with_their_index() {
             .unwrap();
     assert_eq!(error.field, "max_age");
 }
+
+#[test]
+fn two_origins_are_none_and_methods_are_case_sensitive() {
+    let engine = strict();
+    let reply = preflight(
+        &engine,
+        "https://app.example.com,https://evil.com",
+        "GET",
+        "",
+    );
+    assert_eq!(header(&reply, "access-control-allow-origin"), None);
+    let reply = preflight(&engine, "https://app.example.com", "put", "");
+    assert_eq!(header(&reply, "access-control-allow-origin"), None);
+    let error = (FACTORY.build)(&json!({
+        "allow_origins": ["https://a.example"], "allow_credentials": true, "allow_headers": ["*"],
+    }))
+    .err()
+    .unwrap();
+    assert_eq!(error.field, "allow_headers");
+}

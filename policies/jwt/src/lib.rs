@@ -690,6 +690,10 @@ fn claim_text(value: &serde_json::Value) -> Option<String> {
 }
 
 impl Policy for Jwt {
+    fn credential_headers(&self) -> Vec<HeaderName> {
+        Location::header_names(&self.from)
+    }
+
     fn phases(&self) -> Phases {
         Phases::REQUEST_HEADERS
     }
