@@ -107,11 +107,13 @@ impl Engine {
         match config::compile(text, registry) {
             Ok(routes) => {
                 loads.increment();
-                Ok(Self {
+                let engine = Self {
                     routes,
                     remote: Arc::default(),
                     unmatched: metrics::UnmatchedMetrics::new(),
-                })
+                };
+                engine.remote.prepare(&engine.remote_sources());
+                Ok(engine)
             }
             Err(error) => {
                 rejections.increment();
@@ -124,7 +126,9 @@ impl Engine {
     /// shared data) rather than this process's memory. Call it before the
     /// first request.
     pub fn set_host(&mut self, host: Box<dyn Host>) {
-        self.remote = Arc::new(Remote::new(host));
+        let remote = Remote::new(host);
+        remote.prepare(&self.remote_sources());
+        self.remote = Arc::new(remote);
     }
 
     /// Every document the configuration's policies need fetched, once each.

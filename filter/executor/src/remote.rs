@@ -210,6 +210,25 @@ impl Remote {
         }
     }
 
+    /// Creates the (empty) attempt entry of each source that has none yet,
+    /// when the configuration is applied, before any worker can claim.
+    ///
+    /// Shared data cannot create an entry atomically: a write that creates
+    /// one also overwrites one made since it was read. Created at claim
+    /// time, two workers racing could each create it, the later wiping the
+    /// earlier's claim, and both fetch. Created here, an overwrite can only
+    /// meet another empty entry (claims come with ticks, after configure).
+    pub fn prepare(&self, sources: &[RemoteSource]) {
+        for source in sources {
+            let key = attempt_key(source);
+            if self.host.shared_get(&key).1.is_none() {
+                if let Err(SharedError::Failed(why)) = self.host.shared_set(&key, &[], None) {
+                    log::warn!("cannot create shared entry {key:?}: {why}");
+                }
+            }
+        }
+    }
+
     /// Asks this worker's [`Refresher`] to fetch `source` on its next tick
     /// (a waiting request needs it and nobody is fetching it).
     pub fn want(&self, source: &RemoteSource) {
