@@ -47,6 +47,12 @@ routes:
     )
 }
 
+/// `host` on [`config`], with `authz` behind the cluster `authz`.
+fn start(host: Host, authz: &AuthzServer) -> Stack {
+    let cluster = grpc_cluster("authz", authz.addr());
+    Stack::start_with_clusters(host, &config(&authz.uri()), vec![cluster], 1)
+}
+
 /// The decision lines the host wrote so far, parsed.
 fn decisions(stack: &Stack) -> Vec<Value> {
     let text = match &stack.shim {
@@ -84,12 +90,7 @@ fn wait_for_decisions(stack: &Stack, count: usize) -> Vec<Value> {
 fn each_request_gets_one_decision_line_field_by_field_without_secrets() {
     for host in Host::ALL {
         let authz = AuthzServer::start_grpc(Decision::allow()).unwrap();
-        let stack = Stack::start_with_clusters(
-            host,
-            &config(&authz.uri()),
-            vec![grpc_cluster("authz", authz.addr())],
-            1,
-        );
+        let stack = start(host, &authz);
         let traceparent = format!("00-{TRACE}-00f067aa0ba902b7-01");
         let allowed = stack.send(
             "GET",
@@ -180,12 +181,7 @@ fn each_request_gets_one_decision_line_field_by_field_without_secrets() {
 fn calls_to_services_carry_the_requests_trace_context() {
     for host in Host::ALL {
         let authz = AuthzServer::start_grpc(Decision::allow()).unwrap();
-        let stack = Stack::start_with_clusters(
-            host,
-            &config(&authz.uri()),
-            vec![grpc_cluster("authz", authz.addr())],
-            1,
-        );
+        let stack = start(host, &authz);
         let traceparent = format!("00-{TRACE}-00f067aa0ba902b7-01");
         let reply = stack.send(
             "GET",

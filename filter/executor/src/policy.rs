@@ -111,6 +111,14 @@ pub struct LocalReply {
 }
 
 impl LocalReply {
+    /// The first value of header `name` (lower-case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// A reply with a plain-text body.
     pub fn text(status: u16, body: impl Into<String>) -> Self {
         Self {

@@ -19,14 +19,6 @@ fn strict() -> Engine {
     }))
 }
 
-fn header<'a>(reply: &'a LocalReply, name: &str) -> Option<&'a str> {
-    reply
-        .headers
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v.as_str())
-}
-
 fn preflight(engine: &Engine, origin: &str, method: &str, headers: &str) -> LocalReply {
     let mut exchange = start(
         engine,
@@ -84,23 +76,23 @@ fn an_allowed_preflight_is_answered_with_everything_the_browser_needs() {
     );
     assert_eq!(reply.status, 204);
     assert_eq!(
-        header(&reply, "access-control-allow-origin"),
+        reply.header("access-control-allow-origin"),
         Some("https://app.example.com")
     );
     assert_eq!(
-        header(&reply, "access-control-allow-methods"),
+        reply.header("access-control-allow-methods"),
         Some("GET, PUT")
     );
     assert_eq!(
-        header(&reply, "access-control-allow-headers"),
+        reply.header("access-control-allow-headers"),
         Some("authorization, content-type")
     );
-    assert_eq!(header(&reply, "access-control-max-age"), Some("600"));
+    assert_eq!(reply.header("access-control-max-age"), Some("600"));
     assert_eq!(
-        header(&reply, "access-control-allow-credentials"),
+        reply.header("access-control-allow-credentials"),
         Some("true")
     );
-    assert!(header(&reply, "vary").unwrap().contains("Origin"));
+    assert!(reply.header("vary").unwrap().contains("Origin"));
 }
 
 #[test]
@@ -118,7 +110,7 @@ fn wildcard_subdomains_match_subdomains_only() {
     ] {
         let reply = preflight(&engine, origin, "GET", "");
         assert_eq!(
-            header(&reply, "access-control-allow-origin").is_some(),
+            reply.header("access-control-allow-origin").is_some(),
             allowed,
             "{origin}"
         );
@@ -187,17 +179,17 @@ fn responses_carry_the_origin_only_when_allowed_and_always_vary() {
 fn any_origin_without_credentials_is_a_star_and_an_expression_can_allow() {
     let any = engine(json!({ "allow_origins": ["*"] }));
     let reply = preflight(&any, "https://whoever.test", "GET", "");
-    assert_eq!(header(&reply, "access-control-allow-origin"), Some("*"));
+    assert_eq!(reply.header("access-control-allow-origin"), Some("*"));
     let by_rule = engine(json!({
         "allow_origin_expression": "request.headers[\"origin\"].endsWith(\".corp.internal\")"
     }));
     let reply = preflight(&by_rule, "https://hr.corp.internal", "GET", "");
     assert_eq!(
-        header(&reply, "access-control-allow-origin"),
+        reply.header("access-control-allow-origin"),
         Some("https://hr.corp.internal")
     );
     let reply = preflight(&by_rule, "https://corp.internal.evil", "GET", "");
-    assert_eq!(header(&reply, "access-control-allow-origin"), None);
+    assert_eq!(reply.header("access-control-allow-origin"), None);
 }
 
 #[test]
@@ -239,9 +231,9 @@ fn two_origins_are_none_and_methods_are_case_sensitive() {
         "GET",
         "",
     );
-    assert_eq!(header(&reply, "access-control-allow-origin"), None);
+    assert_eq!(reply.header("access-control-allow-origin"), None);
     let reply = preflight(&engine, "https://app.example.com", "put", "");
-    assert_eq!(header(&reply, "access-control-allow-origin"), None);
+    assert_eq!(reply.header("access-control-allow-origin"), None);
     let error = (FACTORY.build)(&json!({
         "allow_origins": ["https://a.example"], "allow_credentials": true, "allow_headers": ["*"],
     }))

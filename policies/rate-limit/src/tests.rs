@@ -30,14 +30,6 @@ fn reply(engine: &Engine, headers: &[(&str, &str)]) -> Option<LocalReply> {
     }
 }
 
-fn header<'a>(reply: &'a LocalReply, name: &str) -> Option<&'a str> {
-    reply
-        .headers
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v.as_str())
-}
-
 #[test]
 fn the_definition_matches_the_policy() {
     check_definition(FACTORY, include_str!("../policy.yaml")).unwrap();
@@ -76,13 +68,13 @@ fn a_denial_says_when_to_retry_and_what_the_limits_are() {
     assert_eq!(status(&engine, &[]), 200);
     let denied = reply(&engine, &[]).expect("denied");
     assert_eq!(denied.status, 429);
-    assert_eq!(header(&denied, "retry-after"), Some("30"));
+    assert_eq!(denied.header("retry-after"), Some("30"));
     assert_eq!(
-        header(&denied, "ratelimit-policy"),
+        denied.header("ratelimit-policy"),
         Some("\"per-minute\";q=2;w=60, \"per-hour\";q=100;w=3600")
     );
     assert_eq!(
-        header(&denied, "ratelimit"),
+        denied.header("ratelimit"),
         Some("\"per-minute\";r=0;t=60, \"per-hour\";r=98;t=72")
     );
     assert_eq!(denied.body, b"rate limit exceeded\n");
@@ -344,9 +336,9 @@ fn global_mode_asks_the_service_with_each_limit_as_a_descriptor() {
         panic!("expected a denial, got {outcome:?}")
     };
     assert_eq!(denied.status, 429);
-    assert_eq!(header(&denied, "retry-after"), Some("12"));
+    assert_eq!(denied.header("retry-after"), Some("12"));
     assert_eq!(
-        header(&denied, "ratelimit"),
+        denied.header("ratelimit"),
         Some("\"user\";r=0;t=12, \"all\";r=90;t=1")
     );
 }
@@ -468,9 +460,9 @@ fn a_request_that_can_never_fit_gets_no_retry_after() {
     );
     let denied = reply(&engine, &[("x-units", "6")]).expect("denied");
     assert_eq!(denied.status, 429);
-    assert_eq!(header(&denied, "retry-after"), None);
+    assert_eq!(denied.header("retry-after"), None);
     assert_eq!(
-        header(&denied, "ratelimit"),
+        denied.header("ratelimit"),
         Some("\"units\";r=5;t=0"),
         "nothing was taken"
     );
@@ -502,7 +494,7 @@ fn global_answers_are_read_strictly() {
     assert!(ask(answered(proto::Code::Ok, vec![])).is_none());
     let over = ask(answered(proto::Code::OverLimit, vec![])).expect("denied");
     assert_eq!(over.status, 429);
-    assert_eq!(header(&over, "ratelimit"), None);
-    assert_eq!(header(&over, "retry-after"), Some("1"));
-    assert!(header(&over, "ratelimit-policy").is_some());
+    assert_eq!(over.header("ratelimit"), None);
+    assert_eq!(over.header("retry-after"), Some("1"));
+    assert!(over.header("ratelimit-policy").is_some());
 }
