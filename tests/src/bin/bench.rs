@@ -25,7 +25,13 @@
 //! the two baselines), and `BENCH_MODULE_B` (another build's
 //! `plugin.wasm`: adds `b:` rows running it on the wasm-0, wasm-1 and
 //! wasm-auth chains, to measure a change side by side with what it
-//! changed).
+//! changed), and `BENCH_HOST_CALLS=1` (adds `call:` rows, a probe module
+//! making one kind of host call per request, to price each).
+//!
+//! Two probe rows are always there (`tests/probes`): `probe-noop`, a
+//! proxy-wasm module that does nothing, is the floor for any Rust filter
+//! in V8; `probe-set-header` does wasm-1's header work directly through the
+//! SDK. The gap from them to `wasm-0` and `wasm-1` is the engine's own.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -33,6 +39,7 @@ use std::process::{Command, ExitCode};
 use std::time::Instant;
 
 use integration_tests::authz::{AuthzServer, Decision};
+use integration_tests::chains::{set_headers_chain, CEL_CHAIN};
 use integration_tests::measure::{env_or, quantile};
 use integration_tests::ratelimit::{RateLimitService, Redis};
 use integration_tests::{auth_chain, wrk};
@@ -55,47 +62,6 @@ struct Config {
     /// Envoy clusters besides the echo upstream's (the ext-authz service).
     clusters: Vec<Value>,
 }
-
-/// The policy chain of `n` set-headers instances, each editing one request
-/// and one response header, on Envoy's `echo-default` route.
-fn set_headers_chain(n: usize) -> String {
-    let mut config = String::from("routes:\n  - name: bench\n    match: { route: echo-default }\n");
-    config.push_str(if n == 0 {
-        "    policies: []\n"
-    } else {
-        "    policies:\n"
-    });
-    for i in 0..n {
-        let _ = write!(
-            config,
-            "      - name: set-headers\n        config:\n          request: {{ set: {{ x-bench-{i}: \"on\" }} }}\n          response: {{ set: {{ x-bench-{i}: \"on\" }} }}\n"
-        );
-    }
-    config
-}
-
-/// An authorization policy and a transformation, every value a CEL
-/// expression over the request (or the response).
-const CEL_CHAIN: &str = r#"
-routes:
-  - name: bench
-    match: { route: echo-default }
-    policies:
-      - name: authorization
-        config:
-          rules:
-            - { allow: 'request.method == "GET" && request.path.startsWith("/")' }
-            - { deny: '"x-internal-debug" in request.headers' }
-          default: deny
-      - name: transformation
-        config:
-          request:
-            set: { x-caller: 'request.host + request.path' }
-            add: { x-forwarded-by: '"policy-engine"' }
-            remove: [x-internal-debug]
-          response:
-            set: { x-upstream-status: string(response.code) }
-"#;
 
 /// The same header work as one set-headers instance, in Lua.
 const LUA_SET_HEADERS: &str = r#"
@@ -135,6 +101,61 @@ fn rate_limit_chain(ratelimit: Option<&RateLimitService>) -> String {
     format!(
         "routes:\n  - name: bench\n    match: {{ route: echo-default }}\n    policies:\n      - name: rate-limit\n        config:\n          limits: [{{ name: per-client, descriptors: {{ client: 'request.headers[\"x-client\"]' }}, requests: 1000000, unit: second }}]{global}\n"
     )
+}
+
+/// A row running one of the bench's probe modules (`tests/probes`, built
+/// by `make bench` into target/wasm32-wasip1/release/probe_<crate>.wasm)
+/// with this plugin configuration.
+fn probe(name: &str, krate: &str, configuration: &str, what: &str) -> Config {
+    let module = repo_root().join(format!("target/wasm32-wasip1/release/probe_{krate}.wasm"));
+    Config {
+        name: name.into(),
+        what: what.into(),
+        filters: vec![filters::policy_engine(&module, configuration)],
+        shim: None,
+        headers: Vec::new(),
+        clusters: Vec::new(),
+    }
+}
+
+/// Rows pricing single host calls (`BENCH_HOST_CALLS=1`): the probe that
+/// makes the calls its configuration lists, once per request.
+fn host_call_configs() -> Vec<Config> {
+    [
+        (
+            "call:headers",
+            "headers",
+            "reads the request headers (one get_header_map_pairs)",
+        ),
+        (
+            "call:route",
+            "route",
+            "reads xds.route_name (one get_property)",
+        ),
+        (
+            "call:time",
+            "time",
+            "reads the clock (one get_current_time_nanoseconds)",
+        ),
+        (
+            "call:set",
+            "set",
+            "sets one request header (one replace_header_map_value)",
+        ),
+        (
+            "call:headers+route",
+            "headers route",
+            "the two reads wasm-0 makes",
+        ),
+        (
+            "call:headers+route+time",
+            "headers route time time",
+            "the reads wasm-0 makes, and the clock twice",
+        ),
+    ]
+    .into_iter()
+    .map(|(name, calls, what)| probe(name, "host_calls", calls, what))
+    .collect()
 }
 
 /// `b:` rows: another build's module on the wasm-0, wasm-1 and wasm-auth
@@ -182,6 +203,8 @@ fn configs(authz: &AuthzServer, ratelimit: &RateLimitService) -> Result<Vec<Conf
             headers: Vec::new(),
             clusters: Vec::new(),
         },
+        probe("probe-noop", "noop", "", "a proxy-wasm module that does nothing: the floor for any Rust proxy-wasm filter in V8"),
+        probe("probe-set-header", "set_header", "", "wasm-1's header work written directly against the proxy-wasm SDK"),
         Config {
             name: "wasm-0".into(),
             what: "Wasm filter, empty chain (the host's own cost)".into(),
@@ -493,6 +516,9 @@ fn run() -> Result<bool, String> {
     let ratelimit = RateLimitService::start(&redis.url())
         .map_err(|e| format!("starting the rate limit service: {e}"))?;
     let mut configs = configs(&authz, &ratelimit)?;
+    if env_or("BENCH_HOST_CALLS", 0) == 1 {
+        configs.extend(host_call_configs());
+    }
     if let Ok(module) = std::env::var("BENCH_MODULE_B") {
         configs.extend(module_b_configs(std::path::Path::new(&module))?);
     }
@@ -503,6 +529,7 @@ fn run() -> Result<bool, String> {
             c.name.starts_with("baseline")
                 || wanted.contains(&c.name.as_str())
                 || c.name.starts_with("b:")
+                || c.name.starts_with("call:")
         });
     }
     let scratch = std::env::temp_dir().join(format!("policy-bench-{}", std::process::id()));
