@@ -44,3 +44,32 @@ routes:
           response:
             set: { x-upstream-status: string(response.code) }
 "#;
+
+/// A chain that checks the request body is well-formed JSON (up to
+/// 200,000 bytes), for the open-loop stage's 100 KB requests.
+pub const JSON_BODY_CHAIN: &str = r#"
+routes:
+  - name: bench
+    match: { route: echo-default }
+    policies:
+      - name: json-body
+        config: { max_bytes: 200000 }
+"#;
+
+/// A JSON document of about `bytes` bytes: an array of small objects.
+pub fn json_document(bytes: usize) -> Vec<u8> {
+    let mut text = String::from("[");
+    let mut i = 0;
+    while text.len() < bytes {
+        if i > 0 {
+            text.push(',');
+        }
+        let _ = write!(
+            text,
+            "{{\"id\":{i},\"name\":\"item {i}\",\"tags\":[\"a\",\"b\"],\"price\":{i}.5}}"
+        );
+        i += 1;
+    }
+    text.push(']');
+    text.into_bytes()
+}

@@ -52,6 +52,9 @@ pub struct RequestSpec {
     pub expect_status: u16,
     /// Text the answer's body must contain, if any.
     pub expect_body: Option<String>,
+    /// A body to send (as a POST, with its `content-length`); a GET when
+    /// empty.
+    pub body: Vec<u8>,
 }
 
 impl RequestSpec {
@@ -68,6 +71,22 @@ impl RequestSpec {
             headers,
             expect_status,
             expect_body: None,
+            body: Vec::new(),
+        }
+    }
+
+    /// A POST of `body` to `path` with `headers` that must be answered
+    /// `expect_status`.
+    pub fn post(
+        label: &str,
+        path: &str,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+        expect_status: u16,
+    ) -> Self {
+        Self {
+            body,
+            ..Self::get(label, path, headers, expect_status)
         }
     }
 
@@ -78,7 +97,11 @@ impl RequestSpec {
     }
 
     fn wire(&self, target: SocketAddr) -> Vec<u8> {
-        let mut head = format!("GET {} HTTP/1.1\r\nhost: {target}\r\n", self.path);
+        let method = if self.body.is_empty() { "GET" } else { "POST" };
+        let mut head = format!("{method} {} HTTP/1.1\r\nhost: {target}\r\n", self.path);
+        if !self.body.is_empty() {
+            head.push_str(&format!("content-length: {}\r\n", self.body.len()));
+        }
         for (name, value) in &self.headers {
             head.push_str(name);
             head.push_str(": ");
@@ -86,7 +109,9 @@ impl RequestSpec {
             head.push_str("\r\n");
         }
         head.push_str("\r\n");
-        head.into_bytes()
+        let mut wire = head.into_bytes();
+        wire.extend_from_slice(&self.body);
+        wire
     }
 
     fn judge(&self, response: &Response) -> Outcome {

@@ -212,13 +212,19 @@ impl HeadersMut<'_> {
     /// policy asserts must not reach the upstream from the client under a
     /// spelling the upstream reads as the same header.
     pub fn remove_variants(&mut self, name: &HeaderName) {
+        self.remove_other_variants(name);
+        self.remove(name);
+    }
+
+    /// Removes every value of the variants of `name` other than `name`
+    /// itself.
+    fn remove_other_variants(&mut self, name: &HeaderName) {
         let mut others: Vec<String> = Vec::new();
         for (n, _) in self.map.variants_of(name) {
             if n != name.as_str() && !others.iter().any(|o| o == n) {
                 others.push(n.to_owned());
             }
         }
-        self.remove(name);
         for other in &others {
             self.map.remove(other);
             self.changes.remove(other);
@@ -229,7 +235,9 @@ impl HeadersMut<'_> {
     /// variants, so that an upstream reading `_` as `-` finds this value
     /// and no other: how a policy asserts a header.
     pub fn set_only(&mut self, name: &HeaderName, value: &HeaderValue) {
-        self.remove_variants(name);
+        // `set` replaces `name`'s own values: removing them first would
+        // only be undone.
+        self.remove_other_variants(name);
         self.set(name, value);
     }
 

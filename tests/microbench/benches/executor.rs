@@ -19,7 +19,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use integration_tests::auth_chain;
-use integration_tests::chains::{set_headers_chain, CEL_CHAIN};
+use integration_tests::chains::{json_document, set_headers_chain, CEL_CHAIN, JSON_BODY_CHAIN};
 use policy_microbench::{Fixture, Ran};
 
 /// `printf %s bench-key | sha256sum`
@@ -189,28 +189,9 @@ fn policies(c: &mut Criterion) {
         .to_owned();
     let jwt = Fixture::new(&jwt_only, "/bench", &headers).expect("jwt");
     bench(c, "policy/jwt (cached token)", &jwt, Ran::Passed(2));
-    let json = "      - name: json-body\n        config: { max_bytes: 200000 }\n";
     let body = json_document(100 * 1024);
-    let json = Fixture::post(&one_entry(json), "/api/items", &[], body).expect("json-body");
+    let json = Fixture::post(JSON_BODY_CHAIN, "/api/items", &[], body).expect("json-body");
     bench(c, "policy/json-body (100 KiB)", &json, Ran::Passed(0));
-}
-
-/// A JSON document of about `bytes` bytes: an array of small objects.
-fn json_document(bytes: usize) -> Vec<u8> {
-    let mut text = String::from("[");
-    let mut i = 0;
-    while text.len() < bytes {
-        if i > 0 {
-            text.push(',');
-        }
-        let _ = write!(
-            text,
-            "{{\"id\":{i},\"name\":\"item {i}\",\"tags\":[\"a\",\"b\"],\"price\":{i}.5}}"
-        );
-        i += 1;
-    }
-    text.push(']');
-    text.into_bytes()
 }
 
 fn cel(c: &mut Criterion) {

@@ -10,7 +10,17 @@
 //! with their interquartile range. A second, identical baseline (A/A) must
 //! come out within 3 % of 1.00 or the run is void.
 //!
-//! A second part times the builder: a full build of `build.yaml` from an
+//! A second part is open loop: a fixed rate (500 requests/s) far below
+//! every configuration's capacity, where latency rather than throughput
+//! shows, reported as what a configuration adds to plain Envoy's p50 and
+//! p99 for the same request: the auth chain on both hosts, and a chain that
+//! checks a 100 KB JSON request body (`BENCH_OPEN_LOOP=0` skips it;
+//! `BENCH_OPEN_LOOP_RATE`, `_SECS`, `_ROUNDS` tune it). The load generator
+//! is `make stress`'s (`integration_tests::load`), which times each
+//! request from when it was due, so a stall is not hidden (no coordinated
+//! omission).
+//!
+//! A third part times the builder: a full build of `build.yaml` from an
 //! empty target directory, then the rebuild after one policy's source
 //! changed, with the sizes of the module and the shim (`BENCH_BUILD=0`
 //! skips it).
@@ -39,7 +49,8 @@ use std::process::{Command, ExitCode};
 use std::time::Instant;
 
 use integration_tests::authz::{AuthzServer, Decision};
-use integration_tests::chains::{set_headers_chain, CEL_CHAIN};
+use integration_tests::chains::{json_document, set_headers_chain, CEL_CHAIN, JSON_BODY_CHAIN};
+use integration_tests::load::{Load, Plan, RequestSpec};
 use integration_tests::measure::{env_or, quantile};
 use integration_tests::ratelimit::{RateLimitService, Redis};
 use integration_tests::{auth_chain, wrk};
@@ -416,6 +427,206 @@ fn wrk(target: &Target, seconds: u32, connections: u32) -> Result<Burst, String>
     }
 }
 
+/// Sets up the open-loop stage: the auth chain on both hosts and the
+/// 100 KB JSON body chain on both (started here: their POSTs are not
+/// wrk's), each beside plain Envoy given the same request.
+fn run_open_loop(
+    configs: &[Config],
+    targets: &[Target],
+    upstream: &EchoUpstream,
+    scratch: &std::path::Path,
+) -> Result<String, String> {
+    let target = |name: &str| {
+        configs
+            .iter()
+            .position(|c| c.name == name)
+            .and_then(|i| targets.get(i))
+    };
+    let baseline = target("baseline").ok_or("no baseline")?;
+    let body_config = |name: &str, wasm: bool| Config {
+        name: name.into(),
+        what: String::new(),
+        filters: vec![if wasm {
+            filters::policy_engine(&filter_wasm(), JSON_BODY_CHAIN)
+        } else {
+            filters::ext_proc()
+        }],
+        shim: (!wasm).then(|| JSON_BODY_CHAIN.to_owned()),
+        headers: Vec::new(),
+        clusters: Vec::new(),
+    };
+    let wasm_body = start_target(&body_config("wasm-json-body", true), upstream, scratch)?;
+    let extproc_body = start_target(&body_config("extproc-json-body", false), upstream, scratch)?;
+    let document = json_document(100 * 1024);
+    let json = vec![("content-type".to_owned(), "application/json".to_owned())];
+    let post =
+        |label: &str| RequestSpec::post(label, "/bench", json.clone(), document.clone(), 200);
+    let auth_headers = target("wasm-auth")
+        .map(|t| t.headers.clone())
+        .unwrap_or_default();
+    let get = |label: &str| RequestSpec::get(label, "/bench", auth_headers.clone(), 200);
+    let row = |name: &str, target: &'static str, request| (name.to_owned(), target, request);
+    let wanted = [
+        row("baseline", "baseline", get("auth headers")),
+        row("wasm-auth", "baseline", get("auth")),
+        row("extproc-auth", "baseline", get("auth")),
+        row(
+            "baseline-100k-json",
+            "baseline-100k-json",
+            post("100 KB JSON"),
+        ),
+        row("wasm-json-body", "baseline-100k-json", post("100 KB JSON")),
+        row(
+            "extproc-json-body",
+            "baseline-100k-json",
+            post("100 KB JSON"),
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (name, compared_with, request) in wanted {
+        let found = match name.as_str() {
+            "baseline" | "baseline-100k-json" => Some(baseline),
+            "wasm-json-body" => Some(&wasm_body),
+            "extproc-json-body" => Some(&extproc_body),
+            other => target(other),
+        };
+        if let Some(target) = found {
+            rows.push(OpenLoopRow {
+                name,
+                target,
+                request,
+                compared_with,
+            });
+        }
+    }
+    open_loop_stage(&rows)
+}
+
+/// One row of the open-loop stage: a configuration's Envoy, the request
+/// sent to it, and the row its latency is compared with.
+struct OpenLoopRow<'a> {
+    name: String,
+    target: &'a Target,
+    request: RequestSpec,
+    compared_with: &'static str,
+}
+
+/// The open-loop stage: every row at the same fixed rate, well below any
+/// configuration's capacity, in rounds with the order rotated. A
+/// request's latency runs from when it was due (`integration_tests::load`),
+/// so a stall is charged to every request it held up. Returns the report's
+/// section.
+fn open_loop_stage(rows: &[OpenLoopRow<'_>]) -> Result<String, String> {
+    eprintln!("bench: open-loop stage, {} rows", rows.len());
+    let rate: f64 = env_or("BENCH_OPEN_LOOP_RATE", 500.0);
+    let seconds: u64 = env_or("BENCH_OPEN_LOOP_SECS", 4);
+    let rounds: usize = env_or("BENCH_OPEN_LOOP_ROUNDS", 3);
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); rows.len()];
+    let mut failed = vec![0_u64; rows.len()];
+    for round in 0..rounds {
+        for step in 0..rows.len() {
+            let i = (round + step) % rows.len();
+            let row = &rows[i];
+            let plan = Plan {
+                target: row.target.envoy.addr(),
+                rate,
+                connections: 8,
+                requests: vec![row.request.clone()],
+                timeout: std::time::Duration::from_secs(5),
+            };
+            let load = Load::start(&plan).map_err(|e| format!("{}: {e}", row.name))?;
+            std::thread::sleep(std::time::Duration::from_secs(seconds));
+            let finished = load.stop();
+            // The first half second warms the connections up.
+            let kept = finished
+                .samples
+                .iter()
+                .filter(|s| s.due >= std::time::Duration::from_millis(500));
+            for sample in kept {
+                if sample.outcome.is_expected() {
+                    samples[i].push(sample.latency.as_secs_f64() * 1000.0);
+                } else {
+                    failed[i] += 1;
+                }
+            }
+        }
+        eprintln!("bench: open-loop round {}/{rounds} done", round + 1);
+    }
+    let percentile = |i: usize, q: f64| quantile(&samples[i], q);
+    let mut section = String::new();
+    let _ = writeln!(
+        section,
+        "\n## Latency at a fixed rate (open loop)\n\n\
+         {rate:.0} requests/s for {rounds} x {seconds} s per row, order rotated each round, 8 \
+         connections, the load on core 1; latency from when each request was due. \
+         Added = this row minus the row it is compared with (plain Envoy, the same request).\n\n\
+         | configuration | requests | failed | p50 ms | p99 ms | added p50 ms | added p99 ms |\n\
+         |---|---|---|---|---|---|---|"
+    );
+    for (i, row) in rows.iter().enumerate() {
+        let base = rows
+            .iter()
+            .position(|r| r.name == row.compared_with)
+            .unwrap_or(i);
+        let added = |q: f64| percentile(i, q) - percentile(base, q);
+        let _ = writeln!(
+            section,
+            "| {} | {} | {} | {:.3} | {:.3} | {} | {} |",
+            row.name,
+            samples[i].len(),
+            failed[i],
+            percentile(i, 0.5),
+            percentile(i, 0.99),
+            if base == i {
+                "-".to_owned()
+            } else {
+                format!("{:+.3}", added(0.5))
+            },
+            if base == i {
+                "-".to_owned()
+            } else {
+                format!("{:+.3}", added(0.99))
+            },
+        );
+    }
+    Ok(section)
+}
+
+/// Starts a configuration's Envoy (and shim) beside the echo upstream.
+fn start_target(
+    config: &Config,
+    upstream: &EchoUpstream,
+    scratch: &std::path::Path,
+) -> Result<Target, String> {
+    let mut options = Options::new(config.filters.clone(), upstream.addr());
+    options.cpu = Some(0);
+    options.wasm_log_level = "warn";
+    let shim = match &config.shim {
+        Some(plugin_config) => {
+            let file = scratch.join(format!("{}.yaml", config.name));
+            std::fs::write(&file, plugin_config)
+                .map_err(|e| format!("writing {}: {e}", file.display()))?;
+            let shim = Shim::start(
+                &file,
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                Some(1),
+                "warn",
+            )
+            .map_err(|e| format!("{}: {e}", config.name))?;
+            options.clusters = vec![filters::ext_proc_cluster(shim.addr())];
+            Some(shim)
+        }
+        None => None,
+    };
+    options.clusters.extend(config.clusters.clone());
+    let envoy = Envoy::start(&options).map_err(|e| format!("{}: {e}", config.name))?;
+    Ok(Target {
+        envoy,
+        shim,
+        headers: config.headers.clone(),
+    })
+}
+
 /// Times the builder; returns the report's "Build" section.
 fn measure_builds() -> Result<String, String> {
     let repo = repo_root();
@@ -537,33 +748,7 @@ fn run() -> Result<bool, String> {
         .map_err(|e| format!("creating {}: {e}", scratch.display()))?;
     let mut targets = Vec::new();
     for config in &configs {
-        let mut options = Options::new(config.filters.clone(), upstream.addr());
-        options.cpu = Some(0);
-        options.wasm_log_level = "warn";
-        let shim = match &config.shim {
-            Some(plugin_config) => {
-                let file = scratch.join(format!("{}.yaml", config.name));
-                std::fs::write(&file, plugin_config)
-                    .map_err(|e| format!("writing {}: {e}", file.display()))?;
-                let shim = Shim::start(
-                    &file,
-                    SocketAddr::from(([127, 0, 0, 1], 0)),
-                    Some(1),
-                    "warn",
-                )
-                .map_err(|e| format!("{}: {e}", config.name))?;
-                options.clusters = vec![filters::ext_proc_cluster(shim.addr())];
-                Some(shim)
-            }
-            None => None,
-        };
-        options.clusters.extend(config.clusters.clone());
-        let envoy = Envoy::start(&options).map_err(|e| format!("{}: {e}", config.name))?;
-        targets.push(Target {
-            envoy,
-            shim,
-            headers: config.headers.clone(),
-        });
+        targets.push(start_target(config, &upstream, &scratch)?);
     }
     eprintln!(
         "bench: {} configurations, {cycles} cycles of {burst}s bursts, {connections} connections",
@@ -642,6 +827,12 @@ fn run() -> Result<bool, String> {
             config.what,
         );
     }
+    let open_loop = if env_or("BENCH_OPEN_LOOP", 1) == 0 {
+        String::new()
+    } else {
+        run_open_loop(&configs, &targets, &upstream, &scratch)?
+    };
+    table.push_str(&open_loop);
     let builds = if env_or("BENCH_BUILD", 1) == 0 {
         String::new()
     } else {
