@@ -223,7 +223,8 @@ fn build(
         &mut cargo(&[
             "build",
             "-q",
-            "--release",
+            "--profile",
+            generate::WASM_PROFILE,
             "--target",
             "wasm32-wasip1",
             "-p",
@@ -236,7 +237,12 @@ fn build(
     run(
         Command::new("wasm-opt")
             .args(["-O3", "--strip-debug"])
-            .arg(target.join("wasm32-wasip1/release/plugin.wasm"))
+            .arg(
+                target
+                    .join("wasm32-wasip1")
+                    .join(generate::WASM_PROFILE)
+                    .join("plugin.wasm"),
+            )
             .arg("-o")
             .arg(&module),
         "wasm-opt",

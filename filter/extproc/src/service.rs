@@ -1,5 +1,6 @@
 //! The `envoy.service.ext_proc.v3.ExternalProcessor` gRPC service.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -7,8 +8,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::Ex
 use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
 use policy_executor::metrics::{metrics, Counter, PREFIX};
 use policy_executor::Wait;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::callout::Caller;
@@ -67,22 +67,19 @@ impl Drop for OpenStream {
 }
 
 /// Drives one message's step to its answer: sends calls and polls while the
-/// chain waits. `None` if Envoy went away meanwhile (dropping the state
-/// then gives up its claims).
+/// chain waits. If Envoy goes away meanwhile, the stream is dropped with
+/// this future (and dropping the state gives up its claims).
 async fn answer(
     state: &mut ProcessingStream,
     mut step: Step,
     caller: &Caller,
-    replies: &mpsc::Sender<Result<ProcessingResponse, Status>>,
-) -> Option<ProcessingResponse> {
+) -> ProcessingResponse {
     loop {
         step = match step {
-            Step::Reply(response) => return Some(response),
+            Step::Reply(response) => return response,
             Step::Wait(Wait::Poll) => {
-                tokio::select! {
-                    () = tokio::time::sleep(POLL_EVERY) => state.poll(),
-                    () = replies.closed() => return None,
-                }
+                tokio::time::sleep(POLL_EVERY).await;
+                state.poll()
             }
             Step::Wait(Wait::Send(call)) => {
                 let call = caller.call(call);
@@ -94,7 +91,6 @@ async fn answer(
                             Step::Wait(Wait::Poll) => continue,
                             other => break other,
                         },
-                        () = replies.closed() => return None,
                     }
                 }
             }
@@ -102,44 +98,62 @@ async fn answer(
     }
 }
 
+/// One ext_proc stream's state between Envoy's messages.
+struct Session {
+    inbound: Streaming<ProcessingRequest>,
+    state: ProcessingStream,
+    caller: Arc<Caller>,
+    /// Counted closed when dropped, however the stream ends.
+    _open: OpenStream,
+    /// A malformed message was answered with an error: nothing follows.
+    failed: bool,
+}
+
+impl Session {
+    /// The reply to Envoy's next message; `None` once the stream is over.
+    async fn next_reply(mut self) -> Option<(Result<ProcessingResponse, Status>, Self)> {
+        if self.failed {
+            return None;
+        }
+        let message = match self.inbound.message().await {
+            Ok(Some(message)) => message,
+            Ok(None) => return None,
+            Err(status) => {
+                log::debug!("ext_proc stream ended by Envoy: {status}");
+                return None;
+            }
+        };
+        let reply = match self.state.process(message) {
+            Ok(step) => Ok(answer(&mut self.state, step, &self.caller).await),
+            Err(e) => {
+                self.failed = true;
+                Err(Status::invalid_argument(e.0))
+            }
+        };
+        Some((reply, self))
+    }
+}
+
+/// The replies of one stream, computed as tonic polls for them: in the
+/// connection's task, with no task or channel of their own.
+type Replies = Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl ExternalProcessor for PolicyProcessor {
-    type ProcessStream = ReceiverStream<Result<ProcessingResponse, Status>>;
+    type ProcessStream = Replies;
 
     async fn process(
         &self,
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<Self::ProcessStream>, Status> {
-        let mut inbound = request.into_inner();
-        let stream = OpenStream::new(&self.streams);
-        let mut state = ProcessingStream::new(self.store.current());
-        let caller = Arc::clone(&self.caller);
-        let (replies, outbound) = mpsc::channel(4);
-        tokio::spawn(async move {
-            // Counted closed when this task ends, however it ends.
-            let _stream = stream;
-            loop {
-                let message = match inbound.message().await {
-                    Ok(Some(message)) => message,
-                    Ok(None) => return,
-                    Err(status) => {
-                        log::debug!("ext_proc stream ended by Envoy: {status}");
-                        return;
-                    }
-                };
-                let reply = match state.process(message) {
-                    Ok(step) => match answer(&mut state, step, &caller, &replies).await {
-                        Some(response) => Ok(response),
-                        None => return,
-                    },
-                    Err(e) => Err(Status::invalid_argument(e.0)),
-                };
-                let failed = reply.is_err();
-                if replies.send(reply).await.is_err() || failed {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(outbound)))
+        let session = Session {
+            inbound: request.into_inner(),
+            state: ProcessingStream::new(self.store.current()),
+            caller: Arc::clone(&self.caller),
+            _open: OpenStream::new(&self.streams),
+            failed: false,
+        };
+        let replies = futures_util::stream::unfold(session, Session::next_reply);
+        Ok(Response::new(Box::pin(replies)))
     }
 }

@@ -667,8 +667,8 @@ fn measure_builds() -> Result<String, String> {
     eprintln!("bench: timing the rebuild after one policy changed");
     let incremental = build()?;
     let size = |name: &str| std::fs::metadata(out.join(name)).map_or(0, |m| m.len());
-    let raw_module =
-        std::fs::metadata(target.join("wasm32-wasip1/release/plugin.wasm")).map_or(0, |m| m.len());
+    let raw_module = std::fs::metadata(target.join("wasm32-wasip1/wasm-release/plugin.wasm"))
+        .map_or(0, |m| m.len());
     let policies = std::fs::read_to_string(repo.join("build.yaml"))
         .unwrap_or_default()
         .matches("- path:")
