@@ -212,23 +212,9 @@ impl HeadersMut<'_> {
     /// policy asserts must not reach the upstream from the client under a
     /// spelling the upstream reads as the same header.
     pub fn remove_variants(&mut self, name: &HeaderName) {
-        self.remove_other_variants(name);
+        let others = self.other_variants(name);
         self.remove(name);
-    }
-
-    /// Removes every value of the variants of `name` other than `name`
-    /// itself.
-    fn remove_other_variants(&mut self, name: &HeaderName) {
-        let mut others: Vec<String> = Vec::new();
-        for (n, _) in self.map.variants_of(name) {
-            if n != name.as_str() && !others.iter().any(|o| o == n) {
-                others.push(n.to_owned());
-            }
-        }
-        for other in &others {
-            self.map.remove(other);
-            self.changes.remove(other);
-        }
+        self.remove_all(&others);
     }
 
     /// Replaces every value of `name` with `value` and removes its other
@@ -237,8 +223,28 @@ impl HeadersMut<'_> {
     pub fn set_only(&mut self, name: &HeaderName, value: &HeaderValue) {
         // `set` replaces `name`'s own values: removing them first would
         // only be undone.
-        self.remove_other_variants(name);
+        let others = self.other_variants(name);
         self.set(name, value);
+        self.remove_all(&others);
+    }
+
+    /// The names in the message that are variants of `name`, other than
+    /// `name` itself.
+    fn other_variants(&self, name: &HeaderName) -> Vec<String> {
+        let mut others: Vec<String> = Vec::new();
+        for (n, _) in self.map.variants_of(name) {
+            if n != name.as_str() && !others.iter().any(|o| o == n) {
+                others.push(n.to_owned());
+            }
+        }
+        others
+    }
+
+    fn remove_all(&mut self, names: &[String]) {
+        for name in names {
+            self.map.remove(name);
+            self.changes.remove(name);
+        }
     }
 
     /// Edits the headers in the one order every policy uses: `remove`
