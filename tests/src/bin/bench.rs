@@ -363,20 +363,6 @@ fn configs(authz: &AuthzServer, ratelimit: &RateLimitService) -> Result<Vec<Conf
     ])
 }
 
-/// CPU time, in nanoseconds, the threads of process `pid` alive now have
-/// used (`/proc/<pid>/task/*/schedstat`: finer than the clock ticks of
-/// `/proc/<pid>/stat`).
-fn cpu_nanos(pid: u32) -> u64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    tasks
-        .flatten()
-        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
-        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
-}
-
 /// One wrk burst's figures.
 #[derive(Clone, Copy)]
 struct Burst {
@@ -488,13 +474,8 @@ fn run_open_loop(
             plain("plain"),
         ),
         row("probe-noop", "baseline (no headers)", plain("plain")),
-        row("probe-set-header", "baseline (no headers)", plain("plain")),
         row("lua-1", "baseline (no headers)", plain("plain")),
-        row("wasm-0", "baseline (no headers)", plain("plain")),
         row("wasm-1", "baseline (no headers)", plain("plain")),
-        row("wasm-8", "baseline (no headers)", plain("plain")),
-        row("wasm-cel", "baseline (no headers)", plain("plain")),
-        row("extproc-1", "baseline (no headers)", plain("plain")),
         row("baseline", "baseline", get("auth headers")),
         row("wasm-auth", "baseline", get("auth")),
         row("extproc-auth", "baseline", get("auth")),
@@ -551,10 +532,6 @@ fn open_loop_stage(rows: &[OpenLoopRow<'_>]) -> Result<String, String> {
     let rounds: usize = env_or("BENCH_OPEN_LOOP_ROUNDS", 3);
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); rows.len()];
     let mut failed = vec![0_u64; rows.len()];
-    // CPU nanoseconds Envoy and the shim used, and requests answered.
-    let mut envoy_ns = vec![0_u64; rows.len()];
-    let mut shim_ns = vec![0_u64; rows.len()];
-    let mut answered = vec![0_u64; rows.len()];
     for round in 0..rounds {
         for step in 0..rows.len() {
             let i = (round + step) % rows.len();
@@ -566,15 +543,9 @@ fn open_loop_stage(rows: &[OpenLoopRow<'_>]) -> Result<String, String> {
                 requests: vec![row.request.clone()],
                 timeout: std::time::Duration::from_secs(5),
             };
-            let shim_pid = row.target.shim.as_ref().map(Shim::pid);
-            let envoy_before = cpu_nanos(row.target.envoy.pid());
-            let shim_before = shim_pid.map_or(0, cpu_nanos);
             let load = Load::start(&plan).map_err(|e| format!("{}: {e}", row.name))?;
             std::thread::sleep(std::time::Duration::from_secs(seconds));
             let finished = load.stop();
-            envoy_ns[i] += cpu_nanos(row.target.envoy.pid()).saturating_sub(envoy_before);
-            shim_ns[i] += shim_pid.map_or(0, cpu_nanos).saturating_sub(shim_before);
-            answered[i] += finished.samples.len() as u64;
             // The first half second warms the connections up.
             let kept = finished
                 .samples
@@ -597,15 +568,10 @@ fn open_loop_stage(rows: &[OpenLoopRow<'_>]) -> Result<String, String> {
         "\n## Latency at a fixed rate (open loop)\n\n\
          {rate:.0} requests/s for {rounds} x {seconds} s per row, order rotated each round, 8 \
          connections, the load on core 1; latency from when each request was due. \
-         Added = this row minus the row it is compared with (plain Envoy, the same request). \
-         CPU per request = the CPU time Envoy's threads (and the shim's) used while the row ran, \
-         divided by its requests (read from /proc in nanoseconds, so it counts work, not \
-         waiting: the least noisy measure of cost this machine has).\n\n\
-         | configuration | requests | failed | p50 ms | p99 ms | added p50 ms | added p99 ms | Envoy CPU µs/request | added | shim CPU µs/request |\n\
-         |---|---|---|---|---|---|---|---|---|---|"
+         Added = this row minus the row it is compared with (plain Envoy, the same request).\n\n\
+         | configuration | requests | failed | p50 ms | p99 ms | added p50 ms | added p99 ms |\n\
+         |---|---|---|---|---|---|---|"
     );
-    let cpu_per_request =
-        |cpu: &[u64], i: usize| cpu[i] as f64 / 1_000.0 / answered[i].max(1) as f64;
     for (i, row) in rows.iter().enumerate() {
         let base = rows
             .iter()
@@ -614,7 +580,7 @@ fn open_loop_stage(rows: &[OpenLoopRow<'_>]) -> Result<String, String> {
         let added = |q: f64| percentile(i, q) - percentile(base, q);
         let _ = writeln!(
             section,
-            "| {} | {} | {} | {:.3} | {:.3} | {} | {} | {:.1} | {} | {} |",
+            "| {} | {} | {} | {:.3} | {:.3} | {} | {} |",
             row.name,
             samples[i].len(),
             failed[i],
@@ -629,20 +595,6 @@ fn open_loop_stage(rows: &[OpenLoopRow<'_>]) -> Result<String, String> {
                 "-".to_owned()
             } else {
                 format!("{:+.3}", added(0.99))
-            },
-            cpu_per_request(&envoy_ns, i),
-            if base == i {
-                "-".to_owned()
-            } else {
-                format!(
-                    "{:+.1}",
-                    cpu_per_request(&envoy_ns, i) - cpu_per_request(&envoy_ns, base)
-                )
-            },
-            if row.target.shim.is_some() {
-                format!("{:.1}", cpu_per_request(&shim_ns, i))
-            } else {
-                "-".to_owned()
             },
         );
     }
