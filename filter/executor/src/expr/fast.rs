@@ -115,24 +115,8 @@ impl Fast {
             },
             Self::HasRequestHeader(name) => header(cx.request_headers(), name).is_some(),
             Self::HasResponseHeader(name) => header(cx.response_headers(), name).is_some(),
-            Self::And(left, right) => match left.eval_bool(cx)? {
-                Ok(false) => false,
-                left => match (left, right.eval_bool(cx)?) {
-                    (Ok(true), right) => return Some(right),
-                    (Err(_), Ok(false)) => false,
-                    (Err(missing), _) => return Some(Err(missing)),
-                    (Ok(false), _) => false,
-                },
-            },
-            Self::Or(left, right) => match left.eval_bool(cx)? {
-                Ok(true) => true,
-                left => match (left, right.eval_bool(cx)?) {
-                    (Ok(false), right) => return Some(right),
-                    (Err(_), Ok(true)) => true,
-                    (Err(missing), _) => return Some(Err(missing)),
-                    (Ok(true), _) => true,
-                },
-            },
+            Self::And(left, right) => return logical(left, right, false, cx),
+            Self::Or(left, right) => return logical(left, right, true, cx),
             Self::Not(inner) => match inner.eval_bool(cx)? {
                 Ok(b) => !b,
                 Err(missing) => return Some(Err(missing)),
@@ -154,6 +138,19 @@ impl Fast {
             }
         }
         Some(Ok(text))
+    }
+}
+
+/// CEL's `&&` (`decisive` false) and `||` (`decisive` true): the decisive
+/// value on either side decides, even when the other side is an error.
+fn logical(left: &Fast, right: &Fast, decisive: bool, cx: &Context) -> Eval<bool> {
+    match left.eval_bool(cx)? {
+        Ok(value) if value == decisive => Some(Ok(decisive)),
+        left => match (left, right.eval_bool(cx)?) {
+            (Ok(_), right) => Some(right),
+            (Err(_), Ok(value)) if value == decisive => Some(Ok(decisive)),
+            (Err(missing), _) => Some(Err(missing)),
+        },
     }
 }
 
