@@ -212,3 +212,67 @@ fn the_shims_endpoint_counts_exactly_what_the_shim_did_under_the_same_names() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A stream whose chain waits for a service is dropped by the shim as soon
+/// as Envoy gives up on it (the client went away): its call is cancelled
+/// and its claims given up then, not when the service finally answers.
+#[test]
+fn the_shim_drops_a_waiting_stream_when_envoy_abandons_it() {
+    use std::io::Write as _;
+
+    let authz = AuthzServer::start_grpc(Decision::allow()).unwrap();
+    authz.set_delay(Duration::from_secs(30));
+    let config = format!(
+        r#"
+routes:
+  - name: checked
+    match: {{ path: {{ prefix: / }} }}
+    policies:
+      - name: ext-authz
+        config: {{ grpc: {{ uri: "{}", cluster: authz }}, timeout: 25s }}
+"#,
+        authz.uri()
+    );
+    let stack = Stack::start_with_clusters(Host::ExtProc, &config, Vec::new(), 1);
+    let shim = stack.shim.as_ref().unwrap();
+    let url = format!("http://{}/metrics", shim.metrics_addr().unwrap());
+
+    let mut client = std::net::TcpStream::connect(stack.envoy.addr()).unwrap();
+    client
+        .write_all(b"GET /x HTTP/1.1\r\nhost: test\r\n\r\n")
+        .unwrap();
+    // The chain waits once the service has the check.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while authz.checks() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the check never reached the service"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let found = parse(&get(&url));
+    assert_eq!(
+        (
+            found["policy_engine_extproc_streams_opened"],
+            found["policy_engine_extproc_streams_closed"]
+        ),
+        (1, 0),
+        "the stream is open while its chain waits"
+    );
+    drop(client);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = parse(&get(&url));
+        let opened = found["policy_engine_extproc_streams_opened"];
+        let closed = found["policy_engine_extproc_streams_closed"];
+        if opened == 1 && closed == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "streams: {opened} opened, {closed} closed, 10 s after the client left"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
