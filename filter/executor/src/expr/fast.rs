@@ -20,7 +20,7 @@
 //! Everything else, and any input the fast path does not model (a claim
 //! that is not a string), goes to the interpreter: [`Fast::eval_bool`] and
 //! [`Fast::eval_text`] return `None` then. Where both run, they agree; the
-//! differential test in `expr/tests.rs` checks that over generated
+//! differential test at the end of this file checks that over generated
 //! expressions and requests. In particular errors follow CEL as the
 //! interpreter implements it: an attribute the request lacks is an error,
 //! every operator is strict except `&&` and `||`, which absorb an error on
@@ -89,26 +89,11 @@ impl Fast {
     pub(super) fn eval_bool(&self, cx: &Context) -> Eval<bool> {
         Some(Ok(match self {
             Self::Bool(b) => *b,
-            Self::Equals(a, b) => match strict2(a, b, cx)? {
-                Ok((a, b)) => a == b,
-                Err(missing) => return Some(Err(missing)),
-            },
-            Self::NotEquals(a, b) => match strict2(a, b, cx)? {
-                Ok((a, b)) => a != b,
-                Err(missing) => return Some(Err(missing)),
-            },
-            Self::StartsWith(a, b) => match strict2(a, b, cx)? {
-                Ok((a, b)) => a.starts_with(b.as_ref()),
-                Err(missing) => return Some(Err(missing)),
-            },
-            Self::EndsWith(a, b) => match strict2(a, b, cx)? {
-                Ok((a, b)) => a.ends_with(b.as_ref()),
-                Err(missing) => return Some(Err(missing)),
-            },
-            Self::Contains(a, b) => match strict2(a, b, cx)? {
-                Ok((a, b)) => a.contains(b.as_ref()),
-                Err(missing) => return Some(Err(missing)),
-            },
+            Self::Equals(a, b) => return compare(a, b, cx, |a, b| a == b),
+            Self::NotEquals(a, b) => return compare(a, b, cx, |a, b| a != b),
+            Self::StartsWith(a, b) => return compare(a, b, cx, |a, b| a.starts_with(b)),
+            Self::EndsWith(a, b) => return compare(a, b, cx, |a, b| a.ends_with(b)),
+            Self::Contains(a, b) => return compare(a, b, cx, |a, b| a.contains(b)),
             Self::InList(a, list) => match a.read(cx)? {
                 Ok(a) => list.iter().any(|item| *item == a),
                 Err(missing) => return Some(Err(missing)),
@@ -154,13 +139,14 @@ fn logical(left: &Fast, right: &Fast, decisive: bool, cx: &Context) -> Eval<bool
     }
 }
 
-/// Both operands of a strict operator, left first.
-fn strict2<'a>(a: &'a Text, b: &'a Text, cx: &'a Context) -> Eval<(Cow<'a, str>, Cow<'a, str>)> {
+/// A strict operator over two strings: both read, left first; the first
+/// that is missing is the error.
+fn compare(a: &Text, b: &Text, cx: &Context, op: fn(&str, &str) -> bool) -> Eval<bool> {
     let a = match a.read(cx)? {
         Ok(a) => a,
         Err(missing) => return Some(Err(missing)),
     };
-    Some(b.read(cx)?.map(|b| (a, b)))
+    Some(b.read(cx)?.map(|b| op(&a, &b)))
 }
 
 impl Text {
