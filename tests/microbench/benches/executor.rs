@@ -61,44 +61,40 @@ fn route(c: &mut Criterion) {
             "  - name: svc-{i}\n    match: {{ path: {{ prefix: /svc-{i}/ }}, methods: [GET] }}\n    policies: []\n"
         );
     }
-    let fixture = Fixture::new(&config, "/svc-49/items", &[]).expect("route table");
-    assert!(fixture.start_only(), "the last entry must match");
+    let prefixes = Fixture::new(&config, "/svc-49/items", &[]).expect("route table");
+    assert!(prefixes.start_only(), "the last entry must match");
     c.bench_function("route/50-prefixes-last", |b| {
-        b.iter(|| black_box(fixture.start_only()));
+        b.iter(|| black_box(prefixes.start_only()));
     });
-    let by_name = fixture_named(&set_headers_chain(0));
+    let by_name = fixture(&set_headers_chain(0), &[]);
     c.bench_function("route/by-envoy-route-name", |b| {
         b.iter(|| black_box(by_name.start_only()));
     });
-}
-
-fn fixture_named(config: &str) -> Fixture {
-    fixture(config, &[])
 }
 
 fn chains(c: &mut Criterion) {
     bench(
         c,
         "chain/empty (wasm-0)",
-        &fixture_named(&set_headers_chain(0)),
+        &fixture(&set_headers_chain(0), &[]),
         Ran::Passed(0),
     );
     bench(
         c,
         "chain/set-headers-1 (wasm-1)",
-        &fixture_named(&set_headers_chain(1)),
+        &fixture(&set_headers_chain(1), &[]),
         Ran::Passed(2),
     );
     bench(
         c,
         "chain/set-headers-8 (wasm-8)",
-        &fixture_named(&set_headers_chain(8)),
+        &fixture(&set_headers_chain(8), &[]),
         Ran::Passed(16),
     );
     bench(
         c,
         "chain/cel (wasm-cel)",
-        &fixture_named(CEL_CHAIN),
+        &fixture(CEL_CHAIN, &[]),
         Ran::Passed(4),
     );
     for (name, cache) in [

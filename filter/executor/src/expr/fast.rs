@@ -98,8 +98,8 @@ impl Fast {
                 Ok(a) => list.iter().any(|item| *item == a),
                 Err(missing) => return Some(Err(missing)),
             },
-            Self::HasRequestHeader(name) => header(cx.request_headers(), name).is_some(),
-            Self::HasResponseHeader(name) => header(cx.response_headers(), name).is_some(),
+            Self::HasRequestHeader(name) => has_header(cx.request_headers(), name),
+            Self::HasResponseHeader(name) => has_header(cx.response_headers(), name),
             Self::And(left, right) => return logical(left, right, false, cx),
             Self::Or(left, right) => return logical(left, right, true, cx),
             Self::Not(inner) => match inner.eval_bool(cx)? {
@@ -191,12 +191,7 @@ impl Text {
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<Cow<'a, str>> {
     let mut found: Option<Cow<'a, str>> = None;
     for (n, value) in headers.iter() {
-        let same = !n.starts_with(':')
-            && n.len() == name.len()
-            && n.bytes()
-                .map(|b| if b == b'_' { b'-' } else { b })
-                .eq(name.bytes());
-        if same {
+        if reads_as(n, name) {
             found = Some(match found {
                 None => Cow::Borrowed(value),
                 Some(earlier) => Cow::Owned(format!("{earlier},{value}")),
@@ -216,6 +211,22 @@ fn attribute_path(expr: &IdedExpr) -> Option<(&str, Vec<&str>)> {
         current = &select.operand;
     }
     select_path(expr)
+}
+
+/// `"name" in request.headers`: whether [`header`] would find it, without
+/// joining repeated values.
+fn has_header(headers: &HeaderMap, name: &str) -> bool {
+    headers.iter().any(|(n, _)| reads_as(n, name))
+}
+
+/// Whether the header named `n` is read as `name` (`_` as `-`; never a
+/// pseudo-header).
+fn reads_as(n: &str, name: &str) -> bool {
+    !n.starts_with(':')
+        && n.len() == name.len()
+        && n.bytes()
+            .map(|b| if b == b'_' { b'-' } else { b })
+            .eq(name.bytes())
 }
 
 fn boolean(expr: &IdedExpr) -> Option<Fast> {
