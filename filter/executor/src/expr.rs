@@ -186,8 +186,10 @@ impl Expression {
 
     /// Evaluates to a boolean; any other result is an error.
     pub fn evaluate_bool(&self, cx: &Context) -> Result<bool, EvalError> {
-        if let Some(result) = self.fast.as_ref().and_then(|f| f.eval_bool(cx)) {
-            return result.map_err(|fast::Missing| self.missing_attribute());
+        if let Some(fast::Fast::Condition(condition)) = &self.fast {
+            if let Some(answer) = settled(condition.eval(cx)) {
+                return answer;
+            }
         }
         self.interpret_bool(cx)
     }
@@ -205,10 +207,10 @@ impl Expression {
     /// Evaluates to text: strings as they are, numbers and booleans
     /// formatted. `Ok(None)` for `null`; other types are errors.
     pub fn evaluate_text(&self, cx: &Context) -> Result<Option<String>, EvalError> {
-        if let Some(result) = self.fast.as_ref().and_then(|f| f.eval_text(cx)) {
-            return result
-                .map(Some)
-                .map_err(|fast::Missing| self.missing_attribute());
+        if let Some(fast::Fast::Text(parts)) = &self.fast {
+            if let Some(answer) = settled(fast::concatenate(parts, cx)) {
+                return answer.map(Some);
+            }
         }
         self.interpret_text(cx)
     }
@@ -230,15 +232,6 @@ impl Expression {
         }))
     }
 
-    /// The fast path's error: the interpreter's message, which names the
-    /// attribute, is worth its cost only on this rare path.
-    fn missing_attribute(&self) -> EvalError {
-        EvalError(format!(
-            "`{}` reads an attribute the request does not have",
-            self.source
-        ))
-    }
-
     fn evaluate(&self, cx: &Context) -> Result<Value, EvalError> {
         if let Some(value) = &self.constant {
             return Ok(value.clone());
@@ -250,6 +243,17 @@ impl Expression {
         self.program
             .execute(&activation)
             .map_err(|e| EvalError(e.to_string()))
+    }
+}
+
+/// The fast path's answer, or `None` where the interpreter must answer.
+fn settled<T>(fast: fast::Eval<'_, T>) -> Option<Result<T, EvalError>> {
+    match fast {
+        Ok(value) => Some(Ok(value)),
+        Err(fast::Stop::Missing(attribute)) => {
+            Some(Err(EvalError(format!("no such attribute: {attribute}"))))
+        }
+        Err(fast::Stop::Interpret) => None,
     }
 }
 
@@ -723,10 +727,7 @@ fn check_header_index(call: &cel::common::ast::CallExpr) -> Result<(), String> {
     let [map, key] = call.args.as_slice() else {
         return Ok(());
     };
-    let reads_headers = matches!(
-        select_path(map),
-        Some(("request" | "response", path)) if path == ["headers"]
-    );
+    let reads_headers = fast::headers_of(map).is_some();
     if let (true, Expr::Literal(cel::common::ast::LiteralValue::String(name))) =
         (reads_headers, &key.expr)
     {
@@ -758,6 +759,24 @@ type Val<'a> = Box<dyn cel::common::value::Val + 'a>;
 type Vars<'a> = Vec<(&'static str, Val<'a>)>;
 type CelRecord<'a> = HashMap<CelMapKey<'a>, Val<'a>>;
 
+/// `request.path` and the query: `:path` split at `?` (`/` if absent).
+fn path_and_query(request: &HeaderMap) -> (&str, &str) {
+    let path = request.get(":path").unwrap_or("/");
+    path.split_once('?').unwrap_or((path, ""))
+}
+
+/// `request.host`: `:authority`, already canonical (`Engine::start`: lower
+/// case, no trailing dot), without its port. Never the `host` header, which
+/// nothing made canonical.
+fn host(request: &HeaderMap) -> Option<&str> {
+    request.get(":authority").map(strip_port)
+}
+
+/// `response.code`: `:status` as a number.
+fn response_code(response: &HeaderMap) -> Option<i64> {
+    response.get(":status")?.parse().ok()
+}
+
 /// The variables for one evaluation, holding only the fields it reads and
 /// borrowing the request's strings rather than copying them.
 fn bind<'a>(fields: Fields, cx: &'a Context) -> Vars<'a> {
@@ -767,21 +786,12 @@ fn bind<'a>(fields: Fields, cx: &'a Context) -> Vars<'a> {
     record.put(fields, Fields::REQUEST_METHOD, "method", || {
         text(request.get(":method"))
     });
-    let path = request.get(":path").unwrap_or("/");
-    let (path_only, query) = path.split_once('?').unwrap_or((path, ""));
+    let (path_only, query) = path_and_query(request);
     record.put(fields, Fields::REQUEST_PATH, "path", || {
         text(Some(path_only))
     });
     record.put(fields, Fields::REQUEST_QUERY, "query", || query_map(query));
-    record.put(fields, Fields::REQUEST_HOST, "host", || {
-        text(
-            request
-                // Already canonical (`Engine::start`): lower case, no dot.
-                // Never the `host` header, which nothing made canonical.
-                .get(":authority")
-                .map(strip_port),
-        )
-    });
+    record.put(fields, Fields::REQUEST_HOST, "host", || text(host(request)));
     record.put(fields, Fields::REQUEST_SCHEME, "scheme", || {
         text(request.get(":scheme"))
     });
@@ -857,8 +867,7 @@ fn bind<'a>(fields: Fields, cx: &'a Context) -> Vars<'a> {
     let response = cx.response_headers();
     let mut record = Record::default();
     record.put(fields, Fields::RESPONSE_CODE, "code", || {
-        let code: i64 = response.get(":status")?.parse().ok()?;
-        Some(int(code))
+        response_code(response).map(int)
     });
     record.put(fields, Fields::RESPONSE_HEADERS, "headers", || {
         Some(header_map(response))
@@ -906,6 +915,18 @@ fn int<'a>(value: i64) -> Val<'a> {
     Box::new(CelInt::from(value))
 }
 
+/// The key a header is read under in `request.headers`: its name with `_`
+/// as `-`; none for a pseudo-header.
+fn header_key(name: &str) -> Option<Cow<'_, str>> {
+    if name.starts_with(':') {
+        None
+    } else if name.contains('_') {
+        Some(Cow::Owned(name.replace('_', "-")))
+    } else {
+        Some(Cow::Borrowed(name))
+    }
+}
+
 /// The headers by name, `_` read as `-` (many upstream frameworks read
 /// `x_user` as `x-user`, so a rule on `x-user` must see it too), repeated
 /// ones joined with `,` as RFC 9110 allows.
@@ -913,11 +934,9 @@ fn header_map(headers: &HeaderMap) -> Val<'_> {
     // Repeated headers are rare; join them in a first pass so the map is
     // built once, borrowing every name and value that needs no change.
     let mut joined: Vec<(Cow<'_, str>, Cow<'_, str>)> = Vec::new();
-    for (name, value) in headers.iter().filter(|(n, _)| !n.starts_with(':')) {
-        let name = if name.contains('_') {
-            Cow::Owned(name.replace('_', "-"))
-        } else {
-            Cow::Borrowed(name)
+    for (name, value) in headers.iter() {
+        let Some(name) = header_key(name) else {
+            continue;
         };
         match joined.iter_mut().find(|(n, _)| *n == name) {
             Some((_, earlier)) => *earlier = format!("{earlier},{value}").into(),

@@ -97,6 +97,14 @@ fn missing_attributes_are_errors_not_values() {
     assert!(eval(r#"source.identity.namespace == "team-a""#, &cx).is_err());
     assert!(eval("connection.mtls", &cx).is_err());
     assert!(eval(r#"request.headers["x-debug"] == "1""#, &cx).is_err());
+    // Pseudo-headers are attributes of their own (`request.method`), never
+    // headers: on the fast path and in the interpreter alike.
+    assert!(eval(r#"request.headers[":method"] == "GET""#, &cx).is_err());
+    assert_eq!(eval(r#"":path" in request.headers"#, &cx), Ok(false));
+    assert_eq!(
+        eval(r#"request.headers.exists(h, h.startsWith(":"))"#, &cx),
+        Ok(false)
+    );
     assert_eq!(eval("has(source.identity)", &cx), Ok(false));
     // A certificate whose URI SAN is not a SPIFFE ID gives no identity.
     let cx = with_client_certificate(request(), "https://corp.example/robot");
