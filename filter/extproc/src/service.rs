@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessor;
 use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
+use futures_util::Stream;
 use policy_executor::metrics::{metrics, Counter, PREFIX};
 use policy_executor::Wait;
-use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::callout::Caller;
@@ -135,7 +135,7 @@ impl Session {
 }
 
 /// The replies of one stream, computed as tonic polls for them: in the
-/// connection's task, with no task or channel of their own.
+/// task hyper runs for the stream, with no task or channel of our own.
 type Replies = Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
