@@ -38,8 +38,14 @@ pub struct Fixture {
 /// fixture that stopped doing what it should is noticed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ran {
-    /// The request went upstream with this many header changes.
+    /// The chain ran and the request went upstream with this many header
+    /// changes.
     Passed(usize),
+    /// No chain applies, and the configuration let the request through.
+    Unrouted,
+    /// The fixture has a body the chain never asked for, so the body work
+    /// it is meant to measure did not happen.
+    BodyUnread,
     /// A policy answered with this status.
     Answered(u16),
     /// The chain waited for a service; fixtures never should.
@@ -117,7 +123,7 @@ impl Fixture {
             .start(|| Some("echo-default".to_owned()), self.request.clone())
         {
             Start::Run(exchange) => exchange,
-            Start::Pass(rewrites) => return Ran::Passed(rewrites.iter().count()),
+            Start::Pass(_) => return Ran::Unrouted,
             Start::Respond(reply) => return Ran::Answered(reply.status),
         };
         let mut changes = match exchange.on_request_headers() {
@@ -125,7 +131,10 @@ impl Fixture {
             Outcome::Respond(reply) => return Ran::Answered(reply.status),
             Outcome::Wait(_) => return Ran::Waited,
         };
-        if let (Some(body), true) = (&self.body, exchange.body_needs().request) {
+        if let Some(body) = &self.body {
+            if !exchange.body_needs().request {
+                return Ran::BodyUnread;
+            }
             match exchange.on_request_body(body) {
                 Outcome::Continue(mutations) => changes += mutations.iter().count(),
                 Outcome::Respond(reply) => return Ran::Answered(reply.status),
