@@ -461,10 +461,17 @@ fn run_open_loop(
     let json = vec![("content-type".to_owned(), "application/json".to_owned())];
     let post =
         |label: &str| RequestSpec::post(label, "/bench", json.clone(), document.clone(), 200);
-    let auth_headers = target("wasm-auth")
-        .map(|t| t.headers.clone())
+    refuses_what_it_checks(&wasm_body, &extproc_body, &target)?;
+    // Each auth row sends its own configuration's credentials; plain Envoy
+    // gets the same headers as the first of them.
+    let auth_headers = |name: &str| target(name).map(|t| t.headers.clone());
+    let get = |name: &str| {
+        let headers = auth_headers(name).unwrap_or_default();
+        RequestSpec::get("auth", "/bench", headers, 200)
+    };
+    let baseline_auth = auth_headers("wasm-auth")
+        .or_else(|| auth_headers("extproc-auth"))
         .unwrap_or_default();
-    let get = |label: &str| RequestSpec::get(label, "/bench", auth_headers.clone(), 200);
     let row = |name: &str, target: &'static str, request| (name.to_owned(), target, request);
     let plain = |label: &str| RequestSpec::get(label, "/bench", Vec::new(), 200);
     let wanted = [
@@ -476,9 +483,13 @@ fn run_open_loop(
         row("probe-noop", "baseline (no headers)", plain("plain")),
         row("lua-1", "baseline (no headers)", plain("plain")),
         row("wasm-1", "baseline (no headers)", plain("plain")),
-        row("baseline", "baseline", get("auth headers")),
-        row("wasm-auth", "baseline", get("auth")),
-        row("extproc-auth", "baseline", get("auth")),
+        row(
+            "baseline",
+            "baseline",
+            RequestSpec::get("auth headers", "/bench", baseline_auth, 200),
+        ),
+        row("wasm-auth", "baseline", get("wasm-auth")),
+        row("extproc-auth", "baseline", get("extproc-auth")),
         row(
             "baseline-100k-json",
             "baseline-100k-json",
@@ -509,6 +520,38 @@ fn run_open_loop(
         }
     }
     open_loop_stage(&rows)
+}
+
+/// Checks that the measured chains refuse what they are there to refuse:
+/// plain Envoy answers their requests with 200 too, so a chain that never
+/// ran would look free. Invalid JSON gets 400 from the body chains, a
+/// request without credentials 401 from the auth chains.
+fn refuses_what_it_checks<'a>(
+    wasm_body: &Target,
+    extproc_body: &Target,
+    target: &dyn Fn(&str) -> Option<&'a Target>,
+) -> Result<(), String> {
+    let json = [("content-type", "application/json")];
+    let mut checks = vec![
+        ("wasm-json-body", wasm_body, "POST", &json[..], 400),
+        ("extproc-json-body", extproc_body, "POST", &json[..], 400),
+    ];
+    for name in ["wasm-auth", "extproc-auth"] {
+        if let Some(target) = target(name) {
+            checks.push((name, target, "GET", &[], 401));
+        }
+    }
+    for (name, target, method, headers, expected) in checks {
+        let url = format!("http://{}/bench", target.envoy.addr());
+        let body = (method == "POST").then_some("{\"not\": json");
+        let status = integration_tests::send(&url, method, headers, body).status;
+        if status != expected {
+            return Err(format!(
+                "{name}: a request it must refuse got {status}, not {expected}: the chain does not run"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// One row of the open-loop stage: a configuration's Envoy, the request
@@ -577,7 +620,17 @@ fn open_loop_stage(rows: &[OpenLoopRow<'_>]) -> Result<String, String> {
             .iter()
             .position(|r| r.name == row.compared_with)
             .unwrap_or(i);
-        let added = |q: f64| percentile(i, q) - percentile(base, q);
+        // Failed requests are left out of the percentiles, so a row (or
+        // its comparison) with any has no added figure to report.
+        let added = |q: f64| {
+            if base == i {
+                "-".to_owned()
+            } else if failed[i] > 0 || failed[base] > 0 {
+                "void (failures)".to_owned()
+            } else {
+                format!("{:+.3}", percentile(i, q) - percentile(base, q))
+            }
+        };
         let _ = writeln!(
             section,
             "| {} | {} | {} | {:.3} | {:.3} | {} | {} |",
@@ -586,16 +639,8 @@ fn open_loop_stage(rows: &[OpenLoopRow<'_>]) -> Result<String, String> {
             failed[i],
             percentile(i, 0.5),
             percentile(i, 0.99),
-            if base == i {
-                "-".to_owned()
-            } else {
-                format!("{:+.3}", added(0.5))
-            },
-            if base == i {
-                "-".to_owned()
-            } else {
-                format!("{:+.3}", added(0.99))
-            },
+            added(0.5),
+            added(0.99),
         );
     }
     Ok(section)
@@ -676,8 +721,11 @@ fn measure_builds() -> Result<String, String> {
     eprintln!("bench: timing the rebuild after one policy changed");
     let incremental = build()?;
     let size = |name: &str| std::fs::metadata(out.join(name)).map_or(0, |m| m.len());
-    let raw_module = std::fs::metadata(target.join("wasm32-wasip1/wasm-release/plugin.wasm"))
-        .map_or(0, |m| m.len());
+    // The builder's `wasm-release` profile (`policy_builder::generate`).
+    let raw_path = target.join("wasm32-wasip1/wasm-release/plugin.wasm");
+    let raw_module = std::fs::metadata(&raw_path)
+        .map_err(|e| format!("{}: {e}", raw_path.display()))?
+        .len();
     let policies = std::fs::read_to_string(repo.join("build.yaml"))
         .unwrap_or_default()
         .matches("- path:")
@@ -687,7 +735,7 @@ fn measure_builds() -> Result<String, String> {
     let _ = writeln!(section, "| what | value |\n|---|---|");
     let _ = writeln!(
         section,
-        "| full build, empty target dir (module + shim, release, LTO) | {full:.0} s |"
+        "| full build, empty target dir (module + shim, LTO) | {full:.0} s |"
     );
     let _ = writeln!(
         section,
