@@ -206,7 +206,7 @@ fn build(
     // Checking the registry first turns "this crate is not a policy" into
     // an error that names the policy.
     if let Err(e) = run(
-        &mut cargo(&["check", "-q", "-p", "build-registry"]),
+        &mut cargo(&["check", "-q", "-p", generate::REGISTRY_PACKAGE]),
         "cargo check",
     ) {
         let names: Vec<String> = manifest
@@ -228,7 +228,7 @@ fn build(
             "--target",
             "wasm32-wasip1",
             "-p",
-            "build-wasm",
+            generate::WASM_PACKAGE,
         ]),
         "building the Wasm module",
     )?;
