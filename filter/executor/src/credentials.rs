@@ -383,12 +383,17 @@ fn check_plain(credential: &str) -> Result<(), CredentialError> {
     if credential.is_empty() {
         return Err(CredentialError::Empty);
     }
-    // An ASCII character is whitespace or a control exactly when it is at
-    // most a space, or DEL: tokens, which are ASCII, skip the Unicode tables.
-    let bad = |c: char| {
-        c <= ' ' || c == '\x7f' || (!c.is_ascii() && (c.is_whitespace() || c.is_control()))
+    // Tokens are ASCII: bytes are checked directly (an ASCII character is
+    // whitespace or a control exactly when it is at most a space, or DEL);
+    // anything else takes the Unicode check.
+    let bad = if credential.is_ascii() {
+        credential.bytes().any(|b| b <= b' ' || b == 0x7f)
+    } else {
+        credential
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
     };
-    if credential.chars().any(bad) {
+    if bad {
         return Err(CredentialError::BadCharacter);
     }
     Ok(())
