@@ -260,9 +260,10 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<Cow<'a, str>> {
 }
 
 /// Whether the header named `n` is the key `name` of the interpreter's
-/// header map.
+/// header map. A key is as long as its name, so other lengths are ruled
+/// out before the key is worked out.
 fn reads_as(n: &str, name: &str) -> bool {
-    header_key(n).is_some_and(|key| key == name)
+    n.len() == name.len() && header_key(n).is_some_and(|key| key == name)
 }
 
 /// `a.b.c` as (`a`, [`b`, `c`]), unless a step is a `has()` test.
