@@ -401,7 +401,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::super::{Expression, Phase};
-    use super::{concatenate, Fast, Stop};
+    use super::{concatenate, Eval, Fast, Stop};
     use crate::headers::HeaderMap;
     use crate::policy::{Context, RouteInfo};
 
@@ -538,6 +538,23 @@ mod tests {
         cx
     }
 
+    /// The fast path's answer is the interpreter's (`None`: an error)
+    /// wherever it gives one, and `evaluate_*` give the interpreter's.
+    fn agree<T: PartialEq + std::fmt::Debug>(
+        source: &str,
+        fast: Eval<'_, T>,
+        interpreted: Option<T>,
+        evaluated: Option<T>,
+    ) -> Result<(), TestCaseError> {
+        match fast {
+            Ok(value) => prop_assert_eq!(Some(&value), interpreted.as_ref(), "{}", source),
+            Err(Stop::Missing(_)) => prop_assert_eq!(None, interpreted.as_ref(), "{}", source),
+            Err(Stop::Interpret) => {}
+        }
+        prop_assert_eq!(evaluated, interpreted, "{}", source);
+        Ok(())
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(4000))]
 
@@ -548,13 +565,13 @@ mod tests {
             let Some(Fast::Condition(condition)) = &expression.fast else {
                 return Err(TestCaseError::fail(format!("{source} has no fast shape")));
             };
-            let interpreted = expression.interpret_bool(&cx).ok();
-            match condition.eval(&cx) {
-                Ok(value) => prop_assert_eq!(Some(value), interpreted, "{} on {:?}", source, cx.request_headers()),
-                Err(Stop::Missing(_)) => prop_assert_eq!(None, interpreted, "{} on {:?}", source, cx.request_headers()),
-                Err(Stop::Interpret) => {}
-            }
-            prop_assert_eq!(expression.evaluate_bool(&cx).ok(), interpreted);
+            let source = format!("{source} on {:?}", cx.request_headers());
+            agree(
+                &source,
+                condition.eval(&cx),
+                expression.interpret_bool(&cx).ok(),
+                expression.evaluate_bool(&cx).ok(),
+            )?;
         }
 
         #[test]
@@ -564,13 +581,12 @@ mod tests {
             let Some(Fast::Text(parts)) = &expression.fast else {
                 return Err(TestCaseError::fail(format!("{source} has no fast shape")));
             };
-            let interpreted = expression.interpret_text(&cx).ok();
-            match concatenate(parts, &cx) {
-                Ok(value) => prop_assert_eq!(Some(Some(value)), interpreted.clone(), "{}", source),
-                Err(Stop::Missing(_)) => prop_assert_eq!(None, interpreted.clone(), "{}", source),
-                Err(Stop::Interpret) => {}
-            }
-            prop_assert_eq!(expression.evaluate_text(&cx).ok(), interpreted, "{}", source);
+            agree(
+                &source,
+                concatenate(parts, &cx).map(Some),
+                expression.interpret_text(&cx).ok(),
+                expression.evaluate_text(&cx).ok(),
+            )?;
         }
     }
 
