@@ -30,12 +30,25 @@
 //! * control characters, spaces and a fragment are refused; `*` (for
 //!   `OPTIONS *`) is left alone.
 //!
-//! The host is lower-cased and loses a trailing dot; decisions ignore the
-//! port, and upstream it keeps it. A host with an empty label (`a..b`, two
-//! trailing dots) or a character no host name has is refused.
+//! Percent-encoded bytes that do not form UTF-8 (overlong forms such as
+//! `%C0%AE` for `.`, lone continuation bytes, encoded surrogates) are
+//! refused too: legacy decoders read `%C0%AE%C0%AE` as `..`.
+//!
+//! The host (see [`canonical_authority`]) is lower-cased and loses a
+//! trailing dot; decisions ignore the port, and upstream it keeps it. A host
+//! with an empty label (`a..b`, two trailing dots) or a character no host
+//! name has is refused, and so is a request with no host at all. An IP
+//! literal has one spelling: IPv4 as four decimal numbers, IPv6 as RFC 5952
+//! writes it (`[2001:db8::1]`), and an IPv4-mapped IPv6 address
+//! (`[::ffff:a9fe:a9fe]`) as the IPv4 address it connects to. IPv6 forms
+//! that embed an IPv4 address some other way (IPv4-compatible, NAT64, 6to4,
+//! Teredo, ISATAP, SIIT) and zone identifiers are refused: what they reach
+//! depends on the network, and a rule about the IPv4 address would not see
+//! them.
 
 use std::borrow::Cow;
 use std::fmt;
+use std::net::Ipv6Addr;
 
 use serde::Deserialize;
 
@@ -67,6 +80,9 @@ pub enum PathError {
     BadCharacter,
     /// A raw `;`.
     Semicolon,
+    /// Percent-encoded bytes that are not UTF-8 (`%C0%AE`, `%80`,
+    /// `%ED%A0%80`).
+    NotUtf8,
 }
 
 impl fmt::Display for PathError {
@@ -78,6 +94,7 @@ impl fmt::Display for PathError {
             Self::Backslash => "the path has a backslash",
             Self::BadCharacter => "the path has a character that is not allowed",
             Self::Semicolon => "the path has a ';' (send it encoded, %3B)",
+            Self::NotUtf8 => "the path has percent-encoded bytes that are not UTF-8",
         })
     }
 }
@@ -219,25 +236,36 @@ fn is_canonical(path: &str) -> Result<bool, PathError> {
 }
 
 /// Decodes the escapes of characters a segment may hold as they are, and
-/// upper-cases the other escapes.
+/// upper-cases the other escapes. Escaped bytes past ASCII must spell UTF-8:
+/// the path holds no other non-ASCII bytes, so each run of them is checked
+/// whole.
 fn decode_path(path: &str, slashes: EscapedSlashes) -> Result<String, PathError> {
     let bytes = path.as_bytes();
     let mut out = String::with_capacity(path.len());
+    let mut non_ascii: Vec<u8> = Vec::new();
     let mut at = 0;
     while at < bytes.len() {
         let byte = bytes[at];
+        let escaped = bytes.get(at..).and_then(escaped_byte);
+        if escaped.is_none_or(|b| b.is_ascii()) && !non_ascii.is_empty() {
+            std::str::from_utf8(&non_ascii).map_err(|_| PathError::NotUtf8)?;
+            non_ascii.clear();
+        }
         if byte != b'%' {
             out.push(char::from(byte));
             at += 1;
             continue;
         }
-        let (Some(high), Some(low)) = (
+        let (Some(decoded), Some(high), Some(low)) = (
+            escaped,
             bytes.get(at + 1).copied().and_then(hex_value),
             bytes.get(at + 2).copied().and_then(hex_value),
         ) else {
             return Err(PathError::BadEscape);
         };
-        let decoded = high * 16 + low;
+        if !decoded.is_ascii() {
+            non_ascii.push(decoded);
+        }
         if is_unreserved(decoded) || is_segment_delimiter(decoded) {
             out.push(char::from(decoded));
         } else if decoded < b' ' || decoded == 0x7f {
@@ -251,6 +279,7 @@ fn decode_path(path: &str, slashes: EscapedSlashes) -> Result<String, PathError>
         }
         at += 3;
     }
+    std::str::from_utf8(&non_ascii).map_err(|_| PathError::NotUtf8)?;
     Ok(out)
 }
 
@@ -284,6 +313,9 @@ fn remove_dot_segments(path: &str) -> String {
 /// Why a request's authority cannot be made canonical.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HostError {
+    /// No host, or an empty one (`Host:` with nothing after it): no host
+    /// rule can be decided on it.
+    Empty,
     /// A character no host name or IP literal has (`%`, `@`, a space, a
     /// colon outside brackets, a port that is not a number).
     BadCharacter,
@@ -296,14 +328,33 @@ pub enum HostError {
     /// resolvers read these as the address a rule about `169.254.169.254`
     /// names, and the rule would not see it.
     IpForm,
+    /// A bracketed literal that is not an IPv6 address (`[v1.x]`,
+    /// `[::ffff:1.2.3]`).
+    BadIpv6,
+    /// An IPv6 address with a zone identifier (`[fe80::1%25eth0]`): which
+    /// interface it names is the host's business, not the client's.
+    Zone,
+    /// An IPv6 address that carries an IPv4 address in a form other than
+    /// IPv4-mapped: IPv4-compatible (`[::a9fe:a9fe]`), IPv4-translated
+    /// (`[::ffff:0:a9fe:a9fe]`), NAT64 (`[64:ff9b::a9fe:a9fe]`), 6to4
+    /// (`[2002:a9fe:a9fe::]`), Teredo (`[2001:0:...]`) or ISATAP. Whether
+    /// it reaches the IPv4 address depends on the network, so no one
+    /// spelling can stand for it.
+    EmbeddedIpv4,
 }
 
 impl fmt::Display for HostError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Self::Empty => "the request has no host",
             Self::BadCharacter => "the host has a character that is not allowed",
             Self::EmptyLabel => "the host has an empty label",
             Self::IpForm => "the host is an IPv4 address not written as a.b.c.d",
+            Self::BadIpv6 => "the host is a bracketed literal that is not an IPv6 address",
+            Self::Zone => "the host is an IPv6 address with a zone identifier",
+            Self::EmbeddedIpv4 => {
+                "the host is an IPv6 address that embeds an IPv4 address (only ::ffff:a.b.c.d is read)"
+            }
         })
     }
 }
@@ -343,59 +394,102 @@ impl From<HostError> for NotCanonical {
 }
 
 /// The authority decisions are made on and sent upstream: lower-cased,
-/// without a trailing dot on the host, its port kept. Decisions then ignore
-/// the port ([`strip_port`]). A host that is neither a DNS-style name
-/// (letters, digits, `-`, `_`, non-empty labels) nor a bracketed IP literal
-/// is refused.
+/// without a trailing dot on the host or an empty port, an IP literal in
+/// its one spelling (see the module doc), the port kept. Decisions then
+/// ignore the port ([`strip_port`]). A host that is neither a DNS-style
+/// name (letters, digits, `-`, `_`, non-empty labels) nor an IP literal is
+/// refused, and so is an empty one.
 pub fn canonical_authority(authority: &str) -> Result<Cow<'_, str>, HostError> {
     let host = strip_port(authority);
-    let port = &authority[host.len()..];
-    let trimmed = host.strip_suffix('.').unwrap_or(host);
-    check_host(trimmed)?;
-    if trimmed.len() == host.len() && !authority.bytes().any(|b| b.is_ascii_uppercase()) {
+    let port = match &authority[host.len()..] {
+        // RFC 3986 section 6.2.3: an empty port is no port.
+        ":" => "",
+        port => port,
+    };
+    let canonical = canonical_host(host)?;
+    if matches!(canonical, Cow::Borrowed(_)) && port.len() == authority.len() - host.len() {
         return Ok(Cow::Borrowed(authority));
     }
-    let mut out = trimmed.to_ascii_lowercase();
+    let mut out = canonical.into_owned();
     out.push_str(port);
     Ok(Cow::Owned(out))
 }
 
-fn check_host(host: &str) -> Result<(), HostError> {
-    if let Some(literal) = host.strip_prefix('[') {
-        let literal = literal.strip_suffix(']').ok_or(HostError::BadCharacter)?;
-        let ip_literal = !literal.is_empty()
-            && literal
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
-        return if ip_literal {
-            Ok(())
+/// The one spelling of a host (no port).
+fn canonical_host(host: &str) -> Result<Cow<'_, str>, HostError> {
+    if host.starts_with('[') {
+        return canonical_ipv6(host);
+    }
+    let trimmed = host.strip_suffix('.').unwrap_or(host);
+    if trimmed.is_empty() {
+        return Err(if host.is_empty() {
+            HostError::Empty
         } else {
-            Err(HostError::BadCharacter)
-        };
+            HostError::EmptyLabel
+        });
     }
-    if host.is_empty() {
-        return Ok(());
-    }
-    if !host
+    if !trimmed
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
     {
         return Err(HostError::BadCharacter);
     }
-    if host.split('.').any(str::is_empty) {
+    if trimmed.split('.').any(str::is_empty) {
         return Err(HostError::EmptyLabel);
     }
     // A name whose last label is a number (or hex) is an address to a
     // resolver: only the one spelling rules compare against is accepted.
-    let last = host.rsplit('.').next().unwrap_or_default();
+    let last = trimmed.rsplit('.').next().unwrap_or_default();
     let numeric = last.bytes().all(|b| b.is_ascii_digit())
         || last
             .get(..2)
             .is_some_and(|prefix| prefix.eq_ignore_ascii_case("0x"));
-    if numeric && !is_dotted_quad(host) {
+    if numeric && !is_dotted_quad(trimmed) {
         return Err(HostError::IpForm);
     }
-    Ok(())
+    if trimmed.len() == host.len() && !host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Ok(Cow::Borrowed(host))
+    } else {
+        Ok(Cow::Owned(trimmed.to_ascii_lowercase()))
+    }
+}
+
+/// A bracketed IPv6 literal in RFC 5952's spelling, or, if IPv4-mapped,
+/// the IPv4 address it connects to.
+fn canonical_ipv6(host: &str) -> Result<Cow<'_, str>, HostError> {
+    let literal = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .ok_or(HostError::BadCharacter)?;
+    if literal.contains('%') {
+        return Err(HostError::Zone);
+    }
+    let address: Ipv6Addr = literal.parse().map_err(|_| HostError::BadIpv6)?;
+    if let Some(v4) = address.to_ipv4_mapped() {
+        return Ok(Cow::Owned(v4.to_string()));
+    }
+    if embeds_ipv4(&address) {
+        return Err(HostError::EmbeddedIpv4);
+    }
+    let canonical = format!("[{address}]");
+    Ok(if canonical == host {
+        Cow::Borrowed(host)
+    } else {
+        Cow::Owned(canonical)
+    })
+}
+
+/// Whether an IPv6 address (not IPv4-mapped) carries an IPv4 address that
+/// some network would deliver it to.
+fn embeds_ipv4(address: &Ipv6Addr) -> bool {
+    let s = address.segments();
+    let compatible = s[..6] == [0; 6] && !(address.is_unspecified() || address.is_loopback());
+    let translated = s[..4] == [0; 4] && s[4] == 0xffff && s[5] == 0;
+    let nat64 = s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || s[..3] == [0x64, 0xff9b, 1];
+    let six_to_four = s[0] == 0x2002;
+    let teredo = s[0] == 0x2001 && s[1] == 0;
+    let isatap = s[4] & 0xfcff == 0 && s[5] == 0x5efe;
+    compatible || translated || nat64 || six_to_four || teredo || isatap
 }
 
 /// Four decimal numbers from 0 to 255, without leading zeros.
@@ -583,7 +677,7 @@ mod tests {
             ("api.github.com:https", HostError::BadCharacter),
             ("::1", HostError::BadCharacter),
             ("[::1", HostError::BadCharacter),
-            ("[v1.x]", HostError::BadCharacter),
+            ("[v1.x]", HostError::BadIpv6),
             ("api github.com", HostError::BadCharacter),
             ("2852039166", HostError::IpForm),
             ("0xa9fea9fe", HostError::IpForm),
@@ -593,6 +687,111 @@ mod tests {
             ("256.1.1.1", HostError::IpForm),
         ] {
             assert_eq!(canonical_authority(authority), Err(error), "{authority}");
+        }
+    }
+
+    #[test]
+    fn an_empty_or_missing_host_is_refused() {
+        for authority in ["", ":80", ":"] {
+            assert_eq!(
+                canonical_authority(authority),
+                Err(HostError::Empty),
+                "{authority:?}"
+            );
+        }
+        assert_eq!(canonical_authority("."), Err(HostError::EmptyLabel));
+        assert_eq!(canonical_authority(".:80"), Err(HostError::EmptyLabel));
+    }
+
+    #[test]
+    fn an_ip_literal_has_one_spelling() {
+        for (authority, want) in [
+            // RFC 5952: lower case, zeros compressed, the longest run first.
+            ("[::1]", "[::1]"),
+            ("[0:0:0:0:0:0:0:1]:8080", "[::1]:8080"),
+            ("[2001:DB8::1]", "[2001:db8::1]"),
+            (
+                "[2001:0db8:0000:0000:0001:0000:0000:0001]",
+                "[2001:db8::1:0:0:1]",
+            ),
+            ("[2001:db8::1.2.3.4]", "[2001:db8::102:304]"),
+            ("[::]", "[::]"),
+            // IPv4-mapped: the IPv4 address a dual-stack socket connects to.
+            ("[::ffff:169.254.169.254]", "169.254.169.254"),
+            ("[::ffff:a9fe:a9fe]", "169.254.169.254"),
+            ("[::FFFF:A9FE:A9FE]:80", "169.254.169.254:80"),
+            ("[0:0:0:0:0:ffff:7f00:1]", "127.0.0.1"),
+            ("api.github.com:", "api.github.com"),
+            ("[::1]:", "[::1]"),
+        ] {
+            assert_eq!(
+                canonical_authority(authority).as_deref(),
+                Ok(want),
+                "{authority}"
+            );
+        }
+        assert!(matches!(
+            canonical_authority("[2001:db8::1]:443"),
+            Ok(Cow::Borrowed(_))
+        ));
+    }
+
+    #[test]
+    fn ipv6_forms_that_reach_an_ipv4_address_otherwise_are_refused() {
+        for (authority, error) in [
+            ("[::a9fe:a9fe]", HostError::EmbeddedIpv4),
+            ("[::169.254.169.254]", HostError::EmbeddedIpv4),
+            ("[::ffff:0:a9fe:a9fe]", HostError::EmbeddedIpv4),
+            ("[64:ff9b::a9fe:a9fe]", HostError::EmbeddedIpv4),
+            ("[64:ff9b::169.254.169.254]", HostError::EmbeddedIpv4),
+            ("[64:ff9b:1::a9fe:a9fe]", HostError::EmbeddedIpv4),
+            ("[2002:a9fe:a9fe::1]", HostError::EmbeddedIpv4),
+            (
+                "[2001:0:4136:e378:8000:63bf:5601:5601]",
+                HostError::EmbeddedIpv4,
+            ),
+            ("[fe80::5efe:a9fe:a9fe]", HostError::EmbeddedIpv4),
+            ("[fe80::200:5efe:a9fe:a9fe]", HostError::EmbeddedIpv4),
+            ("[fe80::1%25eth0]", HostError::Zone),
+            ("[fe80::1%eth0]", HostError::Zone),
+            ("[::ffff:1.2.3]", HostError::BadIpv6),
+            ("[::ffff:010.0.0.1]", HostError::BadIpv6),
+            ("[1:2:3:4:5:6:7:8:9]", HostError::BadIpv6),
+            ("[]", HostError::BadIpv6),
+            ("[::1]x", HostError::BadCharacter),
+            ("[\u{ff1a}\u{ff1a}1]", HostError::BadIpv6),
+            // Look-alike dots and digits are not ASCII.
+            ("169\u{3002}254.169.254", HostError::BadCharacter),
+            ("api\u{ff0e}github.com", HostError::BadCharacter),
+            ("\u{ff11}69.254.169.254", HostError::BadCharacter),
+            ("api.github.com\u{200b}", HostError::BadCharacter),
+        ] {
+            assert_eq!(canonical_authority(authority), Err(error), "{authority}");
+        }
+    }
+
+    #[test]
+    fn escaped_bytes_must_spell_utf8() {
+        for target in [
+            "/repos/%c0%ae%c0%ae/users/x", // overlong '.'
+            "/a/%C0%AF",                   // overlong '/'
+            "/a/%e0%80%ae",                // three-byte overlong '.'
+            "/a/%80",                      // a lone continuation byte
+            "/a/%C3",                      // a sequence cut short
+            "/a/%C3x",                     // ... by an ASCII character
+            "/a/%C3%41",                   // ... by an escaped one
+            "/a/%ED%A0%80",                // a surrogate
+            "/a/%F4%90%80%80",             // past U+10FFFF
+            "/a/%ff%fe",
+        ] {
+            assert_eq!(path(target), Err(PathError::NotUtf8), "{target}");
+        }
+        for (target, want) in [
+            ("/caf%c3%a9", "/caf%C3%A9"),
+            ("/%E2%82%AC/%F0%9F%98%80", "/%E2%82%AC/%F0%9F%98%80"),
+            ("/%C3%A9%2e%C3%A9", "/%C3%A9.%C3%A9"),
+        ] {
+            assert_eq!(path(target).as_deref(), Ok(want), "{target}");
         }
     }
 }

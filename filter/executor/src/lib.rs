@@ -18,6 +18,7 @@
 //!   configuration is compiled.
 //! * [`credentials`]: where clients put credentials, shared by the
 //!   authentication policies.
+//! * [`json`]: the one strict reading of JSON bodies.
 //! * [`decision`]: the decision log, a JSON line per request.
 //! * [`attributes`]: the connection attributes (peer address, SPIFFE ID,
 //!   TLS) hosts fetch for the expressions that read them.
@@ -39,6 +40,7 @@ pub mod credentials;
 pub mod decision;
 pub mod expr;
 pub mod headers;
+pub mod json;
 pub mod metrics;
 pub mod policy;
 pub mod registry;

@@ -8,17 +8,20 @@
 //!     max_bytes: 1048576   # larger bodies are refused (default 1 MiB)
 //! ```
 //!
-//! An empty body passes (a GET has none). A malformed request body gets 400
+//! A body is read as the engine reads all JSON (`policy_executor::json`):
+//! UTF-8 only, no lone surrogate escapes, no duplicate keys, at most 64
+//! levels deep; anything else is malformed. An empty body passes (a GET has
+//! none). A malformed request body gets 400
 //! and an oversized one 413, before the upstream sees either. An upstream
 //! response that is malformed or oversized is replaced with 502, so clients
 //! of a JSON API never receive half an error page. This policy needs the
 //! whole body, so its chain buffers it (up to Envoy's buffer limit).
 
+use policy_executor::json::{self, JsonError};
 use policy_executor::{
     parse_params, Action, Context, LocalReply, ParamError, Phases, Policy, PolicyFactory,
     ResponseAction,
 };
-use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 /// The policy's registration.
@@ -74,7 +77,7 @@ fn build(config: &serde_json::Value) -> Result<Box<dyn Policy>, ParamError> {
 /// Why a body is refused.
 enum Fault {
     TooLarge,
-    Malformed(serde_json::Error),
+    Malformed(JsonError),
 }
 
 impl JsonBody {
@@ -85,9 +88,7 @@ impl JsonBody {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(());
         }
-        serde_json::from_slice::<IgnoredAny>(body)
-            .map(drop)
-            .map_err(Fault::Malformed)
+        json::check(body).map_err(Fault::Malformed)
     }
 }
 
@@ -177,6 +178,10 @@ mod tests {
         assert_eq!(run(b"{\"a\": "), 400);
         assert_eq!(run(b"not json"), 400);
         assert_eq!(run(br#"{"a": "0123456789abcdef"}"#), 413);
+        // The engine's strict reading: what parsers disagree on is refused.
+        assert_eq!(run(b"{\"a\":\"\xff\xfe\"}"), 400);
+        assert_eq!(run(br#"{"a":1,"a":2}"#), 400);
+        assert_eq!(run(br#"["\ud800"]"#), 400);
     }
 
     #[test]
