@@ -58,7 +58,7 @@ use cel::common::types::{
 use cel::Value;
 
 use crate::attributes::{Attribute, AttributeSet};
-use crate::canonical::{percent_decode, percent_decode_lossy, strip_port};
+use crate::canonical::{percent_decode, strip_port};
 use crate::headers::HeaderMap;
 use crate::policy::Context;
 
@@ -79,6 +79,8 @@ pub struct Expression {
     /// The same expression as direct code, if it has a common shape.
     fast: Option<fast::Fast>,
     fields: Fields,
+    /// The headers and query parameters it reads by name.
+    reads: ambiguous::Reads,
     /// The value of an expression that reads no attribute (`"edge"`), worked
     /// out once: nothing it could call depends on time or chance.
     constant: Option<Value>,
@@ -152,6 +154,8 @@ impl Expression {
             phase,
             fields: Fields::NONE,
             bound: Vec::new(),
+            key: None,
+            reads: ambiguous::Reads::default(),
             depth: 0,
             nodes: 0,
         };
@@ -169,6 +173,7 @@ impl Expression {
             program,
             fast,
             fields: check.fields,
+            reads: check.reads,
             constant,
         })
     }
@@ -184,8 +189,11 @@ impl Expression {
         self.fields.attributes()
     }
 
-    /// Evaluates to a boolean; any other result is an error.
+    /// Evaluates to a boolean; any other result is an error, and so is a
+    /// request that gives a value the expression reads in two readings
+    /// (see [`ambiguous`]).
     pub fn evaluate_bool(&self, cx: &Context) -> Result<bool, EvalError> {
+        self.reads.check(cx.request_headers())?;
         if let Some(fast::Fast::Condition(condition)) = &self.fast {
             if let Some(answer) = settled(condition.eval(cx)) {
                 return answer;
@@ -205,8 +213,10 @@ impl Expression {
     }
 
     /// Evaluates to text: strings as they are, numbers and booleans
-    /// formatted. `Ok(None)` for `null`; other types are errors.
+    /// formatted. `Ok(None)` for `null`; other types are errors, and so is
+    /// an ambiguous request, as for [`Expression::evaluate_bool`].
     pub fn evaluate_text(&self, cx: &Context) -> Result<Option<String>, EvalError> {
+        self.reads.check(cx.request_headers())?;
         if let Some(fast::Fast::Text(parts)) = &self.fast {
             if let Some(answer) = settled(fast::concatenate(parts, cx)) {
                 return answer.map(Some);
@@ -580,6 +590,11 @@ struct Check {
     fields: Fields,
     /// Variables bound by comprehensions (`all(x, ...)`) around this point.
     bound: Vec<String>,
+    /// The literal name the attribute visited next is indexed with
+    /// (`request.headers["x"]`, `"x" in request.query`).
+    key: Option<String>,
+    /// The request headers and query parameters read by name.
+    reads: ambiguous::Reads,
     /// How deep the walk is now.
     depth: usize,
     /// Nodes seen so far.
@@ -619,6 +634,15 @@ impl Check {
             Expr::Call(call) => {
                 check_function(&call.func_name)?;
                 check_header_index(call)?;
+                if let Some((map, name, key)) = keyed_read(call) {
+                    // The map is an attribute path: its visit goes straight
+                    // to `attribute`, which takes the name.
+                    self.key = Some(name.to_owned());
+                    let visited = self.visit(map);
+                    self.key = None;
+                    visited?;
+                    return self.visit(key);
+                }
                 if let Some(target) = &call.target {
                     self.visit(target)?;
                 }
@@ -655,6 +679,7 @@ impl Check {
 
     /// Checks a reference to `root.path...` and records what it reads.
     fn attribute(&mut self, root: &str, path: &[&str]) -> Result<(), String> {
+        let key = self.key.take();
         if self.bound.iter().any(|b| b == root) {
             return Ok(());
         }
@@ -694,7 +719,28 @@ impl Check {
             }
         }
         self.fields = self.fields.with(fields_under(&current));
+        if root == "request" {
+            self.reads.note(path, key.as_deref());
+        }
         Ok(())
+    }
+}
+
+/// `map["name"]` or `"name" in map`, with a string literal for the name and
+/// an attribute path for the map: the map, the name and its literal.
+fn keyed_read(call: &cel::common::ast::CallExpr) -> Option<(&IdedExpr, &str, &IdedExpr)> {
+    use cel::common::ast::operators::{IN, INDEX};
+    let (map, key) = match (call.func_name.as_str(), call.args.as_slice()) {
+        (INDEX, [map, key]) => (map, key),
+        (IN, [key, map]) => (map, key),
+        _ => return None,
+    };
+    select_path(map)?;
+    match &key.expr {
+        Expr::Literal(cel::common::ast::LiteralValue::String(name)) => {
+            Some((map, name.inner(), key))
+        }
+        _ => None,
     }
 }
 
@@ -928,31 +974,21 @@ fn header_key(name: &str) -> Option<Cow<'_, str>> {
 }
 
 /// The headers by name, `_` read as `-` (many upstream frameworks read
-/// `x_user` as `x-user`, so a rule on `x-user` must see it too), repeated
-/// ones joined with `,` as RFC 9110 allows.
+/// `x_user` as `x-user`, so a rule on `x-user` must see it too), each by
+/// its first line. A request header sent more than once never reaches an
+/// expression that reads it (see [`ambiguous`]); a response header does,
+/// by its first line too.
 fn header_map(headers: &HeaderMap) -> Val<'_> {
-    // Repeated headers are rare; join them in a first pass so the map is
-    // built once, borrowing every name and value that needs no change.
-    let mut joined: Vec<(Cow<'_, str>, Cow<'_, str>)> = Vec::new();
+    let mut map: CelRecord<'_> = HashMap::new();
     for (name, value) in headers.iter() {
-        let Some(name) = header_key(name) else {
-            continue;
+        let key = match header_key(name) {
+            None => continue,
+            Some(Cow::Borrowed(name)) => CelMapKey::from(name),
+            Some(Cow::Owned(name)) => CelMapKey::from(name),
         };
-        match joined.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, earlier)) => *earlier = format!("{earlier},{value}").into(),
-            None => joined.push((name, value.into())),
-        }
+        map.entry(key)
+            .or_insert_with(|| Box::new(CelString::from(value)) as Val<'_>);
     }
-    let map: CelRecord<'_> = joined
-        .into_iter()
-        .map(|(name, value)| {
-            let key = match name {
-                Cow::Borrowed(name) => CelMapKey::from(name),
-                Cow::Owned(name) => CelMapKey::from(name),
-            };
-            (key, Box::new(CelString::from(value)) as Val<'_>)
-        })
-        .collect();
     Box::new(CelMap::from(map))
 }
 
@@ -972,7 +1008,7 @@ fn query_map(query: &str) -> Option<Val<'_>> {
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         let value: Val<'_> = Box::new(CelString::from(percent_decode(value)?.into_owned()));
-        let name = percent_decode_lossy(name).into_owned();
+        let name = percent_decode(name)?.into_owned();
         if !folded_names.insert(name.to_ascii_lowercase()) {
             return None;
         }
@@ -1004,6 +1040,7 @@ fn json_to_cel(value: &serde_json::Value) -> Val<'_> {
     }
 }
 
+mod ambiguous;
 mod fast;
 #[cfg(test)]
 mod tests;

@@ -362,7 +362,7 @@ impl Context {
 /// # use policy_executor::{Engine, HeaderMap, Outcome, Registry, Start};
 /// # let config = b"routes: [{policies: [{name: deny-if-header, config: {header: X-Debug}}]}]";
 /// # let engine = Engine::from_config(config, &Registry::new([FACTORY])).unwrap();
-/// # let request = HeaderMap::from_pairs([(":path", "/"), ("x-debug", "1")]);
+/// # let request = HeaderMap::from_pairs([(":path", "/"), (":authority", "a.example"), ("x-debug", "1")]);
 /// # let Start::Run(mut exchange) = engine.start(|| None, request) else { panic!() };
 /// # assert!(matches!(exchange.on_request_headers(), Outcome::Respond(r) if r.status == 403));
 /// ```

@@ -1,0 +1,178 @@
+//! Values a request gives in two readings, and the rule that no expression
+//! decides on one.
+//!
+//! Upstream frameworks read some constructs differently from one another,
+//! so whichever reading CEL gave, an attacker could pick the spelling that
+//! reads the other way upstream and walk around a deny rule:
+//!
+//! * **A header sent more than once** (`x-role: user` then `x-role: admin`,
+//!   or `x-role` beside `x_role`): some frameworks take the first line,
+//!   some the last, some join them.
+//! * **A raw `+` in a query name or value**: form decoders (most
+//!   frameworks) read a space, RFC 3986 readers a `+`. `%2B` and `%20` say
+//!   which was meant and are read as such.
+//! * **A query name in another case** than the one a rule reads
+//!   (`?DEBUG=1` where a rule reads `debug`): some frameworks ignore case,
+//!   most do not.
+//!
+//! So the static check records which headers and query parameters an
+//! expression reads by name (`request.headers["x-role"]`,
+//! `"debug" in request.query`, `request.query.debug`), and an evaluation on
+//! a request that gives one of them ambiguously is an error, which every
+//! policy turns into its fail-closed outcome (`authorization` denies).
+//! Parameters and headers the expression does not read do not matter. An
+//! expression that reads the map whole (`size(request.headers)`,
+//! `request.query.exists(...)`, an index computed at run time) reads every
+//! name: any repeated header, any raw `+`, and any query name with an
+//! upper-case letter then make it fail.
+
+use std::borrow::Cow;
+
+use super::fast::reads_as;
+use super::{header_key, EvalError};
+use crate::canonical::percent_decode;
+use crate::headers::HeaderMap;
+
+/// The request headers and query parameters an expression reads.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(super) struct Reads {
+    headers: Names,
+    query: Names,
+}
+
+/// Which names of a map an expression reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Names {
+    /// These, by literal name (none: the map is not read).
+    Listed(Vec<String>),
+    /// Any: the map is read whole, or by a name known only at run time.
+    Every,
+}
+
+impl Default for Names {
+    fn default() -> Self {
+        Self::Listed(Vec::new())
+    }
+}
+
+impl Names {
+    fn add(&mut self, name: &str) {
+        if let Self::Listed(names) = self {
+            if !names.iter().any(|n| n == name) {
+                names.push(name.to_owned());
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        matches!(self, Self::Listed(names) if names.is_empty())
+    }
+}
+
+impl Reads {
+    /// Records a use of `request.<path>`; `key` is the literal name it is
+    /// indexed with (`request.headers["x"]`, `"x" in request.headers`).
+    pub(super) fn note(&mut self, path: &[&str], key: Option<&str>) {
+        let (map, name) = match path {
+            [] => {
+                self.headers = Names::Every;
+                self.query = Names::Every;
+                return;
+            }
+            [map] => (map, key),
+            [map, name, ..] => (map, Some(*name)),
+        };
+        let names = match *map {
+            "headers" => &mut self.headers,
+            "query" => &mut self.query,
+            _ => return,
+        };
+        match name {
+            Some(name) => names.add(name),
+            None => *names = Names::Every,
+        }
+    }
+
+    /// `Err` if the request gives a value this expression reads in two
+    /// readings. The error names what the configuration reads, never what
+    /// the client sent.
+    pub(super) fn check(&self, request: &HeaderMap) -> Result<(), EvalError> {
+        if !self.headers.is_empty() {
+            if let Some(name) = repeated_header(&self.headers, request) {
+                return Err(EvalError(format!(
+                    "request.headers[{name:?}] is sent more than once: frameworks disagree \
+                     on which line counts"
+                )));
+            }
+        }
+        if !self.query.is_empty() {
+            let query = super::path_and_query(request).1;
+            if let Some(name) = ambiguous_parameter(&self.query, query) {
+                return Err(EvalError(format!(
+                    "request.query{name} is ambiguous (a raw '+', or its name in another \
+                     case): frameworks disagree on what it says"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A header read by `names` that the request sends more than once (in any
+/// spelling of its name), as the expression names it.
+fn repeated_header(names: &Names, request: &HeaderMap) -> Option<String> {
+    match names {
+        Names::Listed(names) => names
+            .iter()
+            .find(|name| {
+                request
+                    .iter()
+                    .filter(|(n, _)| reads_as(n, name))
+                    .nth(1)
+                    .is_some()
+            })
+            .cloned(),
+        Names::Every => {
+            let keys: Vec<Cow<'_, str>> =
+                request.iter().filter_map(|(n, _)| header_key(n)).collect();
+            keys.iter()
+                .enumerate()
+                .find(|(at, key)| keys[at + 1..].contains(key))
+                .map(|(_, key)| key.clone().into_owned())
+        }
+    }
+}
+
+/// A parameter read by `names` whose name or value the query gives in two
+/// readings: `["name"]` as the expression reads it, or `" parameter"` when
+/// it reads them all.
+fn ambiguous_parameter(names: &Names, query: &str) -> Option<String> {
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
+        // A name that does not decode makes the whole query unreadable
+        // (`expr::query_map`).
+        let Some(name) = percent_decode(raw_name) else {
+            continue;
+        };
+        let plus = raw_name.contains('+') || raw_value.contains('+');
+        match names {
+            Names::Every => {
+                if plus || name.bytes().any(|b| b.is_ascii_uppercase()) {
+                    return Some(" parameter".to_owned());
+                }
+            }
+            Names::Listed(listed) => {
+                let spaced = name.replace('+', " ");
+                let read = listed.iter().find(|key| {
+                    key.eq_ignore_ascii_case(&name) || key.eq_ignore_ascii_case(&spaced)
+                });
+                if let Some(key) = read {
+                    if plus || *key != name {
+                        return Some(format!("[{key:?}]"));
+                    }
+                }
+            }
+        }
+    }
+    None
+}
