@@ -55,7 +55,7 @@ use std::time::Duration;
 
 use crate::attributes::{AttributeSet, Connection};
 use crate::callout::{Answer, Call, CallFailure, CallRequest};
-use crate::decision::{DecisionLog, PolicyDecision, Verdict};
+use crate::decision::{DecisionLog, PolicyDecision, Secrets, Verdict};
 use crate::expr::Expression;
 use crate::headers::{HeaderMap, HeaderMutations, HeaderName};
 use crate::metrics::{metrics, CalloutMetrics, ChainMetrics};
@@ -283,6 +283,9 @@ pub struct Exchange {
 struct Logging {
     log: Arc<DecisionLog>,
     decisions: Vec<PolicyDecision>,
+    /// The credentials the request carried before any policy ran (one may
+    /// strip them while a copy stays elsewhere in the request).
+    arrived_with: Secrets,
     /// The line for this request, once decided, until the host takes it.
     line: Option<String>,
 }
@@ -323,6 +326,7 @@ impl Exchange {
             Box::new(Logging {
                 log,
                 decisions: vec![PolicyDecision::NotRun; self.chain.entries.len()],
+                arrived_with: Secrets::of(self.cx.request_headers(), &self.chain.secret_headers),
                 line: None,
             })
         });
@@ -697,9 +701,10 @@ impl Exchange {
     fn decided(&mut self, reply: Option<(u16, usize)>) {
         let latency_us = self.cx.host().now_micros().saturating_sub(self.started_us);
         self.chain.metrics.latency.record(latency_us);
-        let Some(logging) = &self.logging else {
+        let Some(logging) = &mut self.logging else {
             return;
         };
+        let arrived_with = std::mem::take(&mut logging.arrived_with);
         let policies: Vec<(&str, PolicyDecision)> = self
             .chain
             .entries
@@ -712,8 +717,9 @@ impl Exchange {
             policies: &policies,
             latency_us,
             secret_headers: &self.chain.secret_headers,
+            arrived_with,
         };
-        let line = logging.log.record(&self.cx, &verdict);
+        let line = logging.log.record(&self.cx, verdict);
         if let Some(logging) = self.logging.as_mut() {
             logging.line = line;
         }

@@ -21,19 +21,26 @@
 //! `caller`: `spiffe_id`, `address`, `jwt_sub`, `api_key_consumer`,
 //! `basic_auth_user`, those known.
 //!
-//! Secrets never appear: no field carries a header. Expressions are
-//! evaluated over the request without its query string, its cookies, and
-//! every header that carries a credential: `authorization`,
-//! `proxy-authorization`, any header whose name says key, token, secret,
-//! pass, auth, cred or session, and every header a policy of the chain
-//! reads a credential from or asserts (an API key's header, an injected
-//! backend credential). A value that still contains a credential the
-//! request carries is written as `"[redacted]"`.
+//! Secrets never appear. Expressions are evaluated over the request without
+//! its query string, its cookies, and every header that carries a
+//! credential: `authorization`, `proxy-authorization`, any header whose
+//! name says key, token, secret, pass, auth, cred or session, and every
+//! header a policy of the chain reads a credential from or asserts (an API
+//! key's header, an injected backend credential). Then, whatever the field,
+//! any value that contains a credential the request carried when it
+//! arrived, or carries now, is written as `"[redacted]"`: a header an
+//! expression reads, the path, the host, the request id, the caller (see
+//! [`secrets`] for what counts and how it is compared).
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+
+mod secrets;
+
+pub(crate) use secrets::Secrets;
+use secrets::{secretive, REDACTED};
 
 use crate::attributes::{Attribute, AttributeSet};
 use crate::expr::{Expression, Phase, JWT_CLAIMS};
@@ -129,6 +136,8 @@ pub(crate) struct Verdict<'a> {
     pub(crate) latency_us: u64,
     /// Headers the chain's policies read credentials from or assert.
     pub(crate) secret_headers: &'a [crate::headers::HeaderName],
+    /// The credentials the request carried when it arrived.
+    pub(crate) arrived_with: Secrets,
 }
 
 impl DecisionLog {
@@ -159,7 +168,7 @@ impl DecisionLog {
     }
 
     /// The line for a request, or `None` if this log skips it.
-    pub(crate) fn record(&self, cx: &Context, verdict: &Verdict<'_>) -> Option<String> {
+    pub(crate) fn record(&self, cx: &Context, verdict: Verdict<'_>) -> Option<String> {
         if self.denied_only && verdict.reply.is_none() {
             return None;
         }
@@ -197,16 +206,15 @@ impl DecisionLog {
             };
             record.insert(field_name(*field).to_owned(), value);
         }
+        // What a policy injected (a backend credential) counts too.
+        let mut secrets = verdict.arrived_with;
+        secrets.extend(Secrets::of(request, verdict.secret_headers));
         if !self.expressions.is_empty() {
-            let secrets = credentials(cx, verdict.secret_headers);
             // Expressions see the request without what carries credentials.
-            let masked = cx.with_request(masked(cx, verdict.secret_headers));
+            let masked = cx.with_request(masked(cx, verdict.secret_headers, &secrets));
             let mut fields = Map::new();
             for (name, expression) in &self.expressions {
                 let value = match expression.evaluate_text(&masked) {
-                    Ok(Some(text)) if secrets.iter().any(|s| text.contains(s.as_str())) => {
-                        json!("[redacted]")
-                    }
                     Ok(text) => json!(text),
                     Err(_) => Value::Null,
                 };
@@ -214,6 +222,8 @@ impl DecisionLog {
             }
             record.insert("fields".into(), Value::Object(fields));
         }
+        let mut record = Value::Object(record);
+        redact(&mut record, &secrets);
         serde_json::to_string(&record).ok()
     }
 }
@@ -281,56 +291,42 @@ pub fn trace_id(traceparent: &str) -> Option<&str> {
     valid.then_some(trace)
 }
 
-/// Header names that say they carry a credential.
-fn secretive(name: &str) -> bool {
-    const NAMED: [&str; 3] = ["authorization", "proxy-authorization", "cookie"];
-    const HINTS: [&str; 7] = ["key", "token", "secret", "pass", "auth", "cred", "session"];
-    let name = name.to_ascii_lowercase();
-    NAMED.contains(&name.as_str()) || HINTS.iter().any(|h| name.contains(h))
-}
-
 /// The request as the log's expressions see it: without its query
 /// string, its cookies, and every header that carries a credential (by its
-/// name, or because a policy of the chain reads or asserts one there).
-fn masked(cx: &Context, secret_headers: &[crate::headers::HeaderName]) -> crate::HeaderMap {
+/// name, or because a policy of the chain reads or asserts one there); any
+/// other value holding a copy of a credential reads as `[redacted]`.
+fn masked(
+    cx: &Context,
+    secret_headers: &[crate::headers::HeaderName],
+    secrets: &Secrets,
+) -> crate::HeaderMap {
     let request = cx.request_headers();
-    let kept = request.iter().filter(|(name, _)| {
-        *name != ":path"
-            && !secretive(name)
-            && !secret_headers
-                .iter()
-                .any(|secret| secret.as_str() == *name || secret.is_variant(name))
-    });
+    let kept = request
+        .iter()
+        .filter(|(name, _)| {
+            *name != ":path"
+                && !secretive(name)
+                && !secret_headers
+                    .iter()
+                    .any(|secret| secret.as_str() == *name || secret.is_variant(name))
+        })
+        .map(|(name, value)| (name, secrets.redact(value)));
     let mut headers = crate::HeaderMap::from_pairs(kept);
     if let Some(path) = request.get(":path") {
-        headers.set(":path", path.split_once('?').map_or(path, |(path, _)| path));
+        let path = path.split_once('?').map_or(path, |(path, _)| path);
+        headers.set(":path", &secrets.redact(path));
     }
     headers
 }
 
-/// Values in the request that carry credentials: a second guard, for an
-/// expression that finds one elsewhere (metadata a policy copied it to).
-fn credentials(cx: &Context, secret_headers: &[crate::headers::HeaderName]) -> Vec<String> {
-    let request = cx.request_headers();
-    let mut found: Vec<String> = request
-        .iter()
-        .filter(|(name, value)| {
-            (secretive(name) || secret_headers.iter().any(|s| s.as_str() == *name))
-                && value.len() >= 4
-        })
-        .map(|(_, value)| value.to_owned())
-        .collect();
-    if let Some((_, query)) = request.get(":path").and_then(|p| p.split_once('?')) {
-        for pair in query.split('&') {
-            if let Some((name, value)) = pair.split_once('=') {
-                if secretive(&crate::canonical::percent_decode_lossy(name)) && value.len() >= 4 {
-                    found.push(value.to_owned());
-                    found.push(crate::canonical::percent_decode_lossy(value).into_owned());
-                }
-            }
-        }
+/// Replaces every string in `value` that holds a credential.
+fn redact(value: &mut Value, secrets: &Secrets) {
+    match value {
+        Value::String(text) if secrets.found_in(text) => *text = REDACTED.to_owned(),
+        Value::Array(items) => items.iter_mut().for_each(|v| redact(v, secrets)),
+        Value::Object(fields) => fields.values_mut().for_each(|v| redact(v, secrets)),
+        _ => {}
     }
-    found
 }
 
 #[cfg(test)]
@@ -348,6 +344,10 @@ mod tests {
             Phases::REQUEST_HEADERS
         }
         fn on_request_headers(&self, cx: &mut Context) -> Action {
+            // Takes the credential out, as `jwt` does on its way upstream.
+            if let Ok(name) = crate::HeaderName::parse("authorization") {
+                cx.headers_mut().remove(&name);
+            }
             match cx.request_headers().get("x-deny") {
                 Some(_) => Action::Respond(LocalReply::text(403, "no\n")),
                 None => Action::Continue,
@@ -367,15 +367,16 @@ mod tests {
 
     /// The decision line for a request with `headers` under `log`.
     fn line(log: &str, headers: &[(&str, &str)]) -> Option<Value> {
+        line_for("/p?token=abcd1234", log, headers)
+    }
+
+    /// The decision line for a request to `path` with `headers`.
+    fn line_for(path: &str, log: &str, headers: &[(&str, &str)]) -> Option<Value> {
         let config = format!(
             "decision_log: {log}\nroutes: [{{name: r, policies: [{{name: deny-on-header, config: {{}}}}]}}]"
         );
         let engine = Engine::from_config(config.as_bytes(), &Registry::new([FACTORY])).unwrap();
-        let pairs = [
-            (":method", "GET"),
-            (":path", "/p?token=abcd1234"),
-            (":authority", "h"),
-        ];
+        let pairs = [(":method", "GET"), (":path", path), (":authority", "h")];
         let request = HeaderMap::from_pairs(pairs.into_iter().chain(headers.iter().copied()));
         let Start::Run(mut exchange) = engine.start(|| None, request) else {
             panic!("no chain");
@@ -427,5 +428,75 @@ mod tests {
         ] {
             assert_eq!(trace_id(bad), None, "{bad}");
         }
+    }
+
+    const TOKEN: &str = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl";
+
+    #[test]
+    fn a_credential_copied_anywhere_is_redacted_even_after_a_policy_took_it_out() {
+        let log = r#"{fields: [path, request_id, policy], expressions: {
+            referer: 'request.headers["referer"]',
+            upper: 'request.headers["referer"].upperAscii()',
+            tail: 'request.headers["referer"].substring(30)',
+            custom: 'request.headers["x-copy"]',
+            both: 'request.headers["x-tenant"] + " " + request.headers["x-copy"]',
+            path: 'request.path',
+            tenant: 'request.headers["x-tenant"]'}}"#;
+        let referer = format!("https://app.example/cb?access={TOKEN}");
+        let bearer = format!("Bearer {TOKEN}");
+        let path = format!("/p/{TOKEN}");
+        let got = line_for(
+            &path,
+            log,
+            &[
+                ("authorization", &bearer),
+                ("referer", &referer),
+                ("x-copy", &TOKEN.to_ascii_uppercase()),
+                ("x-request-id", TOKEN),
+                ("x-tenant", "acme"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            got,
+            json!({
+                "path": "[redacted]",
+                "request_id": "[redacted]",
+                "policy": null,
+                "fields": {
+                    "referer": "[redacted]",
+                    // Expressions read the copy as "[redacted]" already, so
+                    // no transformation brings any of it back.
+                    "upper": "[REDACTED]",
+                    "tail": null,
+                    "custom": "[redacted]",
+                    "both": "acme [redacted]",
+                    "path": "[redacted]",
+                    "tenant": "acme",
+                }
+            })
+        );
+    }
+
+    #[test]
+    fn cookie_query_and_basic_credentials_are_redacted_in_their_copies() {
+        let log = r#"{fields: [], expressions: {a: 'request.headers["x-a"]', b: 'request.headers["x-b"]', c: 'request.headers["x-c"]', d: 'request.headers["x-d"]'}}"#;
+        let got = line_for(
+            "/p?api_key=k3y-from-the-query&page=2",
+            log,
+            &[
+                ("cookie", "theme=dark; sid=0123456789abcdef"),
+                ("proxy-authorization", "Basic YWxpY2U6aHVudGVyMg=="), // alice:hunter2
+                ("x-a", "sid was 0123456789abcdef"),
+                ("x-b", "key=k3y-from-the-query"),
+                ("x-c", "pw: hunter2"),
+                ("x-d", "dark"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            got["fields"],
+            json!({"a": "[redacted]", "b": "[redacted]", "c": "[redacted]", "d": "dark"})
+        );
     }
 }

@@ -1,0 +1,207 @@
+//! The credentials a request carries, and the redaction of any logged text
+//! that holds a copy of one.
+//!
+//! A credential is found where clients put them, in the request **as it
+//! arrived**, before any policy took it out (`jwt` strips `authorization`
+//! on its way upstream, but a copy in `referer` stays):
+//!
+//! * `authorization` and `proxy-authorization`: the value, the credential
+//!   after its scheme, and for `Basic` the decoded `user:password` and the
+//!   password alone;
+//! * every header whose name says it carries one (key, token, secret,
+//!   pass, auth, cred, session) or that a policy of the chain reads one
+//!   from: the value, and what follows a scheme;
+//! * every cookie value;
+//! * query parameters whose name says it carries one.
+//!
+//! A copy can sit anywhere: in any header (`referer`, a custom one), the
+//! path, a cookie of another name, metadata a policy wrote. So nothing
+//! depends on where the copy is: any logged string that contains a
+//! credential, compared without regard to ASCII case and after
+//! percent-decoding, is replaced whole.
+
+use std::borrow::Cow;
+
+use ct_codecs::{Base64, Decoder};
+
+use crate::canonical::percent_decode_lossy;
+use crate::headers::{HeaderMap, HeaderName};
+
+/// What replaces a value that holds a credential.
+pub(crate) const REDACTED: &str = "[redacted]";
+
+/// The shortest value taken for a credential: shorter ones would redact
+/// ordinary text and protect nothing.
+const MIN_CREDENTIAL: usize = 4;
+
+/// The shortest cookie value taken, when the cookie's name does not say it
+/// holds a credential (`theme=dark`, `lang=en-US` are not secrets).
+const MIN_COOKIE: usize = 8;
+
+/// Credentials, lower-cased for comparison.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Secrets(Vec<String>);
+
+impl Secrets {
+    /// The credentials in `request`; `credential_headers` are the headers
+    /// the chain's policies read credentials from or assert.
+    pub(crate) fn of(request: &HeaderMap, credential_headers: &[HeaderName]) -> Self {
+        let mut secrets = Self::default();
+        for (name, value) in request.iter() {
+            if name == "cookie" {
+                secrets.add_cookies(value);
+            } else if secretive(name)
+                || credential_headers
+                    .iter()
+                    .any(|h| h.as_str() == name || h.is_variant(name))
+            {
+                secrets.add_credential(value);
+            }
+        }
+        if let Some((_, query)) = request.get(":path").and_then(|p| p.split_once('?')) {
+            for pair in query.split('&') {
+                if let Some((name, value)) = pair.split_once('=') {
+                    if secretive(&percent_decode_lossy(name)) {
+                        secrets.add(value, MIN_CREDENTIAL);
+                        secrets.add(&percent_decode_lossy(value), MIN_CREDENTIAL);
+                    }
+                }
+            }
+        }
+        secrets
+    }
+
+    /// Adds those of `other` this set lacks.
+    pub(crate) fn extend(&mut self, other: Self) {
+        for secret in other.0 {
+            if !self.0.contains(&secret) {
+                self.0.push(secret);
+            }
+        }
+    }
+
+    /// Whether `text` holds any of them.
+    pub(crate) fn found_in(&self, text: &str) -> bool {
+        if self.0.is_empty() {
+            return false;
+        }
+        let lower = text.to_ascii_lowercase();
+        let decoded = percent_decode_lossy(&lower);
+        self.0
+            .iter()
+            .any(|secret| lower.contains(secret.as_str()) || decoded.contains(secret.as_str()))
+    }
+
+    /// `text`, or [`REDACTED`] if it holds a credential.
+    pub(crate) fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        if self.found_in(text) {
+            Cow::Borrowed(REDACTED)
+        } else {
+            Cow::Borrowed(text)
+        }
+    }
+
+    fn add(&mut self, value: &str, shortest: usize) {
+        let value = value.trim();
+        if value.len() >= shortest {
+            let lower = value.to_ascii_lowercase();
+            if !self.0.contains(&lower) {
+                self.0.push(lower);
+            }
+        }
+    }
+
+    /// A header value that is a credential, perhaps after a scheme.
+    fn add_credential(&mut self, value: &str) {
+        self.add(value, MIN_CREDENTIAL);
+        let Some((scheme, credential)) = value.trim().split_once(' ') else {
+            return;
+        };
+        let credential = credential.trim();
+        self.add(credential, MIN_CREDENTIAL);
+        if scheme.eq_ignore_ascii_case("basic") {
+            let decoded = Base64::decode_to_vec(credential, None)
+                .ok()
+                .and_then(|d| String::from_utf8(d).ok());
+            if let Some(pair) = decoded {
+                self.add(&pair, MIN_CREDENTIAL);
+                if let Some((_, password)) = pair.split_once(':') {
+                    self.add(password, MIN_CREDENTIAL);
+                }
+            }
+        }
+    }
+
+    fn add_cookies(&mut self, header: &str) {
+        for cookie in header.split(';') {
+            let Some((name, value)) = cookie.split_once('=') else {
+                continue;
+            };
+            let value = value.trim().trim_matches('"');
+            let shortest = if secretive(name.trim()) {
+                MIN_CREDENTIAL
+            } else {
+                MIN_COOKIE
+            };
+            self.add(value, shortest);
+            self.add(&percent_decode_lossy(value), shortest);
+        }
+    }
+}
+
+/// Header (and query parameter) names that say they carry a credential.
+pub(crate) fn secretive(name: &str) -> bool {
+    const NAMED: [&str; 3] = ["authorization", "proxy-authorization", "cookie"];
+    const HINTS: [&str; 7] = ["key", "token", "secret", "pass", "auth", "cred", "session"];
+    let name = name.to_ascii_lowercase();
+    NAMED.contains(&name.as_str()) || HINTS.iter().any(|h| name.contains(h))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secrets(headers: &[(&str, &str)]) -> Secrets {
+        Secrets::of(&HeaderMap::from_pairs(headers.iter().copied()), &[])
+    }
+
+    #[test]
+    fn credentials_are_found_where_clients_put_them() {
+        let found = secrets(&[
+            (":path", "/p?access_token=tok%2Fen-123&page=2"),
+            ("authorization", "Bearer eyJhbGciOi.payload.sig"),
+            ("proxy-authorization", "Basic YWxpY2U6aHVudGVyMg=="), // alice:hunter2
+            ("x-api-key", "k3y-v4lue"),
+            (
+                "cookie",
+                "theme=dark; sid=\"0123456789abcdef\"; session=s3ss",
+            ),
+        ]);
+        for copy in [
+            "https://example.com/?t=eyJhbGciOi.payload.sig",
+            "EYJHBGCIOI.PAYLOAD.SIG",
+            "YWxpY2U6aHVudGVyMg==",
+            "password was hunter2",
+            "alice:hunter2",
+            "k3y-v4lue",
+            "0123456789abcdef",
+            "s3ss",
+            "tok/en-123",
+            "tok%2Fen-123",
+            "/r?u=tok%2fen-123",
+        ] {
+            assert!(found.found_in(copy), "{copy}");
+        }
+        for plain in ["dark mode", "page 2", "Bearer", "alice", "/p"] {
+            assert!(!found.found_in(plain), "{plain}");
+        }
+    }
+
+    #[test]
+    fn a_header_a_policy_reads_a_credential_from_counts_whatever_its_name() {
+        let request = HeaderMap::from_pairs([("x-client-id", "client-credential-9")]);
+        assert!(!Secrets::of(&request, &[]).found_in("client-credential-9"));
+        let named = HeaderName::parse("x-client-id").unwrap();
+        assert!(Secrets::of(&request, &[named]).found_in("client-credential-9"));
+    }
+}
