@@ -189,6 +189,42 @@ impl Stack {
     pub fn send(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
         send(&self.envoy.url(path), method, headers, None)
     }
+
+    /// The decision-log lines the host wrote so far, parsed: the shim's
+    /// standard output, or Envoy's log for the Wasm filter.
+    pub fn decisions(&self) -> Vec<Value> {
+        let text = match &self.shim {
+            Some(shim) => shim.stdout(),
+            None => self.envoy.log(),
+        };
+        text.lines()
+            .filter_map(|line| {
+                let json = match &self.shim {
+                    Some(_) => line.strip_prefix('{').map(|_| line)?,
+                    None => line.split_once("decision ")?.1,
+                };
+                serde_json::from_str(json).ok()
+            })
+            .collect()
+    }
+
+    /// The decision-log lines, once there are at least `count` (within 10
+    /// seconds, or the test fails).
+    pub fn wait_for_decisions(&self, count: usize) -> Vec<Value> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = self.decisions();
+            if found.len() >= count {
+                return found;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} decision lines, want {count}",
+                found.len()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 impl Drop for Stack {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::Reply;
 
 /// Sends `method target HTTP/1.1` with `headers` in order (a `host` header
-/// is added first unless one is given) and `body`, then reads the whole
+/// is added first unless one is given) and `body` (any bytes), then reads the whole
 /// answer (the connection is closed after it). An answer that is not HTTP
 /// (the connection closed without one) is status 0, with what was read as
 /// the body, so that a suite names the case; an I/O error panics.
@@ -25,7 +25,7 @@ pub fn send_raw(
     method: &str,
     target: &str,
     headers: &[(&str, &str)],
-    body: Option<&str>,
+    body: Option<&[u8]>,
 ) -> Reply {
     let mut request = format!("{method} {target} HTTP/1.1\r\n");
     if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
@@ -34,17 +34,18 @@ pub fn send_raw(
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
-    let body = body.unwrap_or("");
+    let body = body.unwrap_or_default();
     if !body.is_empty() || method == "POST" || method == "PUT" {
         request.push_str(&format!("content-length: {}\r\n", body.len()));
     }
     request.push_str("connection: close\r\n\r\n");
-    request.push_str(body);
+    let mut request = request.into_bytes();
+    request.extend_from_slice(body);
 
     let exchange = || -> std::io::Result<Vec<u8>> {
         let mut stream = TcpStream::connect(addr)?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        stream.write_all(request.as_bytes())?;
+        stream.write_all(&request)?;
         let mut answer = Vec::new();
         stream.read_to_end(&mut answer)?;
         Ok(answer)

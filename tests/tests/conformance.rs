@@ -69,6 +69,36 @@ struct Request {
     #[serde(default)]
     headers: Headers,
     body: Option<String>,
+    /// A body with `\xHH` escapes for bytes a YAML string cannot hold
+    /// (invalid UTF-8); raw requests only.
+    body_bytes: Option<String>,
+}
+
+impl Request {
+    /// The body's bytes.
+    fn body(&self) -> Option<Vec<u8>> {
+        if let Some(text) = &self.body {
+            return Some(text.clone().into_bytes());
+        }
+        let escaped = self.body_bytes.as_ref()?.as_bytes();
+        let mut bytes = Vec::with_capacity(escaped.len());
+        let mut at = 0;
+        while at < escaped.len() {
+            let byte = match escaped.get(at..at + 4) {
+                Some([b'\\', b'x', high, low]) => {
+                    let hex = std::str::from_utf8(&[*high, *low]).unwrap().to_owned();
+                    at += 4;
+                    u8::from_str_radix(&hex, 16).unwrap()
+                }
+                _ => {
+                    at += 1;
+                    escaped[at - 1]
+                }
+            };
+            bytes.push(byte);
+        }
+        Some(bytes)
+    }
 }
 
 /// A map of request headers, or a list of `[name, value]` pairs where
@@ -117,6 +147,13 @@ struct Expect {
     upstream_headers: BTreeMap<String, Option<String>>,
     upstream_body: Option<String>,
     upstream_path: Option<String>,
+    /// Fields of the request's decision-log line (`fields` of the suite's
+    /// `decision_log` expressions): value, or null.
+    #[serde(default)]
+    decision_fields: BTreeMap<String, serde_json::Value>,
+    /// Strings the request's decision-log line must not contain anywhere.
+    #[serde(default)]
+    decision_excludes: Vec<String>,
 }
 
 fn suites() -> Vec<(String, Suite)> {
@@ -142,15 +179,27 @@ fn run_case(stack: &Stack, raw: bool, case: &Case) -> Vec<String> {
     let request = &case.request;
     let headers = request.headers.pairs();
     let before = stack.upstream.requests_seen();
+    let expect = &case.expect;
+    let logged_before = if expect.decision_fields.is_empty() && expect.decision_excludes.is_empty()
+    {
+        None
+    } else {
+        Some(stack.decisions().len())
+    };
     let reply = if raw {
         send_raw(
             stack.envoy.addr(),
             &request.method,
             &request.path,
             &headers,
-            request.body.as_deref(),
+            request.body().as_deref(),
         )
     } else {
+        assert!(
+            request.body_bytes.is_none(),
+            "{}: body_bytes needs raw_requests",
+            case.name
+        );
         send(
             &stack.envoy.url(&request.path),
             &request.method,
@@ -159,7 +208,6 @@ fn run_case(stack: &Stack, raw: bool, case: &Case) -> Vec<String> {
         )
     };
     let reached = stack.upstream.requests_seen() > before;
-    let expect = &case.expect;
     let mut faults = Vec::new();
     let mut check = |ok: bool, what: String| {
         if !ok {
@@ -217,6 +265,24 @@ fn run_case(stack: &Stack, raw: bool, case: &Case) -> Vec<String> {
             check(
                 got == Some(want.as_str()),
                 format!("upstream body {got:?} (want {want:?})"),
+            );
+        }
+    }
+    if let Some(count) = logged_before {
+        let lines = stack.wait_for_decisions(count + 1);
+        let line = &lines[count];
+        for (name, want) in &expect.decision_fields {
+            let got = &line["fields"][name];
+            check(
+                got == want,
+                format!("decision field {name}: {got} (want {want})"),
+            );
+        }
+        let text = line.to_string();
+        for secret in &expect.decision_excludes {
+            check(
+                !text.contains(secret.as_str()),
+                format!("the decision line holds {secret:?}: {text}"),
             );
         }
     }

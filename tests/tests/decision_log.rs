@@ -53,39 +53,6 @@ fn start(host: Host, authz: &AuthzServer) -> Stack {
     Stack::start_with_clusters(host, &config(&authz.uri()), vec![cluster], 1)
 }
 
-/// The decision lines the host wrote so far, parsed.
-fn decisions(stack: &Stack) -> Vec<Value> {
-    let text = match &stack.shim {
-        Some(shim) => shim.stdout(),
-        None => stack.envoy.log(),
-    };
-    text.lines()
-        .filter_map(|line| {
-            let json = match &stack.shim {
-                Some(_) => line.strip_prefix('{').map(|_| line)?,
-                None => line.split_once("decision ")?.1,
-            };
-            serde_json::from_str(json).ok()
-        })
-        .collect()
-}
-
-fn wait_for_decisions(stack: &Stack, count: usize) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let found = decisions(stack);
-        if found.len() >= count {
-            return found;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} decision lines, want {count}",
-            found.len()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn each_request_gets_one_decision_line_field_by_field_without_secrets() {
     for host in Host::ALL {
@@ -106,7 +73,7 @@ fn each_request_gets_one_decision_line_field_by_field_without_secrets() {
         assert_eq!(allowed.status, 200, "{host:?}");
         let denied = stack.send("GET", "/keys/orders", &[("x-api-key", "guessed-key-42")]);
         assert_eq!(denied.status, 401, "{host:?}");
-        let lines = wait_for_decisions(&stack, 2);
+        let lines = stack.wait_for_decisions(2);
         assert_eq!(lines.len(), 2, "{host:?}: {lines:#?}");
 
         let first = &lines[0];
@@ -211,7 +178,8 @@ fn calls_to_services_carry_the_requests_trace_context() {
             None,
             "{host:?}"
         );
-        let line = wait_for_decisions(&stack, 2)
+        let line = stack
+            .wait_for_decisions(2)
             .into_iter()
             .find(|d| d["route_entry"] == "checked")
             .unwrap();

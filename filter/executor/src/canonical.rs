@@ -32,7 +32,10 @@
 //!
 //! Percent-encoded bytes that do not form UTF-8 (overlong forms such as
 //! `%C0%AE` for `.`, lone continuation bytes, encoded surrogates) are
-//! refused too: legacy decoders read `%C0%AE%C0%AE` as `..`.
+//! refused too: legacy decoders read `%C0%AE%C0%AE` as `..`. So are encoded
+//! characters that Unicode normalization or Windows' best-fit code pages
+//! turn into `.`, `/` or `\` (`%EF%BC%8F`, the fullwidth solidus), and C1
+//! control characters.
 //!
 //! The host (see [`canonical_authority`]) is lower-cased and loses a
 //! trailing dot; decisions ignore the port, and upstream it keeps it. A host
@@ -83,6 +86,10 @@ pub enum PathError {
     /// Percent-encoded bytes that are not UTF-8 (`%C0%AE`, `%80`,
     /// `%ED%A0%80`).
     NotUtf8,
+    /// An encoded character that Unicode normalization (NFKC) or Windows'
+    /// best-fit code pages turn into `.`, `/` or `\` (`%EF%BC%8F`, the
+    /// fullwidth solidus), or a C1 control character (`%C2%85`).
+    LookAlike,
 }
 
 impl fmt::Display for PathError {
@@ -95,6 +102,9 @@ impl fmt::Display for PathError {
             Self::BadCharacter => "the path has a character that is not allowed",
             Self::Semicolon => "the path has a ';' (send it encoded, %3B)",
             Self::NotUtf8 => "the path has percent-encoded bytes that are not UTF-8",
+            Self::LookAlike => {
+                "the path has an encoded character that some servers read as '.', '/' or '\\'"
+            }
         })
     }
 }
@@ -248,7 +258,7 @@ fn decode_path(path: &str, slashes: EscapedSlashes) -> Result<String, PathError>
         let byte = bytes[at];
         let escaped = bytes.get(at..).and_then(escaped_byte);
         if escaped.is_none_or(|b| b.is_ascii()) && !non_ascii.is_empty() {
-            std::str::from_utf8(&non_ascii).map_err(|_| PathError::NotUtf8)?;
+            check_encoded_text(&non_ascii)?;
             non_ascii.clear();
         }
         if byte != b'%' {
@@ -279,8 +289,39 @@ fn decode_path(path: &str, slashes: EscapedSlashes) -> Result<String, PathError>
         }
         at += 3;
     }
-    std::str::from_utf8(&non_ascii).map_err(|_| PathError::NotUtf8)?;
+    check_encoded_text(&non_ascii)?;
     Ok(out)
+}
+
+/// A run of escaped bytes past ASCII must be UTF-8 and hold no character
+/// another reader turns into a delimiter.
+fn check_encoded_text(bytes: &[u8]) -> Result<(), PathError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| PathError::NotUtf8)?;
+    if text
+        .chars()
+        .any(|c| c.is_control() || reads_as_delimiter(c))
+    {
+        return Err(PathError::LookAlike);
+    }
+    Ok(())
+}
+
+/// Characters that NFKC normalization (some frameworks apply it to paths)
+/// or Windows' best-fit code pages ("WorstFit") turn into `.`, `/` or `\`.
+fn reads_as_delimiter(c: char) -> bool {
+    matches!(
+        c,
+        // NFKC: one dot leader, two dot leader, ellipsis, small and
+        // fullwidth full stops, fullwidth solidus and reverse solidus, small
+        // reverse solidus.
+        '\u{2024}' | '\u{2025}' | '\u{2026}' | '\u{FE52}' | '\u{FF0E}' | '\u{FF0F}'
+            | '\u{FF3C}' | '\u{FE68}'
+            // Best fit: division and fraction slashes, set minus, the
+            // solidus operators, yen and won signs (the backslash of
+            // Japanese and Korean code pages).
+            | '\u{2215}' | '\u{2044}' | '\u{2216}' | '\u{29F5}' | '\u{29F8}' | '\u{29F9}'
+            | '\u{00A5}' | '\u{20A9}'
+    )
 }
 
 /// Merges repeated slashes and resolves `.` and `..` segments. `path`
@@ -793,5 +834,24 @@ mod tests {
         ] {
             assert_eq!(path(target).as_deref(), Ok(want), "{target}");
         }
+    }
+
+    #[test]
+    fn encoded_look_alikes_of_delimiters_are_refused() {
+        for target in [
+            "/repos/%EF%BC%8E%EF%BC%8E/users", // fullwidth full stops
+            "/repos/..%EF%BC%8Fusers",         // fullwidth solidus
+            "/repos/..%EF%BC%BCusers",         // fullwidth reverse solidus
+            "/repos/%E2%80%A5/users",          // two dot leader
+            "/repos/..%E2%88%95users",         // division slash
+            "/repos/..%C2%A5users",            // yen sign
+            "/a/%C2%85",                       // NEL, a C1 control
+        ] {
+            assert_eq!(path(target), Err(PathError::LookAlike), "{target}");
+        }
+        assert_eq!(
+            path("/caf%C3%A9/%E2%82%AC").as_deref(),
+            Ok("/caf%C3%A9/%E2%82%AC")
+        );
     }
 }
