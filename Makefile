@@ -111,7 +111,8 @@ stress: wasm
 	  target/release/stress
 
 ## fuzz: every fuzz target in tests/fuzz (the plugin configuration, CEL,
-## JWT parsing, the path canonicalizer, request headers) for FUZZ_SECS
+## JWT parsing, the path and host canonicalizer, request headers, strict
+## JSON) for FUZZ_SECS
 ## seconds each (default 600), with libFuzzer through cargo-fuzz (installed
 ## on first use; RUSTC_BOOTSTRAP=1 lets the pinned stable toolchain build
 ## it). The corpus grows in tests/fuzz/corpus, from the committed seeds; a
@@ -120,7 +121,7 @@ stress: wasm
 FUZZ_SECS ?= 600
 FUZZ_LIMIT ?= -max_total_time=$(FUZZ_SECS)
 FUZZ_CORPUS ?= corpus
-FUZZ_TARGETS := config cel jwt path headers
+FUZZ_TARGETS := config cel jwt path headers json
 fuzz: setup .make/cargo-fuzz
 	@for target in $(FUZZ_TARGETS); do \
 	  echo "fuzz: $$target ($(FUZZ_LIMIT))"; \

@@ -2,8 +2,11 @@
 //! through the host's), checking what the engine relies on: a canonical
 //! path is absolute, has no dot segments or empty segments, no raw
 //! backslash, and is its own canonical form; a canonical authority is its
-//! own canonical form, and its host has one spelling.
+//! own canonical form, and its host has one spelling: an IP literal is
+//! IPv6 as RFC 5952 writes it, never IPv4-mapped, or IPv4 as a.b.c.d.
 #![no_main]
+
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use libfuzzer_sys::fuzz_target;
 use policy_executor::canonical::{canonical_authority, canonical_path, strip_port, EscapedSlashes};
@@ -45,10 +48,23 @@ fuzz_target!(|data: &[u8]| {
             "{target:?}"
         );
         let host = strip_port(&authority);
+        assert!(!host.is_empty(), "{target:?}");
         assert!(!host.bytes().any(|b| b.is_ascii_uppercase()), "{target:?}");
-        assert!(
-            host.is_empty() || host.starts_with('[') || host.split('.').all(|l| !l.is_empty()),
-            "{target:?}"
-        );
+        match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            Some(literal) => {
+                let address: Ipv6Addr = literal.parse().unwrap_or_else(|_| {
+                    panic!("{target:?} -> {authority:?}: not an IPv6 address")
+                });
+                assert_eq!(address.to_string(), literal, "{target:?}");
+                assert!(address.to_ipv4_mapped().is_none(), "{target:?}");
+            }
+            None => {
+                assert!(host.split('.').all(|l| !l.is_empty()), "{target:?}");
+                assert!(!host.contains(':'), "{target:?}");
+                if let Ok(v4) = host.parse::<Ipv4Addr>() {
+                    assert_eq!(v4.to_string(), host, "{target:?}");
+                }
+            }
+        }
     }
 });
