@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use integration_tests::authz::{alice_or_nobody, AuthzServer, Decision};
 use integration_tests::ratelimit::{RateLimitService, Redis};
@@ -148,7 +149,9 @@ struct Expect {
     upstream_body: Option<String>,
     upstream_path: Option<String>,
     /// Fields of the request's decision-log line (`fields` of the suite's
-    /// `decision_log` expressions): value, or null.
+    /// `decision_log` expressions): value, or null. The runner sends
+    /// `x-conformance-case` with such a request, and finds its line by the
+    /// expression `case`, which reads it.
     #[serde(default)]
     decision_fields: BTreeMap<String, serde_json::Value>,
     /// Strings the request's decision-log line must not contain anywhere.
@@ -174,18 +177,22 @@ fn suites() -> Vec<(String, Suite)> {
         .collect()
 }
 
-/// Runs one case; returns what differed from the expectation.
-fn run_case(stack: &Stack, raw: bool, case: &Case) -> Vec<String> {
+/// The header that marks a case's request, so its decision line is found
+/// among lines the host writes in its own time.
+const CASE_HEADER: &str = "x-conformance-case";
+
+/// Runs one case (the `number`th); returns what differed from the
+/// expectation.
+fn run_case(stack: &Stack, raw: bool, case: &Case, number: usize) -> Vec<String> {
     let request = &case.request;
-    let headers = request.headers.pairs();
+    let mut headers = request.headers.pairs();
     let before = stack.upstream.requests_seen();
     let expect = &case.expect;
-    let logged_before = if expect.decision_fields.is_empty() && expect.decision_excludes.is_empty()
-    {
-        None
-    } else {
-        Some(stack.decisions().len())
-    };
+    let logged = !(expect.decision_fields.is_empty() && expect.decision_excludes.is_empty());
+    let mark = number.to_string();
+    if logged {
+        headers.push((CASE_HEADER, &mark));
+    }
     let reply = if raw {
         send_raw(
             stack.envoy.addr(),
@@ -268,14 +275,13 @@ fn run_case(stack: &Stack, raw: bool, case: &Case) -> Vec<String> {
             );
         }
     }
-    if let Some(count) = logged_before {
-        let lines = stack.wait_for_decisions(count + 1);
-        let line = &lines[count];
+    if logged {
+        let line = decision_of(stack, &mark);
         for (name, want) in &expect.decision_fields {
             let got = &line["fields"][name];
             check(
                 got == want,
-                format!("decision field {name}: {got} (want {want})"),
+                format!("decision field {name}: {got} (want {want}) in {line}"),
             );
         }
         let text = line.to_string();
@@ -287,6 +293,27 @@ fn run_case(stack: &Stack, raw: bool, case: &Case) -> Vec<String> {
         }
     }
     faults
+}
+
+/// The decision line whose `case` field is `mark` (within 10 seconds, or
+/// the test fails).
+fn decision_of(stack: &Stack, mark: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = stack
+            .decisions()
+            .into_iter()
+            .find(|line| line["fields"]["case"] == mark);
+        if let Some(line) = found {
+            return line;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no decision line with fields.case {mark:?} (the suite's decision_log needs \
+             `case: 'request.headers[\"{CASE_HEADER}\"]'`)"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn conforms(host: Host) {
@@ -328,7 +355,7 @@ fn conforms(host: Host) {
         };
         for case in &suite.cases {
             ran += 1;
-            for fault in run_case(&stack, suite.raw_requests, case) {
+            for fault in run_case(&stack, suite.raw_requests, case, ran) {
                 failures.push(format!("{file} / {}: {fault}", case.name));
             }
         }

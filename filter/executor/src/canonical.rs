@@ -307,21 +307,42 @@ fn check_encoded_text(bytes: &[u8]) -> Result<(), PathError> {
 }
 
 /// Characters that NFKC normalization (some frameworks apply it to paths)
-/// or Windows' best-fit code pages ("WorstFit") turn into `.`, `/` or `\`.
+/// or Windows' best-fit code pages ("WorstFit") turn into text holding `.`,
+/// `/` or `\`.
 fn reads_as_delimiter(c: char) -> bool {
-    matches!(
-        c,
-        // NFKC: one dot leader, two dot leader, ellipsis, small and
-        // fullwidth full stops, fullwidth solidus and reverse solidus, small
-        // reverse solidus.
-        '\u{2024}' | '\u{2025}' | '\u{2026}' | '\u{FE52}' | '\u{FF0E}' | '\u{FF0F}'
-            | '\u{FF3C}' | '\u{FE68}'
-            // Best fit: division and fraction slashes, set minus, the
-            // solidus operators, yen and won signs (the backslash of
-            // Japanese and Korean code pages).
-            | '\u{2215}' | '\u{2044}' | '\u{2216}' | '\u{29F5}' | '\u{29F8}' | '\u{29F9}'
-            | '\u{00A5}' | '\u{20A9}'
-    )
+    /// Every character whose NFKC form holds `.`, `/` or `\` (a scan of
+    /// Unicode 14: dot leaders, `℀` a/c, `⒈` 1., `㏂` a.m., small and
+    /// fullwidth stops and solidi, `🄀` 0.), then the best-fit ones:
+    /// fraction and division slashes, set minus, the solidus operators, and
+    /// the yen and won signs (the backslash of Japanese and Korean code
+    /// pages).
+    const RANGES: [(char, char); 22] = [
+        ('\u{00A5}', '\u{00A5}'),
+        ('\u{2024}', '\u{2026}'),
+        ('\u{2044}', '\u{2044}'),
+        ('\u{20A9}', '\u{20A9}'),
+        ('\u{2100}', '\u{2101}'),
+        ('\u{2105}', '\u{2106}'),
+        ('\u{2215}', '\u{2216}'),
+        ('\u{2488}', '\u{249B}'),
+        ('\u{29F5}', '\u{29F5}'),
+        ('\u{29F8}', '\u{29F9}'),
+        ('\u{33C2}', '\u{33C2}'),
+        ('\u{33C7}', '\u{33C7}'),
+        ('\u{33D8}', '\u{33D8}'),
+        ('\u{FE19}', '\u{FE19}'),
+        ('\u{FE30}', '\u{FE30}'),
+        ('\u{FE52}', '\u{FE52}'),
+        ('\u{FE68}', '\u{FE68}'),
+        ('\u{FF0E}', '\u{FF0F}'),
+        ('\u{FF3C}', '\u{FF3C}'),
+        ('\u{1F100}', '\u{1F100}'),
+        // Fullwidth and small forms of `%` would let a normalizer build a
+        // new escape out of decoded text.
+        ('\u{FE6A}', '\u{FE6A}'),
+        ('\u{FF05}', '\u{FF05}'),
+    ];
+    RANGES.iter().any(|(low, high)| (*low..=*high).contains(&c))
 }
 
 /// Merges repeated slashes and resolves `.` and `..` segments. `path`
@@ -845,6 +866,10 @@ mod tests {
             "/repos/%E2%80%A5/users",          // two dot leader
             "/repos/..%E2%88%95users",         // division slash
             "/repos/..%C2%A5users",            // yen sign
+            "/public/%EF%B8%B0/admin",         // vertical two dot leader: '..'
+            "/a/%E2%84%80",                    // account of: 'a/c'
+            "/a/%E2%92%88",                    // digit one full stop: '1.'
+            "/a/%EF%BC%85%32%65",              // fullwidth percent sign
             "/a/%C2%85",                       // NEL, a C1 control
         ] {
             assert_eq!(path(target), Err(PathError::LookAlike), "{target}");

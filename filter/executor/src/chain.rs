@@ -106,6 +106,9 @@ pub struct Chain {
     /// Headers carrying credentials: those the policies read them from and
     /// those they assert (an injected backend credential).
     secret_headers: Vec<HeaderName>,
+    /// The headers the policies read credentials from, whatever their
+    /// names: what the decision log looks for copies of.
+    credential_headers: Vec<HeaderName>,
 }
 
 /// Which bodies a chain must see whole. A headers-only chain needs neither,
@@ -139,13 +142,14 @@ impl Chain {
             }
         }
         let metrics = ChainMetrics::new(name, entries.iter().map(ChainEntry::policy_name));
-        let mut secret_headers: Vec<HeaderName> = Vec::new();
-        for header in entries.iter().flat_map(|e| {
-            e.policy
-                .credential_headers()
-                .into_iter()
-                .chain(e.asserted.clone())
-        }) {
+        let mut credential_headers: Vec<HeaderName> = Vec::new();
+        for header in entries.iter().flat_map(|e| e.policy.credential_headers()) {
+            if !credential_headers.contains(&header) {
+                credential_headers.push(header);
+            }
+        }
+        let mut secret_headers = credential_headers.clone();
+        for header in entries.iter().flat_map(|e| e.asserted.clone()) {
             if !secret_headers.contains(&header) {
                 secret_headers.push(header);
             }
@@ -160,6 +164,7 @@ impl Chain {
             remote_sources,
             metrics,
             secret_headers,
+            credential_headers,
         }
     }
 
@@ -326,7 +331,10 @@ impl Exchange {
             Box::new(Logging {
                 log,
                 decisions: vec![PolicyDecision::NotRun; self.chain.entries.len()],
-                arrived_with: Secrets::of(self.cx.request_headers(), &self.chain.secret_headers),
+                arrived_with: Secrets::of(
+                    self.cx.request_headers(),
+                    &self.chain.credential_headers,
+                ),
                 line: None,
             })
         });

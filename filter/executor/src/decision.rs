@@ -173,9 +173,12 @@ impl DecisionLog {
             return None;
         }
         let request = cx.request_headers();
+        // What a policy injected (a backend credential) counts too.
+        let mut secrets = verdict.arrived_with;
+        secrets.extend(Secrets::of(request, &[]));
         let mut record = Map::new();
         for field in &self.fields {
-            let value = match field {
+            let mut value = match field {
                 Field::RouteEntry => json!(cx.route().chain.as_ref()),
                 Field::Route => json!(cx.route().route_name),
                 Field::Decision => json!(match verdict.reply {
@@ -202,29 +205,43 @@ impl DecisionLog {
                     .get(":path")
                     .map(|p| p.split_once('?').map_or(p, |(path, _)| path))),
                 Field::Host => json!(request.get(":authority")),
-                Field::Caller => caller(cx),
+                Field::Caller => caller(cx, &secrets),
             };
+            // What the engine and the connection say stands as it is: a
+            // client cannot blank its own address or verdict out of the log
+            // by sending a "credential" that matches it.
+            if field.read_from_request() {
+                redact(&mut value, &secrets);
+            }
             record.insert(field_name(*field).to_owned(), value);
         }
-        // What a policy injected (a backend credential) counts too.
-        let mut secrets = verdict.arrived_with;
-        secrets.extend(Secrets::of(request, verdict.secret_headers));
         if !self.expressions.is_empty() {
             // Expressions see the request without what carries credentials.
             let masked = cx.with_request(masked(cx, verdict.secret_headers, &secrets));
             let mut fields = Map::new();
             for (name, expression) in &self.expressions {
-                let value = match expression.evaluate_text(&masked) {
+                let mut value = match expression.evaluate_text(&masked) {
                     Ok(text) => json!(text),
                     Err(_) => Value::Null,
                 };
+                redact(&mut value, &secrets);
                 fields.insert(name.clone(), value);
             }
             record.insert("fields".into(), Value::Object(fields));
         }
-        let mut record = Value::Object(record);
-        redact(&mut record, &secrets);
         serde_json::to_string(&record).ok()
+    }
+}
+
+impl Field {
+    /// Whether the value comes from what the client sent (and may hold a
+    /// copy of a credential), rather than from the engine or the
+    /// connection.
+    fn read_from_request(self) -> bool {
+        matches!(
+            self,
+            Self::RequestId | Self::TraceId | Self::Method | Self::Path | Self::Host
+        )
     }
 }
 
@@ -246,15 +263,13 @@ fn field_name(field: Field) -> &'static str {
     }
 }
 
-/// Who is calling, as far as the host and the chain's policies know.
-fn caller(cx: &Context) -> Value {
+/// Who is calling, as far as the host and the chain's policies know; what
+/// came from the request is redacted here, the address never.
+fn caller(cx: &Context, secrets: &Secrets) -> Value {
     let mut who = Map::new();
     let connection = cx.connection();
     if let Some(id) = connection.spiffe_id() {
         who.insert("spiffe_id".into(), json!(id.uri));
-    }
-    if let Some(address) = connection.source_ip() {
-        who.insert("address".into(), json!(address));
     }
     let metadata = cx.metadata();
     if let Some(sub) = metadata.get(JWT_CLAIMS).and_then(|c| c.get("sub")) {
@@ -268,7 +283,12 @@ fn caller(cx: &Context) -> Value {
             who.insert(name.into(), value.clone());
         }
     }
-    Value::Object(who)
+    let mut who = Value::Object(who);
+    redact(&mut who, secrets);
+    if let (Some(address), Value::Object(fields)) = (connection.source_ip(), &mut who) {
+        fields.insert("address".into(), json!(address));
+    }
+    who
 }
 
 /// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`),
@@ -497,6 +517,26 @@ mod tests {
         assert_eq!(
             got["fields"],
             json!({"a": "[redacted]", "b": "[redacted]", "c": "[redacted]", "d": "dark"})
+        );
+    }
+
+    #[test]
+    fn a_client_cannot_blank_what_the_engine_says_by_sending_it_as_a_credential() {
+        let log = "{fields: [route_entry, decision, status, policy, host, path]}";
+        let got = line_for(
+            "/p",
+            log,
+            &[
+                ("x-deny", "1"),
+                ("x-api-key", "denied"),
+                ("cookie", "s=deny-on-header"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            got,
+            json!({ "route_entry": "r", "decision": "denied", "status": 403,
+                    "policy": "deny-on-header", "host": "h", "path": "/p" })
         );
     }
 }

@@ -719,6 +719,9 @@ impl Check {
             }
         }
         self.fields = self.fields.with(fields_under(&current));
+        if let ("request" | "response", ["headers", name, ..]) = (root, path) {
+            check_header_key(name)?;
+        }
         if root == "request" {
             self.reads.note(path, key.as_deref());
         }
@@ -763,28 +766,24 @@ fn select_path(expr: &IdedExpr) -> Option<(&str, Vec<&str>)> {
     }
 }
 
-/// Refuses `request.headers["X-Upper"]` and the like: header names are
-/// lower-case, so such a key never matches, and the check it guards would
-/// silently never hold.
+/// Refuses `request.headers["X-Upper"]`, `"x_under" in request.headers`
+/// and the like: header names are read lower-case with `_` as `-`, so such
+/// a key never matches, and the check it guards would silently never hold.
 fn check_header_index(call: &cel::common::ast::CallExpr) -> Result<(), String> {
-    if call.func_name != cel::common::ast::operators::INDEX {
-        return Ok(());
+    match keyed_read(call) {
+        Some((map, name, _)) if fast::headers_of(map).is_some() => check_header_key(name),
+        _ => Ok(()),
     }
-    let [map, key] = call.args.as_slice() else {
-        return Ok(());
-    };
-    let reads_headers = fast::headers_of(map).is_some();
-    if let (true, Expr::Literal(cel::common::ast::LiteralValue::String(name))) =
-        (reads_headers, &key.expr)
-    {
-        let name: &str = name;
-        let readable = name.to_ascii_lowercase().replace('_', "-");
-        if readable != name {
-            return Err(format!(
-                "header names are read lower-case with `_` as `-`, so [{name:?}] never \
-                 matches: write [{readable:?}]"
-            ));
-        }
+}
+
+/// A header name as a rule writes it must be one the map can hold.
+fn check_header_key(name: &str) -> Result<(), String> {
+    let readable = name.to_ascii_lowercase().replace('_', "-");
+    if readable != name {
+        return Err(format!(
+            "header names are read lower-case with `_` as `-`, so [{name:?}] never \
+             matches: write [{readable:?}]"
+        ));
     }
     Ok(())
 }

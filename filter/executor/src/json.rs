@@ -4,8 +4,7 @@
 //! decides on one reading while the upstream acts on another can be walked
 //! around: `{"role": "user", "role": "admin"}` is `user` to a parser that
 //! keeps the first key and `admin` to one that keeps the last. So a body is
-//! read here, once, and refused unless every reader would see the same
-//! document:
+//! read here, once, and refused where readers are known to disagree:
 //!
 //! * **UTF-8 only** (RFC 8259 section 8.1): invalid bytes in a string
 //!   (`"\xff"`, overlong forms) are refused, not replaced;
@@ -19,6 +18,10 @@
 //!
 //! [`check`] reads without building anything (what `json-body` needs);
 //! [`parse`] builds the value for policies that decide on it.
+//!
+//! Left as readers have them: keys that differ only in case (`role` and
+//! `Role`, one key to ASP.NET's default binding), and integers past 2^53,
+//! which JavaScript readers round.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -129,14 +132,12 @@ impl<T> Strict<T> {
         }
     }
 
-    /// The seed for a value one level down, or the error if there is none.
-    fn nested<E: serde::de::Error>(&self) -> Result<Self, E> {
-        match self.depth.checked_sub(1) {
-            Some(depth) => Ok(Self::new(depth)),
-            None => Err(E::custom(format_args!(
-                "nested deeper than {MAX_DEPTH} levels"
-            ))),
-        }
+    /// The depth left inside an array or object this seed opens, or the
+    /// error if it may open none: an empty one counts as a level too.
+    fn inside<E: serde::de::Error>(&self) -> Result<usize, E> {
+        self.depth
+            .checked_sub(1)
+            .ok_or_else(|| E::custom(format_args!("nested deeper than {MAX_DEPTH} levels")))
     }
 }
 
@@ -191,17 +192,19 @@ impl<'de, T: Reading<'de>> Visitor<'de> for Strict<T> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<T, A::Error> {
+        let depth = self.inside()?;
         let mut items = Vec::new();
-        while let Some(item) = seq.next_element_seed(self.nested()?)? {
+        while let Some(item) = seq.next_element_seed(Self::new(depth))? {
             items.push(item);
         }
         Ok(T::array(items))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<T, A::Error> {
+        let depth = self.inside()?;
         let mut object = T::Members::default();
         while let Some(key) = map.next_key_seed(Key)? {
-            let value = map.next_value_seed(self.nested()?)?;
+            let value = map.next_value_seed(Self::new(depth))?;
             if !T::insert(&mut object, key, value) {
                 // Where it is, not what it is: the error may be logged.
                 return Err(A::Error::custom(
@@ -318,6 +321,9 @@ mod tests {
             "}".repeat(MAX_DEPTH + 1)
         );
         assert!(refused(objects.as_bytes()).contains("nested deeper"));
+        // An empty array or object is a level too.
+        let empty = format!("{}{{}}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+        assert!(refused(empty.as_bytes()).contains("nested deeper"));
         // Far past serde_json's own limit: refused, not a stack overflow.
         refused(deep(100_000).as_bytes());
     }

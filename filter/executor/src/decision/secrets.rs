@@ -48,6 +48,9 @@ impl Secrets {
     pub(crate) fn of(request: &HeaderMap, credential_headers: &[HeaderName]) -> Self {
         let mut secrets = Self::default();
         for (name, value) in request.iter() {
+            if name.starts_with(':') {
+                continue;
+            }
             if name == "cookie" {
                 secrets.add_cookies(value);
             } else if secretive(name)
@@ -80,16 +83,28 @@ impl Secrets {
         }
     }
 
-    /// Whether `text` holds any of them.
+    /// Whether `text` holds any of them: as it is, or percent-decoded up to
+    /// three times over (a return URL inside a return URL), `+` read as a
+    /// space or not, without regard to ASCII case.
     pub(crate) fn found_in(&self, text: &str) -> bool {
         if self.0.is_empty() {
             return false;
         }
-        let lower = text.to_ascii_lowercase();
-        let decoded = percent_decode_lossy(&lower);
-        self.0
-            .iter()
-            .any(|secret| lower.contains(secret.as_str()) || decoded.contains(secret.as_str()))
+        let holds = |text: &str| {
+            let lower = text.to_ascii_lowercase();
+            self.0.iter().any(|secret| lower.contains(secret.as_str()))
+        };
+        let mut text = Cow::Borrowed(text);
+        for _ in 0..4 {
+            if holds(&text) || (text.contains('+') && holds(&text.replace('+', " "))) {
+                return true;
+            }
+            match percent_decode_lossy(&text) {
+                Cow::Owned(decoded) => text = Cow::Owned(decoded),
+                Cow::Borrowed(_) => return false,
+            }
+        }
+        false
     }
 
     /// `text`, or [`REDACTED`] if it holds a credential.
@@ -111,29 +126,37 @@ impl Secrets {
         }
     }
 
-    /// A header value that is a credential, perhaps after a scheme.
+    /// A header value that is a credential, perhaps after a scheme; a
+    /// value folded from several lines (`Bearer a, Bearer b`) holds each.
     fn add_credential(&mut self, value: &str) {
         self.add(value, MIN_CREDENTIAL);
-        let Some((scheme, credential)) = value.trim().split_once(' ') else {
-            return;
-        };
-        let credential = credential.trim();
-        self.add(credential, MIN_CREDENTIAL);
-        if scheme.eq_ignore_ascii_case("basic") {
-            let decoded = Base64::decode_to_vec(credential, None)
-                .ok()
-                .and_then(|d| String::from_utf8(d).ok());
-            if let Some(pair) = decoded {
-                self.add(&pair, MIN_CREDENTIAL);
-                if let Some((_, password)) = pair.split_once(':') {
-                    self.add(password, MIN_CREDENTIAL);
+        for part in value.split(',') {
+            self.add(part, MIN_CREDENTIAL);
+            let Some((scheme, credential)) = part.trim().split_once(' ') else {
+                continue;
+            };
+            let credential = credential.trim();
+            self.add(credential, MIN_CREDENTIAL);
+            if scheme.eq_ignore_ascii_case("basic") {
+                let decoded = Base64::decode_to_vec(credential, None)
+                    .ok()
+                    .and_then(|d| String::from_utf8(d).ok());
+                if let Some(pair) = decoded {
+                    self.add(&pair, MIN_CREDENTIAL);
+                    // The password; or, where it is empty, the user, which
+                    // is then the key (`Basic base64("sk_live_x:")`).
+                    if let Some((user, password)) = pair.split_once(':') {
+                        let key = if password.is_empty() { user } else { password };
+                        self.add(key, MIN_CREDENTIAL);
+                    }
                 }
             }
         }
     }
 
     fn add_cookies(&mut self, header: &str) {
-        for cookie in header.split(';') {
+        // `,` too: some servers split cookie lines folded into one.
+        for cookie in header.split([';', ',']) {
             let Some((name, value)) = cookie.split_once('=') else {
                 continue;
             };
@@ -149,10 +172,25 @@ impl Secrets {
     }
 }
 
-/// Header (and query parameter) names that say they carry a credential.
+/// Header (and query parameter) names that say they carry a credential;
+/// never a pseudo-header (`:authority` is the host).
 pub(crate) fn secretive(name: &str) -> bool {
     const NAMED: [&str; 3] = ["authorization", "proxy-authorization", "cookie"];
-    const HINTS: [&str; 7] = ["key", "token", "secret", "pass", "auth", "cred", "session"];
+    const HINTS: [&str; 10] = [
+        "key",
+        "token",
+        "secret",
+        "pass",
+        "auth",
+        "cred",
+        "session",
+        "jwt",
+        "assertion",
+        "signature",
+    ];
+    if name.starts_with(':') {
+        return false;
+    }
     let name = name.to_ascii_lowercase();
     NAMED.contains(&name.as_str()) || HINTS.iter().any(|h| name.contains(h))
 }
@@ -189,12 +227,36 @@ mod tests {
             "tok/en-123",
             "tok%2Fen-123",
             "/r?u=tok%2fen-123",
+            "/r?next=%2Fcb%3Ft%3Dtok%252Fen-123", // encoded twice
+            "%54OK%2FEN-123",                     // an escaped capital
         ] {
             assert!(found.found_in(copy), "{copy}");
         }
         for plain in ["dark mode", "page 2", "Bearer", "alice", "/p"] {
             assert!(!found.found_in(plain), "{plain}");
         }
+    }
+
+    #[test]
+    fn folded_values_cookies_and_keyed_basic_users_are_split() {
+        let found = secrets(&[
+            (":authority", "api.example.com"),
+            ("authorization", "Bearer first-t0ken, Bearer second-t0ken"),
+            ("x-auth", "Basic c2tfbGl2ZV9rZXk6"), // sk_live_key:
+            ("cookie", "a=xxxxxxxx, sid=c00kie-v4lue-9"),
+            ("x-goog-iap-jwt-assertion", "jwt-assert-ion"),
+        ]);
+        for copy in [
+            "first-t0ken",
+            "second-t0ken",
+            "sk_live_key",
+            "c00kie-v4lue-9",
+            "jwt-assert-ion",
+        ] {
+            assert!(found.found_in(copy), "{copy}");
+        }
+        // The host is not a credential, though `:authority` says "auth".
+        assert!(!found.found_in("api.example.com"));
     }
 
     #[test]

@@ -11,9 +11,11 @@
 //! * **A raw `+` in a query name or value**: form decoders (most
 //!   frameworks) read a space, RFC 3986 readers a `+`. `%2B` and `%20` say
 //!   which was meant and are read as such.
-//! * **A query name in another case** than the one a rule reads
-//!   (`?DEBUG=1` where a rule reads `debug`): some frameworks ignore case,
-//!   most do not.
+//! * **A query name in another spelling** than the one a rule reads,
+//!   which some frameworks fold into it: another case (`?DEBUG=1` where a
+//!   rule reads `debug`; ASP.NET ignores case), a leading `+` or space
+//!   (PHP trims it), an array suffix (`debug[]`: PHP, Rails and Express's
+//!   `qs` read `debug`), a `.` or space for `_` (PHP).
 //!
 //! So the static check records which headers and query parameters an
 //! expression reads by name (`request.headers["x-role"]`,
@@ -23,8 +25,9 @@
 //! Parameters and headers the expression does not read do not matter. An
 //! expression that reads the map whole (`size(request.headers)`,
 //! `request.query.exists(...)`, an index computed at run time) reads every
-//! name: any repeated header, any raw `+`, and any query name with an
-//! upper-case letter then make it fail.
+//! name: any repeated header, any raw `+`, and any query name that some
+//! framework folds into another (upper case, `[...]`, `.`) then make it
+//! fail.
 
 use std::borrow::Cow;
 
@@ -143,6 +146,24 @@ fn repeated_header(names: &Names, request: &HeaderMap) -> Option<String> {
     }
 }
 
+/// A query name as the loosest framework reads it: `+` as a space, leading
+/// spaces trimmed, an array suffix (`[]`, `[0]`) dropped, `.` and spaces as
+/// `_`, ASCII case folded.
+fn folded(name: &str) -> String {
+    let name = name.replace('+', " ");
+    let name = name.trim_start_matches(' ');
+    let name = match name.find('[') {
+        Some(at) if at > 0 && name.ends_with(']') => &name[..at],
+        _ => name,
+    };
+    name.chars()
+        .map(|c| match c {
+            '.' | ' ' => '_',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect()
+}
+
 /// A parameter read by `names` whose name or value the query gives in two
 /// readings: `["name"]` as the expression reads it, or `" parameter"` when
 /// it reads them all.
@@ -157,15 +178,13 @@ fn ambiguous_parameter(names: &Names, query: &str) -> Option<String> {
         let plus = raw_name.contains('+') || raw_value.contains('+');
         match names {
             Names::Every => {
-                if plus || name.bytes().any(|b| b.is_ascii_uppercase()) {
+                if plus || folded(&name) != name {
                     return Some(" parameter".to_owned());
                 }
             }
             Names::Listed(listed) => {
-                let spaced = name.replace('+', " ");
-                let read = listed.iter().find(|key| {
-                    key.eq_ignore_ascii_case(&name) || key.eq_ignore_ascii_case(&spaced)
-                });
+                let loose = folded(&name);
+                let read = listed.iter().find(|key| folded(key) == loose);
                 if let Some(key) = read {
                     if plus || *key != name {
                         return Some(format!("[{key:?}]"));

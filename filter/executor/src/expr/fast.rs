@@ -442,7 +442,6 @@ mod tests {
             text().prop_map(|a| format!(r#"{a} in ["acme", "GET", "bench"]"#)),
             prop_oneof![
                 Just(r#""x-a" in request.headers"#),
-                Just(r#""x_a" in request.headers"#),
                 Just(r#""x-b" in request.headers"#),
                 Just(r#""x-a" in response.headers"#),
                 Just(r#"":path" in request.headers"#),

@@ -340,21 +340,27 @@ fn header_names_with_underscores_are_read_as_their_dashed_names() {
         ("x-team", "a"),
         ("x_team", "b"),
     ]);
-    for source in [
-        r#"request.headers["x-debug"] == "1""#,
-        r#"!("x_debug" in request.headers)"#,
-    ] {
-        assert_eq!(eval(source, &cx), Ok(true), "{source}");
-    }
+    assert_eq!(eval(r#"request.headers["x-debug"] == "1""#, &cx), Ok(true));
+    assert_eq!(eval(r#""x-debug" in request.headers"#, &cx), Ok(true));
     // `x-team` and `x_team` are one header sent twice.
     assert!(eval(r#"request.headers["x-team"] == "a""#, &cx).is_err());
-    let error =
-        Expression::compile(r#"request.headers["x_debug"] == "1""#, Phase::Request).unwrap_err();
-    assert!(
-        error.reason.contains(r#"write ["x-debug"]"#),
-        "{}",
-        error.reason
-    );
+    // A rule that names the header another way would never match: in any
+    // form that reads it, it is refused when it loads.
+    for source in [
+        r#"request.headers["x_debug"] == "1""#,
+        r#""x_debug" in request.headers"#,
+        r#""X-Debug" in request.headers"#,
+        "has(request.headers.x_debug)",
+        r#"request.headers.x_debug == "1""#,
+        r#""X-Debug" in response.headers"#,
+    ] {
+        let error = Expression::compile(source, Phase::Response).unwrap_err();
+        assert!(
+            error.reason.contains(r#"write ["x-debug"]"#),
+            "{source}: {}",
+            error.reason
+        );
+    }
 }
 
 #[test]
@@ -427,6 +433,20 @@ fn a_query_parameter_in_two_readings_is_never_decided_on() {
         Ok(true)
     );
     assert!(on("/s?pagesize=10", r#"request.query["pageSize"] == "10""#).is_err());
+    // Spellings PHP, Rails and qs fold into the name a rule reads.
+    for path in [
+        "/s?+debug=1",
+        "/s?%20debug=1",
+        "/s?debug[]=1",
+        "/s?debug%5B0%5D=1",
+    ] {
+        assert!(on(path, r#""debug" in request.query"#).is_err(), "{path}");
+    }
+    assert!(on("/s?de.bug=1", r#""de_bug" in request.query"#).is_err());
+    assert_eq!(
+        on("/s?ids[]=1", r#"request.query["ids[]"] == "1""#),
+        Ok(true)
+    );
     // Parameters the expression does not read do not matter.
     assert_eq!(
         on("/s?DEBUG=1&q=a+b&page=2", r#"request.query["page"] == "2""#),
