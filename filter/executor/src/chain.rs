@@ -55,6 +55,7 @@ use std::time::Duration;
 
 use crate::attributes::{AttributeSet, Connection};
 use crate::callout::{Answer, Call, CallFailure, CallRequest};
+use crate::credentials::Location;
 use crate::decision::{DecisionLog, PolicyDecision, Secrets, Verdict};
 use crate::expr::Expression;
 use crate::headers::{HeaderMap, HeaderMutations, HeaderName};
@@ -106,9 +107,9 @@ pub struct Chain {
     /// Headers carrying credentials: those the policies read them from and
     /// those they assert (an injected backend credential).
     secret_headers: Vec<HeaderName>,
-    /// The headers the policies read credentials from, whatever their
-    /// names: what the decision log looks for copies of.
-    credential_headers: Vec<HeaderName>,
+    /// Where the policies read credentials from, whatever the names: what
+    /// the decision log looks for copies of.
+    credential_locations: Vec<Location>,
 }
 
 /// Which bodies a chain must see whole. A headers-only chain needs neither,
@@ -142,13 +143,13 @@ impl Chain {
             }
         }
         let metrics = ChainMetrics::new(name, entries.iter().map(ChainEntry::policy_name));
-        let mut credential_headers: Vec<HeaderName> = Vec::new();
-        for header in entries.iter().flat_map(|e| e.policy.credential_headers()) {
-            if !credential_headers.contains(&header) {
-                credential_headers.push(header);
+        let mut credential_locations: Vec<Location> = Vec::new();
+        for location in entries.iter().flat_map(|e| e.policy.credential_locations()) {
+            if !credential_locations.contains(&location) {
+                credential_locations.push(location);
             }
         }
-        let mut secret_headers = credential_headers.clone();
+        let mut secret_headers = Location::header_names(&credential_locations);
         for header in entries.iter().flat_map(|e| e.asserted.clone()) {
             if !secret_headers.contains(&header) {
                 secret_headers.push(header);
@@ -164,7 +165,7 @@ impl Chain {
             remote_sources,
             metrics,
             secret_headers,
-            credential_headers,
+            credential_locations,
         }
     }
 
@@ -333,7 +334,7 @@ impl Exchange {
                 decisions: vec![PolicyDecision::NotRun; self.chain.entries.len()],
                 arrived_with: Secrets::of(
                     self.cx.request_headers(),
-                    &self.chain.credential_headers,
+                    &self.chain.credential_locations,
                 ),
                 line: None,
             })

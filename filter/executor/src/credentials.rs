@@ -135,7 +135,7 @@ impl fmt::Display for CredentialError {
 impl std::error::Error for CredentialError {}
 
 impl Location {
-    /// The headers among `locations`, for [`crate::Policy::credential_headers`].
+    /// The headers among `locations`.
     pub fn header_names(locations: &[Location]) -> Vec<HeaderName> {
         locations
             .iter()

@@ -196,7 +196,11 @@ impl Engine {
         let rewrites = match make_canonical(&mut request, self.routes.escaped_slashes) {
             Ok(rewrites) => rewrites,
             Err(error) => {
-                log::debug!("refused {:?}: {error}", request.get(":path"));
+                // Without the query, which may carry a credential.
+                let path = request
+                    .get(":path")
+                    .map(|p| p.split('?').next().unwrap_or(p));
+                log::debug!("refused {path:?}: {error}");
                 self.unmatched.invalid.increment();
                 return Start::Respond(LocalReply::text(400, format!("bad request: {error}\n")));
             }

@@ -404,10 +404,10 @@ pub trait Policy: Send + Sync {
         Vec::new()
     }
 
-    /// The request headers this instance reads credentials from (an API
-    /// key's header, a token's): the decision log's expressions never see
-    /// them.
-    fn credential_headers(&self) -> Vec<crate::headers::HeaderName> {
+    /// Where this instance reads credentials from (an API key's header, a
+    /// token's query parameter): the decision log's expressions never see
+    /// those headers, and a copy of what any of them holds is redacted.
+    fn credential_locations(&self) -> Vec<crate::credentials::Location> {
         Vec::new()
     }
 

@@ -195,8 +195,8 @@ fn refuse(error: CredentialError, cx: &Context) -> Action {
 }
 
 impl Policy for ApiKey {
-    fn credential_headers(&self) -> Vec<HeaderName> {
-        Location::header_names(&self.from)
+    fn credential_locations(&self) -> Vec<Location> {
+        self.from.clone()
     }
 
     fn phases(&self) -> Phases {

@@ -487,8 +487,8 @@ impl BasicAuth {
 }
 
 impl Policy for BasicAuth {
-    fn credential_headers(&self) -> Vec<HeaderName> {
-        Location::header_names(std::slice::from_ref(&self.location))
+    fn credential_locations(&self) -> Vec<Location> {
+        vec![self.location.clone()]
     }
 
     fn phases(&self) -> Phases {

@@ -694,8 +694,8 @@ fn claim_text(value: &serde_json::Value) -> Option<String> {
 }
 
 impl Policy for Jwt {
-    fn credential_headers(&self) -> Vec<HeaderName> {
-        Location::header_names(&self.from)
+    fn credential_locations(&self) -> Vec<Location> {
+        self.from.clone()
     }
 
     fn phases(&self) -> Phases {

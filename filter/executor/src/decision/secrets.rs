@@ -9,10 +9,11 @@
 //!   after its scheme, and for `Basic` the decoded `user:password` and the
 //!   password alone;
 //! * every header whose name says it carries one (key, token, secret,
-//!   pass, auth, cred, session) or that a policy of the chain reads one
-//!   from: the value, and what follows a scheme;
+//!   pass, auth, cred, session, jwt, assertion, signature) or that a policy
+//!   of the chain reads one from: the value, and what follows a scheme;
 //! * every cookie value;
-//! * query parameters whose name says it carries one.
+//! * query parameters whose name says it carries one, or that a policy
+//!   reads one from.
 //!
 //! A copy can sit anywhere: in any header (`referer`, a custom one), the
 //! path, a cookie of another name, metadata a policy wrote. So nothing
@@ -25,7 +26,8 @@ use std::borrow::Cow;
 use ct_codecs::{Base64, Decoder};
 
 use crate::canonical::percent_decode_lossy;
-use crate::headers::{HeaderMap, HeaderName};
+use crate::credentials::Location;
+use crate::headers::HeaderMap;
 
 /// What replaces a value that holds a credential.
 pub(crate) const REDACTED: &str = "[redacted]";
@@ -43,16 +45,17 @@ const MIN_COOKIE: usize = 8;
 pub(crate) struct Secrets(Vec<String>);
 
 impl Secrets {
-    /// The credentials in `request`; `credential_headers` are the headers
-    /// the chain's policies read credentials from or assert.
-    pub(crate) fn of(request: &HeaderMap, credential_headers: &[HeaderName]) -> Self {
+    /// The credentials in `request`; `locations` are where the chain's
+    /// policies read credentials from.
+    pub(crate) fn of(request: &HeaderMap, locations: &[Location]) -> Self {
+        let credential_headers = Location::header_names(locations);
         let mut secrets = Self::default();
         for (name, value) in request.iter() {
             if name.starts_with(':') {
                 continue;
             }
             if name == "cookie" {
-                secrets.add_cookies(value);
+                secrets.add_cookies(value, locations);
             } else if secretive(name)
                 || credential_headers
                     .iter()
@@ -64,7 +67,11 @@ impl Secrets {
         if let Some((_, query)) = request.get(":path").and_then(|p| p.split_once('?')) {
             for pair in query.split('&') {
                 if let Some((name, value)) = pair.split_once('=') {
-                    if secretive(&percent_decode_lossy(name)) {
+                    let name = percent_decode_lossy(name);
+                    let read = locations
+                        .iter()
+                        .any(|l| matches!(l, Location::Query(q) if q.eq_ignore_ascii_case(&name)));
+                    if read || secretive(&name) {
                         secrets.add(value, MIN_CREDENTIAL);
                         secrets.add(&percent_decode_lossy(value), MIN_CREDENTIAL);
                     }
@@ -154,14 +161,17 @@ impl Secrets {
         }
     }
 
-    fn add_cookies(&mut self, header: &str) {
+    fn add_cookies(&mut self, header: &str, locations: &[Location]) {
         // `,` too: some servers split cookie lines folded into one.
         for cookie in header.split([';', ',']) {
             let Some((name, value)) = cookie.split_once('=') else {
                 continue;
             };
             let value = value.trim().trim_matches('"');
-            let shortest = if secretive(name.trim()) {
+            let named = locations
+                .iter()
+                .any(|l| matches!(l, Location::Cookie(c) if c == name.trim()));
+            let shortest = if named || secretive(name.trim()) {
                 MIN_CREDENTIAL
             } else {
                 MIN_COOKIE
@@ -260,10 +270,25 @@ mod tests {
     }
 
     #[test]
-    fn a_header_a_policy_reads_a_credential_from_counts_whatever_its_name() {
-        let request = HeaderMap::from_pairs([("x-client-id", "client-credential-9")]);
-        assert!(!Secrets::of(&request, &[]).found_in("client-credential-9"));
-        let named = HeaderName::parse("x-client-id").unwrap();
-        assert!(Secrets::of(&request, &[named]).found_in("client-credential-9"));
+    fn where_a_policy_reads_a_credential_counts_whatever_its_name() {
+        let request = HeaderMap::from_pairs([
+            (":path", "/p?t=query-t0ken-1&page=2"),
+            ("x-client-id", "client-credential-9"),
+            ("cookie", "sid=abcd"),
+        ]);
+        let anywhere = Secrets::of(&request, &[]);
+        for copy in ["client-credential-9", "query-t0ken-1", "abcd"] {
+            assert!(!anywhere.found_in(copy), "{copy}");
+        }
+        let header = crate::headers::HeaderName::parse("x-client-id").unwrap();
+        let read = [
+            Location::Header(header, String::new()),
+            Location::Query("T".into()),
+            Location::Cookie("sid".into()),
+        ];
+        let found = Secrets::of(&request, &read);
+        for copy in ["client-credential-9", "query-t0ken-1", "abcd"] {
+            assert!(found.found_in(copy), "{copy}");
+        }
     }
 }

@@ -148,7 +148,8 @@ fn repeated_header(names: &Names, request: &HeaderMap) -> Option<String> {
 
 /// A query name as the loosest framework reads it: `+` as a space, leading
 /// spaces trimmed, an array suffix (`[]`, `[0]`) dropped, `.` and spaces as
-/// `_`, ASCII case folded.
+/// `_`, case folded as Java's `equalsIgnoreCase` does (upper, then lower:
+/// the Kelvin sign is `k`, the long s is `s`).
 fn folded(name: &str) -> String {
     let name = name.replace('+', " ");
     let name = name.trim_start_matches(' ');
@@ -157,9 +158,11 @@ fn folded(name: &str) -> String {
         _ => name,
     };
     name.chars()
+        .flat_map(char::to_uppercase)
+        .flat_map(char::to_lowercase)
         .map(|c| match c {
             '.' | ' ' => '_',
-            c => c.to_ascii_lowercase(),
+            c => c,
         })
         .collect()
 }

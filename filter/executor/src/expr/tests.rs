@@ -443,6 +443,8 @@ fn a_query_parameter_in_two_readings_is_never_decided_on() {
         assert!(on(path, r#""debug" in request.query"#).is_err(), "{path}");
     }
     assert!(on("/s?de.bug=1", r#""de_bug" in request.query"#).is_err());
+    // Java's equalsIgnoreCase reads the Kelvin sign as `k`.
+    assert!(on("/s?%E2%84%AAey=1", r#""key" in request.query"#).is_err());
     assert_eq!(
         on("/s?ids[]=1", r#"request.query["ids[]"] == "1""#),
         Ok(true)
