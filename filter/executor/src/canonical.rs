@@ -308,7 +308,8 @@ fn check_encoded_text(bytes: &[u8]) -> Result<(), PathError> {
 
 /// Characters that NFKC normalization (some frameworks apply it to paths)
 /// or Windows' best-fit code pages ("WorstFit") turn into text holding `.`,
-/// `/` or `\`.
+/// `/` or `\`, or the `;`, `?` and `#` that split a path for a server that
+/// normalizes before it splits.
 fn reads_as_delimiter(c: char) -> bool {
     /// Every character whose NFKC form holds `.`, `/` or `\` (a scan of
     /// Unicode 14: dot leaders, `℀` a/c, `⒈` 1., `㏂` a.m., small and
@@ -316,7 +317,17 @@ fn reads_as_delimiter(c: char) -> bool {
     /// fraction and division slashes, set minus, the solidus operators, and
     /// the yen and won signs (the backslash of Japanese and Korean code
     /// pages).
-    const RANGES: [(char, char); 22] = [
+    const RANGES: [(char, char); 32] = [
+        // NFKC `;` (the Greek question mark), `??`, `?!`, `!?`, and the
+        // small and fullwidth `;`, `?` and `#`.
+        ('\u{037E}', '\u{037E}'),
+        ('\u{2047}', '\u{2049}'),
+        ('\u{FE14}', '\u{FE14}'),
+        ('\u{FE16}', '\u{FE16}'),
+        ('\u{FE54}', '\u{FE54}'),
+        ('\u{FE56}', '\u{FE56}'),
+        ('\u{FE5F}', '\u{FE5F}'),
+        ('\u{FF03}', '\u{FF03}'),
         ('\u{00A5}', '\u{00A5}'),
         ('\u{2024}', '\u{2026}'),
         ('\u{2044}', '\u{2044}'),
@@ -335,6 +346,8 @@ fn reads_as_delimiter(c: char) -> bool {
         ('\u{FE52}', '\u{FE52}'),
         ('\u{FE68}', '\u{FE68}'),
         ('\u{FF0E}', '\u{FF0F}'),
+        ('\u{FF1B}', '\u{FF1B}'),
+        ('\u{FF1F}', '\u{FF1F}'),
         ('\u{FF3C}', '\u{FF3C}'),
         ('\u{1F100}', '\u{1F100}'),
         // Fullwidth and small forms of `%` would let a normalizer build a
@@ -870,6 +883,8 @@ mod tests {
             "/a/%E2%84%80",                    // account of: 'a/c'
             "/a/%E2%92%88",                    // digit one full stop: '1.'
             "/a/%EF%BC%85%32%65",              // fullwidth percent sign
+            "/public/%EF%BC%9B/admin",         // fullwidth semicolon
+            "/a/%CD%BE",                       // Greek question mark: NFKC ;
             "/a/%C2%85",                       // NEL, a C1 control
         ] {
             assert_eq!(path(target), Err(PathError::LookAlike), "{target}");

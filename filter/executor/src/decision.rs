@@ -26,12 +26,15 @@
 //! credential: `authorization`, `proxy-authorization`, any header whose
 //! name says key, token, secret, pass, auth, cred or session, and every
 //! header a policy of the chain reads a credential from or asserts (an API
-//! key's header, an injected backend credential). Then, whatever the field,
-//! any value that contains a credential the request carried when it
-//! arrived, or carries now, is written as `"[redacted]"`: a header an
-//! expression reads, the path, the host, the request id, the caller (see
-//! [`secrets`] for what counts and how it is compared).
+//! key's header, an injected backend credential). Then each copy of a
+//! credential the request carried when it arrived, or carries now, is
+//! written as `[redacted]` wherever it sits: in a header an expression
+//! reads, the path, the host, the request id (see [`secrets`] for what
+//! counts and how it is compared). What the engine, the connection and the
+//! policies' verification say (the verdict, the caller) is never redacted:
+//! a client cannot blank it by sending it as a "credential".
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
@@ -39,8 +42,8 @@ use serde_json::{json, Map, Value};
 
 mod secrets;
 
+use secrets::secretive;
 pub(crate) use secrets::Secrets;
-use secrets::{secretive, REDACTED};
 
 use crate::attributes::{Attribute, AttributeSet};
 use crate::expr::{Expression, Phase, JWT_CLAIMS};
@@ -205,7 +208,7 @@ impl DecisionLog {
                     .get(":path")
                     .map(|p| p.split_once('?').map_or(p, |(path, _)| path))),
                 Field::Host => json!(request.get(":authority")),
-                Field::Caller => caller(cx, &secrets),
+                Field::Caller => caller(cx),
             };
             // What the engine and the connection say stands as it is: a
             // client cannot blank its own address or verdict out of the log
@@ -263,13 +266,18 @@ fn field_name(field: Field) -> &'static str {
     }
 }
 
-/// Who is calling, as far as the host and the chain's policies know; what
-/// came from the request is redacted here, the address never.
-fn caller(cx: &Context, secrets: &Secrets) -> Value {
+/// Who is calling, as far as the host and the chain's policies know: the
+/// connection, a verified certificate, token, key or password vouch for
+/// each of these, so none is redacted (a client could otherwise blank its
+/// own identity out of the log by sending it as a "credential").
+fn caller(cx: &Context) -> Value {
     let mut who = Map::new();
     let connection = cx.connection();
     if let Some(id) = connection.spiffe_id() {
         who.insert("spiffe_id".into(), json!(id.uri));
+    }
+    if let Some(address) = connection.source_ip() {
+        who.insert("address".into(), json!(address));
     }
     let metadata = cx.metadata();
     if let Some(sub) = metadata.get(JWT_CLAIMS).and_then(|c| c.get("sub")) {
@@ -283,12 +291,7 @@ fn caller(cx: &Context, secrets: &Secrets) -> Value {
             who.insert(name.into(), value.clone());
         }
     }
-    let mut who = Value::Object(who);
-    redact(&mut who, secrets);
-    if let (Some(address), Value::Object(fields)) = (connection.source_ip(), &mut who) {
-        fields.insert("address".into(), json!(address));
-    }
-    who
+    Value::Object(who)
 }
 
 /// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`),
@@ -339,10 +342,14 @@ fn masked(
     headers
 }
 
-/// Replaces every string in `value` that holds a credential.
+/// Replaces each copy of a credential in the strings of `value`.
 fn redact(value: &mut Value, secrets: &Secrets) {
     match value {
-        Value::String(text) if secrets.found_in(text) => *text = REDACTED.to_owned(),
+        Value::String(text) => {
+            if let Cow::Owned(clean) = secrets.redact(text) {
+                *text = clean;
+            }
+        }
         Value::Array(items) => items.iter_mut().for_each(|v| redact(v, secrets)),
         Value::Object(fields) => fields.values_mut().for_each(|v| redact(v, secrets)),
         _ => {}
@@ -480,18 +487,18 @@ mod tests {
         assert_eq!(
             got,
             json!({
-                "path": "[redacted]",
+                "path": "/p/[redacted]",
                 "request_id": "[redacted]",
                 "policy": null,
                 "fields": {
-                    "referer": "[redacted]",
+                    "referer": "https://app.example/cb?access=[redacted]",
                     // Expressions read the copy as "[redacted]" already, so
                     // no transformation brings any of it back.
-                    "upper": "[REDACTED]",
-                    "tail": null,
+                    "upper": "HTTPS://APP.EXAMPLE/CB?ACCESS=[REDACTED]",
+                    "tail": "[redacted]",
                     "custom": "[redacted]",
                     "both": "acme [redacted]",
-                    "path": "[redacted]",
+                    "path": "/p/[redacted]",
                     "tenant": "acme",
                 }
             })
@@ -516,7 +523,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             got["fields"],
-            json!({"a": "[redacted]", "b": "[redacted]", "c": "[redacted]", "d": "dark"})
+            json!({"a": "sid was [redacted]", "b": "key=[redacted]", "c": "pw: [redacted]", "d": "dark"})
         );
     }
 

@@ -24,10 +24,10 @@
 //! |---|---|---|
 //! | `request.method` | string | |
 //! | `request.path` | string | without the query |
-//! | `request.query` | map(string, string) | name and value percent-decoded; absent (an error to read) if a parameter is given twice (in any encoding or case), the query has a `;`, or a value does not decode |
+//! | `request.query` | map(string, string) | name and value percent-decoded; absent (an error to read) if a parameter is given twice (in any encoding or case), the query has a `;`, or a name or value does not decode; a parameter the expression reads given ambiguously makes it fail (see [`ambiguous`]) |
 //! | `request.host` | string | `:authority` without the port |
 //! | `request.scheme` | string | |
-//! | `request.headers` | map(string, string) | lower-case names; repeated headers joined with `,` |
+//! | `request.headers` | map(string, string) | lower-case names, `_` read as `-`; a header the expression reads, sent more than once, makes it fail (see [`ambiguous`]) |
 //! | `source.address` | string | the peer's IP |
 //! | `source.port` | int | |
 //! | `source.spiffeId` | string | the peer certificate's URI SAN, if a SPIFFE ID |

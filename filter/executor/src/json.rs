@@ -105,8 +105,46 @@ impl<'de> Reading<'de> for Value {
     }
 }
 
+/// The keys of an object being checked: a short list while it is short
+/// (most objects have a few keys, and hashing each costs more than
+/// comparing them), a set once it is long (a body of one object with a
+/// hundred thousand keys must not cost their square).
+enum Keys<'de> {
+    Few(Vec<Cow<'de, str>>),
+    Many(HashSet<Cow<'de, str>>),
+}
+
+/// How many keys an object holds before they are hashed.
+const FEW_KEYS: usize = 16;
+
+impl Default for Keys<'_> {
+    fn default() -> Self {
+        Self::Few(Vec::new())
+    }
+}
+
+impl<'de> Keys<'de> {
+    /// Adds `key`; `false` if it is already there.
+    fn insert(&mut self, key: Cow<'de, str>) -> bool {
+        match self {
+            Self::Few(keys) if keys.contains(&key) => false,
+            Self::Few(keys) if keys.len() < FEW_KEYS => {
+                keys.push(key);
+                true
+            }
+            Self::Few(keys) => {
+                let mut set: HashSet<Cow<'de, str>> = keys.drain(..).collect();
+                set.insert(key);
+                *self = Self::Many(set);
+                true
+            }
+            Self::Many(set) => set.insert(key),
+        }
+    }
+}
+
 impl<'de> Reading<'de> for () {
-    type Members = HashSet<Cow<'de, str>>;
+    type Members = Keys<'de>;
     fn null() {}
     fn bool(_: bool) {}
     fn number(_: Number) {}
@@ -307,6 +345,20 @@ mod tests {
             br#"[{"x":1},{"y":1,"y":1}]"#,
         ] {
             assert!(refused(body).contains("duplicate key"), "{body:?}");
+        }
+    }
+
+    #[test]
+    fn duplicates_are_found_in_long_objects_too() {
+        let members: Vec<String> = (0..40).map(|i| format!(r#""k{i}":{i}"#)).collect();
+        let object = format!("{{{}}}", members.join(","));
+        assert!(check(object.as_bytes()).is_ok());
+        for dup in ["k3", "k20", "k39"] {
+            let object = format!(r#"{{{},"{dup}":0}}"#, members.join(","));
+            assert!(
+                refused(object.as_bytes()).contains("duplicate key"),
+                "{dup}"
+            );
         }
     }
 

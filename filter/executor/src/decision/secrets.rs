@@ -40,6 +40,12 @@ const MIN_CREDENTIAL: usize = 4;
 /// holds a credential (`theme=dark`, `lang=en-US` are not secrets).
 const MIN_COOKIE: usize = 8;
 
+/// The most credentials looked for in one request: every later scan costs
+/// their number, and a client sending thousands of cookies must not make
+/// the log cost more than the request. Cookies come last, so those past
+/// the bound are the client's own spares.
+const MAX_SECRETS: usize = 64;
+
 /// Credentials, lower-cased for comparison.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Secrets(Vec<String>);
@@ -51,12 +57,10 @@ impl Secrets {
         let credential_headers = Location::header_names(locations);
         let mut secrets = Self::default();
         for (name, value) in request.iter() {
-            if name.starts_with(':') {
+            if name.starts_with(':') || name == "cookie" {
                 continue;
             }
-            if name == "cookie" {
-                secrets.add_cookies(value, locations);
-            } else if secretive(name)
+            if secretive(name)
                 || credential_headers
                     .iter()
                     .any(|h| h.as_str() == name || h.is_variant(name))
@@ -77,6 +81,9 @@ impl Secrets {
                     }
                 }
             }
+        }
+        for cookies in request.get_all("cookie") {
+            secrets.add_cookies(cookies, locations);
         }
         secrets
     }
@@ -114,18 +121,48 @@ impl Secrets {
         false
     }
 
-    /// `text`, or [`REDACTED`] if it holds a credential.
+    /// `text` with each copy of a credential replaced by [`REDACTED`], or
+    /// wholly [`REDACTED`] if a copy shows only once it is decoded (where
+    /// it sits in `text` is then not known).
     pub(crate) fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {
-        if self.found_in(text) {
-            Cow::Borrowed(REDACTED)
-        } else {
-            Cow::Borrowed(text)
+        if !self.found_in(text) {
+            return Cow::Borrowed(text);
         }
+        // ASCII lower-casing keeps every byte where it was, and a UTF-8
+        // secret matches only on character boundaries.
+        let lower = text.to_ascii_lowercase();
+        let mut spans: Vec<(usize, usize)> = self
+            .0
+            .iter()
+            .flat_map(|secret| {
+                lower
+                    .match_indices(secret.as_str())
+                    .map(|(at, found)| (at, at + found.len()))
+            })
+            .collect();
+        spans.sort_unstable();
+        let mut clean = String::with_capacity(text.len());
+        let mut done = 0;
+        for (start, end) in spans {
+            if end <= done {
+                continue;
+            }
+            if start >= done {
+                clean.push_str(&text[done..start]);
+                clean.push_str(REDACTED);
+            }
+            done = end;
+        }
+        clean.push_str(&text[done..]);
+        if self.found_in(&clean) {
+            return Cow::Borrowed(REDACTED);
+        }
+        Cow::Owned(clean)
     }
 
     fn add(&mut self, value: &str, shortest: usize) {
         let value = value.trim();
-        if value.len() >= shortest {
+        if value.len() >= shortest && self.0.len() < MAX_SECRETS {
             let lower = value.to_ascii_lowercase();
             if !self.0.contains(&lower) {
                 self.0.push(lower);
@@ -245,6 +282,33 @@ mod tests {
         for plain in ["dark mode", "page 2", "Bearer", "alice", "/p"] {
             assert!(!found.found_in(plain), "{plain}");
         }
+    }
+
+    #[test]
+    fn each_copy_is_replaced_where_it_sits() {
+        let found = secrets(&[("authorization", "Bearer t0ken-abcd")]);
+        assert_eq!(
+            found.redact("/cb?a=T0KEN-ABCD&b=t0ken-abcd#x"),
+            "/cb?a=[redacted]&b=[redacted]#x"
+        );
+        // A secret the marker itself holds cannot loop; found again in
+        // the marker, all of the value goes.
+        let dact = secrets(&[("x-api-key", "dact")]);
+        assert_eq!(dact.redact("redacted"), "[redacted]");
+        // Found only decoded: where it sits is not known, so all of it goes.
+        assert_eq!(found.redact("/cb?a=t0ken%2Dabcd"), "[redacted]");
+        assert_eq!(found.redact("nothing here"), "nothing here");
+    }
+
+    #[test]
+    fn a_flood_of_cookies_cannot_crowd_out_a_credential_or_cost_more() {
+        let many: Vec<String> = (0..1000)
+            .map(|i| format!("c{i}=cookie-value-{i:04}"))
+            .collect();
+        let cookie = many.join("; ");
+        let found = secrets(&[("cookie", &cookie), ("authorization", "Bearer t0ken-abcd")]);
+        assert!(found.found_in("t0ken-abcd"));
+        assert_eq!(found.0.len(), MAX_SECRETS);
     }
 
     #[test]

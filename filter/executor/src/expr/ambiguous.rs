@@ -13,9 +13,11 @@
 //!   which was meant and are read as such.
 //! * **A query name in another spelling** than the one a rule reads,
 //!   which some frameworks fold into it: another case (`?DEBUG=1` where a
-//!   rule reads `debug`; ASP.NET ignores case), a leading `+` or space
-//!   (PHP trims it), an array suffix (`debug[]`: PHP, Rails and Express's
-//!   `qs` read `debug`), a `.` or space for `_` (PHP).
+//!   rule reads `debug`; ASP.NET and Java's `equalsIgnoreCase` ignore
+//!   case), a leading `+`, space or bracket (PHP and Rack trim them), a
+//!   leading `!` (Spring's field marker), an array suffix (`debug[]`,
+//!   `debug[x]y`: PHP, Rails and Express's `qs` read `debug`), a `.`,
+//!   space or unclosed `[` for `_` (PHP), anything after a NUL (PHP).
 //!
 //! So the static check records which headers and query parameters an
 //! expression reads by name (`request.headers["x-role"]`,
@@ -46,8 +48,9 @@ pub(super) struct Reads {
 /// Which names of a map an expression reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Names {
-    /// These, by literal name (none: the map is not read).
-    Listed(Vec<String>),
+    /// These, by literal name (none: the map is not read), each with its
+    /// [`folded`] form, worked out once.
+    Listed(Vec<(String, String)>),
     /// Any: the map is read whole, or by a name known only at run time.
     Every,
 }
@@ -61,8 +64,8 @@ impl Default for Names {
 impl Names {
     fn add(&mut self, name: &str) {
         if let Self::Listed(names) = self {
-            if !names.iter().any(|n| n == name) {
-                names.push(name.to_owned());
+            if !names.iter().any(|(n, _)| n == name) {
+                names.push((name.to_owned(), folded(name)));
             }
         }
     }
@@ -112,8 +115,8 @@ impl Reads {
             let query = super::path_and_query(request).1;
             if let Some(name) = ambiguous_parameter(&self.query, query) {
                 return Err(EvalError(format!(
-                    "request.query{name} is ambiguous (a raw '+', or its name in another \
-                     case): frameworks disagree on what it says"
+                    "request.query{name} is ambiguous (a raw '+', or a name some framework \
+                     reads as another): frameworks disagree on what it says"
                 )));
             }
         }
@@ -127,14 +130,14 @@ fn repeated_header(names: &Names, request: &HeaderMap) -> Option<String> {
     match names {
         Names::Listed(names) => names
             .iter()
-            .find(|name| {
+            .find(|(name, _)| {
                 request
                     .iter()
                     .filter(|(n, _)| reads_as(n, name))
                     .nth(1)
                     .is_some()
             })
-            .cloned(),
+            .map(|(name, _)| name.clone()),
         Names::Every => {
             let keys: Vec<Cow<'_, str>> =
                 request.iter().filter_map(|(n, _)| header_key(n)).collect();
@@ -146,23 +149,29 @@ fn repeated_header(names: &Names, request: &HeaderMap) -> Option<String> {
     }
 }
 
-/// A query name as the loosest framework reads it: `+` as a space, leading
-/// spaces trimmed, an array suffix (`[]`, `[0]`) dropped, `.` and spaces as
-/// `_`, case folded as Java's `equalsIgnoreCase` does (upper, then lower:
-/// the Kelvin sign is `k`, the long s is `s`).
+/// A query name as the loosest frameworks read it, so that two names any
+/// of them reads as one fold to the same text: `+` as a space, cut at a
+/// NUL, leading spaces, `!` and brackets trimmed, an array suffix
+/// (`[]`, `[0]`, `[x]y`) dropped, trailing brackets trimmed, `.`, spaces
+/// and an unclosed `[` as `_`, case folded per character as Java's
+/// `equalsIgnoreCase` does (the Kelvin sign is `k`, `İ` is `i`). It folds
+/// more than any one framework: a false match refuses a request, never
+/// lets one through.
 fn folded(name: &str) -> String {
     let name = name.replace('+', " ");
-    let name = name.trim_start_matches(' ');
+    let name = name.split('\0').next().unwrap_or_default();
+    let name = name.trim_start_matches([' ', '!', '[', ']']);
     let name = match name.find('[') {
-        Some(at) if at > 0 && name.ends_with(']') => &name[..at],
-        _ => name,
+        Some(at) if name[at..].contains(']') => &name[..at],
+        _ => name.trim_end_matches(']'),
     };
     name.chars()
-        .flat_map(char::to_uppercase)
-        .flat_map(char::to_lowercase)
-        .map(|c| match c {
-            '.' | ' ' => '_',
-            c => c,
+        .map(|c| {
+            let upper = c.to_uppercase().next().unwrap_or(c);
+            match upper.to_lowercase().next().unwrap_or(upper) {
+                '.' | ' ' | '[' => '_',
+                c => c,
+            }
         })
         .collect()
 }
@@ -187,8 +196,8 @@ fn ambiguous_parameter(names: &Names, query: &str) -> Option<String> {
             }
             Names::Listed(listed) => {
                 let loose = folded(&name);
-                let read = listed.iter().find(|key| folded(key) == loose);
-                if let Some(key) = read {
+                let read = listed.iter().find(|(_, folded)| *folded == loose);
+                if let Some((key, _)) = read {
                     if plus || *key != name {
                         return Some(format!("[{key:?}]"));
                     }

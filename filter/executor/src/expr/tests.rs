@@ -443,8 +443,22 @@ fn a_query_parameter_in_two_readings_is_never_decided_on() {
         assert!(on(path, r#""debug" in request.query"#).is_err(), "{path}");
     }
     assert!(on("/s?de.bug=1", r#""de_bug" in request.query"#).is_err());
-    // Java's equalsIgnoreCase reads the Kelvin sign as `k`.
+    // Java's equalsIgnoreCase reads the Kelvin sign as `k`, `İ` as `i`.
     assert!(on("/s?%E2%84%AAey=1", r#""key" in request.query"#).is_err());
+    assert!(on("/s?%C4%B0d=1", r#""id" in request.query"#).is_err());
+    // PHP cuts at a NUL and reads `is[admin` as `is_admin`; Rack trims
+    // brackets; Spring reads `!debug` as `debug`.
+    for path in [
+        "/s?debug%00x=1",
+        "/s?debug[x]y=1",
+        "/s?]debug=1",
+        "/s?[debug]=1",
+        "/s?debug]=1",
+        "/s?!debug=1",
+    ] {
+        assert!(on(path, r#""debug" in request.query"#).is_err(), "{path}");
+    }
+    assert!(on("/s?is[admin=1", r#""is_admin" in request.query"#).is_err());
     assert_eq!(
         on("/s?ids[]=1", r#"request.query["ids[]"] == "1""#),
         Ok(true)
