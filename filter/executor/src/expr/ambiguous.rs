@@ -65,7 +65,7 @@ impl Names {
     fn add(&mut self, name: &str) {
         if let Self::Listed(names) = self {
             if !names.iter().any(|(n, _)| n == name) {
-                names.push((name.to_owned(), folded(name)));
+                names.push((name.to_owned(), folded(name).into_owned()));
             }
         }
     }
@@ -157,7 +157,12 @@ fn repeated_header(names: &Names, request: &HeaderMap) -> Option<String> {
 /// `equalsIgnoreCase` does (the Kelvin sign is `k`, `İ` is `i`). It folds
 /// more than any one framework: a false match refuses a request, never
 /// lets one through.
-fn folded(name: &str) -> String {
+fn folded(name: &str) -> Cow<'_, str> {
+    // Most names are already folded: no allocation for them.
+    let plain = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-');
+    if name.bytes().all(plain) {
+        return Cow::Borrowed(name);
+    }
     let name = name.replace('+', " ");
     let name = name.split('\0').next().unwrap_or_default();
     let name = name.trim_start_matches([' ', '!', '[', ']']);
@@ -173,7 +178,8 @@ fn folded(name: &str) -> String {
                 c => c,
             }
         })
-        .collect()
+        .collect::<String>()
+        .into()
 }
 
 /// A parameter read by `names` whose name or value the query gives in two
@@ -196,7 +202,7 @@ fn ambiguous_parameter(names: &Names, query: &str) -> Option<String> {
             }
             Names::Listed(listed) => {
                 let loose = folded(&name);
-                let read = listed.iter().find(|(_, folded)| *folded == loose);
+                let read = listed.iter().find(|(_, folded)| *folded == *loose);
                 if let Some((key, _)) = read {
                     if plus || *key != name {
                         return Some(format!("[{key:?}]"));
