@@ -26,8 +26,12 @@
 //! policies wrote; the verdict holds for every phase of that request. A
 //! guard that cannot be evaluated (a missing attribute) runs its policy: a
 //! guard never switches a check off by accident (fail closed), and the
-//! debug log says why. The request headers a skipped policy asserts are
-//! stripped in its place, so a client's copy never stands in for them.
+//! debug log says why. A guard that reads a value the request gives in two
+//! readings (a header sent twice; see `expr::ambiguous`) neither skips nor
+//! runs its policy: the request is refused with 400, since running a policy
+//! that grants something would be as wrong as skipping one that checks. The
+//! request headers a skipped policy asserts are stripped in its place, so a
+//! client's copy never stands in for them.
 //!
 //! Once a reply is made the exchange is finished: later calls from the host
 //! return an empty [`Outcome::Continue`].
@@ -568,6 +572,10 @@ impl Exchange {
             // The entry that waited had its guard judged before it asked.
             if judge_guards && resumed.is_none() {
                 if let Some(guard) = &entry.guard {
+                    if let Err(error) = guard.check_unambiguous(&self.cx) {
+                        let reply = LocalReply::text(400, format!("bad request: {error}\n"));
+                        return self.reply(position, &entry.label, reply);
+                    }
                     self.skipped[position] = !guard_holds(&chain.name, entry, guard, &self.cx);
                 }
             }
@@ -612,21 +620,7 @@ impl Exchange {
                     position += 1;
                     calls = 0;
                 }
-                Action::Respond(reply) => {
-                    log::debug!(
-                        "chain {:?}: {} replied {}",
-                        chain.name,
-                        entry.label,
-                        reply.status
-                    );
-                    if let Some(m) = chain.metrics.entries.get(position) {
-                        m.replied.increment();
-                    }
-                    self.note(position, PolicyDecision::Replied);
-                    self.count_reply(position, reply.status);
-                    self.passed = position;
-                    return self.outcome_of(Some((position, reply))).into();
-                }
+                Action::Respond(reply) => return self.reply(position, &entry.label, reply),
                 Action::Call(mut call) => {
                     if calls >= MAX_CALLS_PER_PHASE {
                         return self.give_up(position, entry, "made too many calls");
@@ -697,6 +691,19 @@ impl Exchange {
             !name.eq_ignore_ascii_case("traceparent") && !name.eq_ignore_ascii_case("tracestate")
         });
         carried.extend(context);
+    }
+
+    /// The entry at `position` (`label`) answers the request with `reply`.
+    fn reply(&mut self, position: usize, label: &str, reply: LocalReply) -> Outcome {
+        let chain = Arc::clone(&self.chain);
+        log::debug!("chain {:?}: {label} replied {}", chain.name, reply.status);
+        if let Some(m) = chain.metrics.entries.get(position) {
+            m.replied.increment();
+        }
+        self.note(position, PolicyDecision::Replied);
+        self.count_reply(position, reply.status);
+        self.passed = position;
+        self.outcome_of(Some((position, reply))).into()
     }
 
     /// Counts a request the policy at `position` answered itself.

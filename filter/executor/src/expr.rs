@@ -189,6 +189,12 @@ impl Expression {
         self.fields.attributes()
     }
 
+    /// `Err` if the request gives a value this expression reads in two
+    /// readings (see [`ambiguous`]): what makes every evaluation on it fail.
+    pub fn check_unambiguous(&self, cx: &Context) -> Result<(), EvalError> {
+        self.reads.check(cx.request_headers())
+    }
+
     /// Evaluates to a boolean; any other result is an error, and so is a
     /// request that gives a value the expression reads in two readings
     /// (see [`ambiguous`]).

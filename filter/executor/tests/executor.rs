@@ -474,6 +474,32 @@ fn a_schema_that_drifted_from_the_typed_parameters_is_caught() {
 }
 
 #[test]
+fn a_guard_on_a_value_given_twice_refuses_the_request_rather_than_guess() {
+    let e = chain(
+        r#"[{name: probe, config: {id: a}},
+            {name: probe, config: {id: b}, when: '"x-skip" in request.headers'}]"#,
+    );
+    let twice = request("/").into_pairs().into_iter().chain([
+        ("x-skip".to_owned(), "1".to_owned()),
+        ("x_skip".to_owned(), "2".to_owned()),
+    ]);
+    let Start::Run(mut x) = e.start(|| None, HeaderMap::from_pairs(twice)) else {
+        panic!("no chain");
+    };
+    match x.on_request_headers() {
+        Outcome::Respond(reply) => {
+            assert_eq!(reply.status, 400);
+            let body = String::from_utf8_lossy(&reply.body).into_owned();
+            assert!(body.contains("sent more than once"), "{body}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // b neither ran nor was skipped: it never saw the request, and a sees
+    // the local reply as any reply.
+    assert_eq!(trace(&x), ["a:request_headers", "a:response_headers"]);
+}
+
+#[test]
 fn a_guard_runs_its_policy_only_when_true_and_for_every_phase() {
     let e = chain(
         r#"[{name: probe, config: {id: a}, when: 'request.path.startsWith("/admin")'},
