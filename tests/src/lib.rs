@@ -208,18 +208,34 @@ impl Stack {
             .collect()
     }
 
-    /// The decision-log lines, once there are at least `count` (within 10
-    /// seconds, or the test fails).
+    /// The decision-log lines, once there are at least `count`.
     pub fn wait_for_decisions(&self, count: usize) -> Vec<Value> {
+        self.wait_for_decisions_until(&format!("{count} decision lines"), |lines| {
+            lines.len() >= count
+        })
+    }
+
+    /// The first decision-log line that `matches`, once one is written
+    /// (hosts write lines in their own time, not in request order).
+    pub fn wait_for_decision(&self, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
+        self.wait_for_decisions_until(what, |lines| lines.iter().any(&matches))
+            .into_iter()
+            .find(|line| matches(line))
+            .unwrap_or_default()
+    }
+
+    /// The decision-log lines, once `done` says they are all there (within
+    /// 10 seconds, or the test fails naming `what`).
+    fn wait_for_decisions_until(&self, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             let found = self.decisions();
-            if found.len() >= count {
+            if done(&found) {
                 return found;
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "{} decision lines, want {count}",
+                "no {what} after 10 s; {} decision lines",
                 found.len()
             );
             std::thread::sleep(Duration::from_millis(50));

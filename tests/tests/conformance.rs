@@ -11,7 +11,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
 use integration_tests::authz::{alice_or_nobody, AuthzServer, Decision};
 use integration_tests::ratelimit::{RateLimitService, Redis};
@@ -276,7 +275,11 @@ fn run_case(stack: &Stack, raw: bool, case: &Case, number: usize) -> Vec<String>
         }
     }
     if logged {
-        let line = decision_of(stack, &mark);
+        let what = format!(
+            "decision line with fields.case {mark:?} (the suite's decision_log needs \
+             `case: 'request.headers[\"{CASE_HEADER}\"]'`)"
+        );
+        let line = stack.wait_for_decision(&what, |line| line["fields"]["case"] == mark);
         for (name, want) in &expect.decision_fields {
             let got = &line["fields"][name];
             check(
@@ -293,27 +296,6 @@ fn run_case(stack: &Stack, raw: bool, case: &Case, number: usize) -> Vec<String>
         }
     }
     faults
-}
-
-/// The decision line whose `case` field is `mark` (within 10 seconds, or
-/// the test fails).
-fn decision_of(stack: &Stack, mark: &str) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let found = stack
-            .decisions()
-            .into_iter()
-            .find(|line| line["fields"]["case"] == mark);
-        if let Some(line) = found {
-            return line;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no decision line with fields.case {mark:?} (the suite's decision_log needs \
-             `case: 'request.headers[\"{CASE_HEADER}\"]'`)"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn conforms(host: Host) {

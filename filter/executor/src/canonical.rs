@@ -173,6 +173,17 @@ pub fn percent_decode_lossy(text: &str) -> Cow<'_, str> {
     Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
+/// The parameters of a query as `(name, value)`, both as sent (still
+/// percent-encoded); `?flag` alone has an empty value, and empty pairs
+/// (`a=1&&b=2`) are skipped. The one split of a query: CEL, the credential
+/// readers and the decision log read parameters through it.
+pub fn query_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+}
+
 fn is_unreserved(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~')
 }

@@ -50,7 +50,7 @@ use std::fmt;
 
 use serde::Deserialize;
 
-use crate::canonical::{percent_decode, percent_decode_lossy};
+use crate::canonical::{percent_decode, percent_decode_lossy, query_pairs};
 use crate::headers::{HeaderName, HeaderValue, RequestTarget};
 use crate::policy::Context;
 use crate::registry::ParamError;
@@ -417,8 +417,7 @@ fn one_query_param<'a>(query: &'a str, name: &str) -> Result<Option<&'a str>, Cr
         return Err(CredentialError::Semicolon);
     }
     let mut found = None;
-    for pair in query.split('&') {
-        let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
+    for (raw_name, raw_value) in query_pairs(query) {
         let decoded = percent_decode_lossy(raw_name);
         if !decoded.eq_ignore_ascii_case(name) {
             continue;

@@ -58,7 +58,7 @@ use cel::common::types::{
 use cel::Value;
 
 use crate::attributes::{Attribute, AttributeSet};
-use crate::canonical::{percent_decode, strip_port};
+use crate::canonical::{percent_decode, query_pairs, strip_port};
 use crate::headers::HeaderMap;
 use crate::policy::Context;
 
@@ -1010,8 +1010,7 @@ fn query_map(query: &str) -> Option<Val<'_>> {
     }
     let mut map: CelRecord<'_> = HashMap::new();
     let mut folded_names = HashSet::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+    for (name, value) in query_pairs(query) {
         let value: Val<'_> = Box::new(CelString::from(percent_decode(value)?.into_owned()));
         let name = percent_decode(name)?.into_owned();
         if !folded_names.insert(name.to_ascii_lowercase()) {

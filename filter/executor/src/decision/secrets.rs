@@ -25,7 +25,7 @@ use std::borrow::Cow;
 
 use ct_codecs::{Base64, Decoder};
 
-use crate::canonical::percent_decode_lossy;
+use crate::canonical::{percent_decode_lossy, query_pairs};
 use crate::credentials::Location;
 use crate::headers::HeaderMap;
 
@@ -69,16 +69,14 @@ impl Secrets {
             }
         }
         if let Some((_, query)) = request.get(":path").and_then(|p| p.split_once('?')) {
-            for pair in query.split('&') {
-                if let Some((name, value)) = pair.split_once('=') {
-                    let name = percent_decode_lossy(name);
-                    let read = locations
-                        .iter()
-                        .any(|l| matches!(l, Location::Query(q) if q.eq_ignore_ascii_case(&name)));
-                    if read || secretive(&name) {
-                        secrets.add(value, MIN_CREDENTIAL);
-                        secrets.add(&percent_decode_lossy(value), MIN_CREDENTIAL);
-                    }
+            for (name, value) in query_pairs(query) {
+                let name = percent_decode_lossy(name);
+                let read = locations
+                    .iter()
+                    .any(|l| matches!(l, Location::Query(q) if q.eq_ignore_ascii_case(&name)));
+                if read || secretive(&name) {
+                    secrets.add(value, MIN_CREDENTIAL);
+                    secrets.add(&percent_decode_lossy(value), MIN_CREDENTIAL);
                 }
             }
         }

@@ -35,7 +35,7 @@ use std::borrow::Cow;
 
 use super::fast::reads_as;
 use super::{header_key, EvalError};
-use crate::canonical::percent_decode;
+use crate::canonical::{percent_decode, query_pairs};
 use crate::headers::HeaderMap;
 
 /// The request headers and query parameters an expression reads.
@@ -186,8 +186,7 @@ fn folded(name: &str) -> Cow<'_, str> {
 /// readings: `["name"]` as the expression reads it, or `" parameter"` when
 /// it reads them all.
 fn ambiguous_parameter(names: &Names, query: &str) -> Option<String> {
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
+    for (raw_name, raw_value) in query_pairs(query) {
         // A name that does not decode makes the whole query unreadable
         // (`expr::query_map`).
         let Some(name) = percent_decode(raw_name) else {
