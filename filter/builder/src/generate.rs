@@ -89,6 +89,19 @@ opt-level = "s"
     text
 }
 
+/// Writes `bytes` to `path` unless it holds them already. Cargo rebuilds
+/// what a file's modification time says is newer, so rewriting identical
+/// generated sources would re-link the module and the shim on every build.
+pub fn write_if_changed(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if std::fs::read(path).is_ok_and(|current| current == bytes) {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(path, bytes)
+}
+
 /// Writes the build workspace into `dir`.
 pub fn workspace(
     dir: &Path,
@@ -96,20 +109,15 @@ pub fn workspace(
     manifest: &Manifest,
     description: &str,
 ) -> std::io::Result<()> {
-    let write = |relative: &str, text: String| {
-        let path = dir.join(relative);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        std::fs::write(path, text)
-    };
+    let write =
+        |relative: &str, text: String| write_if_changed(&dir.join(relative), text.as_bytes());
     let executor = toml_path(&repo.join("filter/executor"));
     let wasm_host = toml_path(&repo.join("filter/wasm"));
     let extproc_host = toml_path(&repo.join("filter/extproc"));
 
     write("Cargo.toml", workspace_manifest(manifest))?;
     if let Ok(lock) = std::fs::read(repo.join("Cargo.lock")) {
-        std::fs::write(dir.join("Cargo.lock"), lock)?;
+        write_if_changed(&dir.join("Cargo.lock"), &lock)?;
     }
 
     let mut dependencies = format!("policy-executor = {{ path = {executor} }}\n");

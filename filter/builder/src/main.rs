@@ -134,6 +134,12 @@ fn source_commit(repo: &Path) -> String {
     }
 }
 
+/// Whether `output` was written after `input` last changed.
+fn is_newer(output: &Path, input: &Path) -> bool {
+    let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    matches!((modified(output), modified(input)), (Some(out), Some(inp)) if out > inp)
+}
+
 fn sha256_hex(path: &Path) -> Result<String, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(Sha256::digest(&bytes)
@@ -234,19 +240,21 @@ fn build(
     )?;
 
     let module = out.join("plugin.wasm");
-    run(
-        Command::new("wasm-opt")
-            .args(["-O3", "--strip-debug"])
-            .arg(
-                target
-                    .join("wasm32-wasip1")
-                    .join(generate::WASM_PROFILE)
-                    .join("plugin.wasm"),
-            )
-            .arg("-o")
-            .arg(&module),
-        "wasm-opt",
-    )?;
+    let linked = target
+        .join("wasm32-wasip1")
+        .join(generate::WASM_PROFILE)
+        .join("plugin.wasm");
+    // wasm-opt takes most of a build whose sources did not change.
+    if !is_newer(&module, &linked) {
+        run(
+            Command::new("wasm-opt")
+                .args(["-O3", "--strip-debug"])
+                .arg(&linked)
+                .arg("-o")
+                .arg(&module),
+            "wasm-opt",
+        )?;
+    }
     let module_bytes = std::fs::metadata(&module).map(|m| m.len()).unwrap_or(0);
     let extproc = if wasm_only {
         serde_json::Value::Null
