@@ -38,7 +38,6 @@ struct RawDefinition {
     description: String,
     phases: Vec<String>,
     body: BodyNeeds,
-    parameters: Value,
     /// Checked by the policy's own unit test (`testing::check_definition`).
     #[serde(default)]
     #[allow(dead_code, reason = "validated as present; used by the policy's tests")]
@@ -54,7 +53,8 @@ pub struct Definition {
     pub version: semver::Version,
     /// One line for humans.
     pub description: String,
-    /// The JSON Schema of its parameters.
+    /// The JSON Schema of its parameters: its `schema.json`, which the
+    /// crate's tests keep equal to the one its types give.
     pub parameters: Value,
     /// The policy's directory (absolute).
     pub dir: PathBuf,
@@ -147,14 +147,22 @@ pub fn load(dir: &Path) -> Result<Definition, DefinitionError> {
             raw.body
         )));
     }
-    if raw.parameters.get("type").and_then(Value::as_str) != Some("object") {
+    let schema_path = dir.join("schema.json");
+    let schema_text = std::fs::read_to_string(&schema_path).map_err(|e| {
+        fault(format!(
+            "cannot read schema.json (the schema of the parameters, which `make schemas` derives from their types): {e}"
+        ))
+    })?;
+    let parameters: Value = serde_json::from_str(&schema_text)
+        .map_err(|e| fault(format!("schema.json is not JSON: {e}")))?;
+    if parameters.get("type").and_then(Value::as_str) != Some("object") {
         return Err(fault(
-            "policy.yaml: parameters must be a JSON Schema with `type: object`".into(),
+            "schema.json must be a JSON Schema with `type: object`".into(),
         ));
     }
     // The module checks parameters with this validator at configure time.
-    policy_executor::schema::Schema::parse(&raw.parameters.to_string())
-        .map_err(|e| fault(format!("policy.yaml: parameters: {e}")))?;
+    policy_executor::schema::Schema::parse(&schema_text)
+        .map_err(|e| fault(format!("schema.json: {e}")))?;
 
     let cargo_toml = dir.join("Cargo.toml");
     let manifest = std::fs::read_to_string(&cargo_toml)
@@ -178,7 +186,7 @@ pub fn load(dir: &Path) -> Result<Definition, DefinitionError> {
         name: raw.name,
         version,
         description: raw.description.trim().to_owned(),
-        parameters: raw.parameters,
+        parameters,
         dir,
         package,
     })

@@ -21,7 +21,6 @@ mod generate;
 mod image;
 mod manifest;
 mod scaffold;
-mod schema;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -293,9 +292,25 @@ fn build(
         std::fs::write(out.join(name), text).map_err(|e| format!("writing {name}: {e}"))
     };
     write_json("build-info.json", &info)?;
+    let versions: Vec<String> = manifest
+        .policies
+        .iter()
+        .map(|p| p.version.to_string())
+        .collect();
+    let policies: Vec<_> = manifest
+        .policies
+        .iter()
+        .zip(&versions)
+        .map(|(p, version)| policy_executor::schema::PolicySchema {
+            name: &p.name,
+            version,
+            description: &p.description,
+            parameters: &p.parameters,
+        })
+        .collect();
     write_json(
         "config.schema.json",
-        &schema::plugin_configuration(&manifest.name, &manifest.policies),
+        &policy_executor::schema::plugin_configuration(&manifest.name, &policies),
     )?;
     println!(
         "{description}\n  -> {} ({module_bytes} bytes)",

@@ -57,6 +57,7 @@ use serde::Deserialize;
 
 /// What to do with `%2F` and `%5C` in a path.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum EscapedSlashes {
     /// Refuse the request with 400 (the default).

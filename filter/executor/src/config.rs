@@ -92,64 +92,113 @@ impl ConfigError {
     }
 }
 
+/// The plugin configuration: which chain of policies runs for which
+/// requests.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(title = "plugin configuration"))]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    /// Route entries, tried in order: the first whose `match` holds gives
+    /// the request its chain.
     #[serde(default)]
     routes: Vec<RawRoute>,
+    /// What happens to a request no route entry matches: `deny` (the
+    /// default: 403), `allow`, `{ deny: { status, body } }` or
+    /// `{ policies: [...] }`.
     #[serde(default)]
     unmatched: Option<RawUnmatched>,
+    /// How paths are read.
     #[serde(default)]
     paths: RawPaths,
+    /// One JSON line per request: what was decided and why.
     decision_log: Option<crate::decision::RawDecisionLog>,
 }
 
+/// How paths are read.
 #[derive(Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "paths"))]
 #[serde(deny_unknown_fields)]
 struct RawPaths {
+    /// What to do with `%2F` and `%5C` in a path.
     #[serde(default)]
     escaped_slashes: EscapedSlashes,
 }
 
+/// One route entry: which requests it takes, and the chain they run.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "route"))]
 #[serde(deny_unknown_fields)]
 struct RawRoute {
+    /// A label for logs, metrics and errors (default: `match.route`, else
+    /// `route-N`); unique.
     name: Option<String>,
+    /// The conditions a request must meet; all that are given must hold.
+    /// None: every request.
     #[serde(rename = "match", default)]
     conditions: RawConditions,
+    /// The chain: policies run in this order.
     #[serde(default)]
     policies: Vec<RawPolicy>,
 }
 
+/// The conditions of a route entry.
 #[derive(Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "match"))]
 #[serde(deny_unknown_fields)]
 struct RawConditions {
+    /// Envoy's route name (`xds.route_name`), as the route configuration
+    /// names it.
     route: Option<String>,
+    /// The host, without port: `api.example.com`, or `*.example.com` for
+    /// any subdomain.
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = r"^(\*\.)?[^*\s]+$")))]
     host: Option<String>,
+    /// The canonical path (query ignored).
     path: Option<RawPath>,
+    /// Request methods.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(inner(regex(pattern = "^[A-Za-z]+$"))))]
     methods: Vec<String>,
 }
 
+/// A path condition.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "path_match"))]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 enum RawPath {
-    Exact(String),
-    Prefix(String),
+    /// The path is exactly this.
+    Exact(#[cfg_attr(feature = "schema", schemars(regex(pattern = "^/")))] String),
+    /// The path starts with this.
+    Prefix(#[cfg_attr(feature = "schema", schemars(regex(pattern = "^/")))] String),
 }
 
+/// One policy of a chain. The schema of a build lists, for each of its
+/// policies, `name`, `version` and the policy's own `config`.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "policy"))]
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
+    /// The policy's name.
     name: String,
+    /// Its version; needed only when the build has several.
     version: Option<String>,
     /// A CEL guard: the policy runs only when it is true.
     when: Option<String>,
+    /// The policy's parameters.
     #[serde(default)]
     config: Value,
 }
 
+/// What happens to a request no route entry matches.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "unmatched"))]
 #[serde(untagged)]
 enum RawUnmatched {
     Keyword(UnmatchedKeyword),
@@ -157,24 +206,38 @@ enum RawUnmatched {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "unmatched_keyword"))]
 #[serde(rename_all = "snake_case")]
 enum UnmatchedKeyword {
+    /// Refuse with 403.
     Deny,
+    /// Let the request through without a chain.
     Allow,
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "unmatched_detailed"))]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 enum RawUnmatchedDetailed {
+    /// Refuse with this reply.
     Deny(RawDeny),
+    /// Run this chain.
     Policies(Vec<RawPolicy>),
 }
 
+/// A refusal's reply.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "deny"))]
 #[serde(deny_unknown_fields)]
 struct RawDeny {
+    /// The status, 200 to 599.
     #[serde(default = "default_deny_status")]
+    #[cfg_attr(feature = "schema", schemars(range(min = 200, max = 599)))]
     status: u16,
+    /// The body, sent as `text/plain`.
     #[serde(default = "default_deny_body")]
     body: String,
 }
@@ -185,6 +248,14 @@ fn default_deny_status() -> u16 {
 
 fn default_deny_body() -> String {
     "no policy chain matches this request\n".into()
+}
+
+/// The JSON Schema of the plugin configuration, whatever the build: a
+/// policy's `config` is any value here (the offline tool's `schema` puts
+/// each policy of a build in its place).
+#[cfg(feature = "schema")]
+pub fn schema() -> Value {
+    crate::schema::derive::<RawConfig>()
 }
 
 /// Parses and compiles a plugin configuration (JSON or YAML).

@@ -59,6 +59,8 @@ use crate::registry::ParamError;
 /// `{header: authorization, prefix: "Bearer "}`, `{query: access_token}` or
 /// `{cookie: session}`.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "credential_location"))]
 #[serde(deny_unknown_fields)]
 pub struct RawLocation {
     /// A request header.

@@ -51,39 +51,66 @@ use crate::policy::Context;
 
 /// The `decision_log` section of the plugin configuration.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "decision_log"))]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawDecisionLog {
+    /// Which requests get a line.
     #[serde(default)]
     requests: Which,
+    /// The built-in fields of each line (default: all of them).
     fields: Option<Vec<Field>>,
+    /// Extra fields: name to a CEL expression over the request, under
+    /// `fields` in the line.
     #[serde(default)]
     expressions: BTreeMap<String, String>,
 }
 
+/// Which requests get a decision line.
 #[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "decision_log_requests"))]
 #[serde(rename_all = "snake_case")]
 enum Which {
+    /// Every request.
     #[default]
     All,
+    /// Requests a policy refused.
     Denied,
 }
 
 /// A built-in field of the record.
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "decision_log_field"))]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum Field {
+    /// The route entry's name.
     RouteEntry,
+    /// Envoy's route name.
     Route,
+    /// `allowed`; else what the reply was: `answered` (a status below
+    /// 400), `denied` (4xx) or `error` (5xx).
     Decision,
+    /// The status of a refusal.
     Status,
+    /// The policy that decided.
     Policy,
+    /// What each policy of the chain did.
     Policies,
+    /// `x-request-id`.
     RequestId,
+    /// The W3C trace id.
     TraceId,
+    /// The chain's latency in microseconds.
     LatencyUs,
+    /// The request method.
     Method,
+    /// The canonical path, without the query.
     Path,
+    /// The canonical host.
     Host,
+    /// The caller: address and verified identities.
     Caller,
 }
 

@@ -50,6 +50,10 @@ pub mod schema;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
+/// For [`policy_parameters!`], which policy crates expand.
+#[doc(hidden)]
+pub use serde_json;
+
 use std::borrow::Cow;
 use std::sync::Arc;
 

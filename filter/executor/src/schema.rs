@@ -11,15 +11,23 @@
 use serde_json::Value;
 
 /// The keywords this validator understands. Annotations (`description`,
-/// `default`, `title`, `$schema`, `examples`) are accepted and ignored.
+/// `default`, `title`, `$schema`, `examples`, `format`, ...) are accepted
+/// and ignored: the integer formats schemars writes (`uint16`) come with
+/// the `minimum` and `maximum` that enforce them.
 const KEYWORDS: &[&str] = &[
     "$schema",
     "$defs",
     "$ref",
+    "$comment",
     "title",
     "description",
     "default",
     "examples",
+    "format",
+    "deprecated",
+    "readOnly",
+    "writeOnly",
+    "allOf",
     "type",
     "enum",
     "const",
@@ -39,6 +47,179 @@ const KEYWORDS: &[&str] = &[
     "anyOf",
     "not",
 ];
+
+/// The JSON Schema (draft 2020-12) of a configuration type, from its
+/// serde shape and its doc comments (feature `schema`).
+#[cfg(feature = "schema")]
+pub fn derive<T: schemars::JsonSchema>() -> Value {
+    schemars::generate::SchemaSettings::draft2020_12()
+        .into_generator()
+        .into_root_schema_for::<T>()
+        .to_value()
+}
+
+/// One policy of a build, as the plugin configuration's schema lists it.
+#[cfg(feature = "schema")]
+pub struct PolicySchema<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// Its version.
+    pub version: &'a str,
+    /// One line for humans.
+    pub description: &'a str,
+    /// The JSON Schema of its parameters.
+    pub parameters: &'a Value,
+}
+
+/// The JSON Schema of a build's plugin configuration: the configuration's
+/// own, derived from its types ([`crate::config::schema`]), with each policy
+/// entry checked against the parameters of the policy it names, for
+/// editors and CI.
+#[cfg(feature = "schema")]
+pub fn plugin_configuration(build: &str, policies: &[PolicySchema<'_>]) -> Value {
+    use serde_json::{json, Map};
+
+    let mut root = crate::config::schema();
+    let Some(object) = root.as_object_mut() else {
+        return root;
+    };
+    object.insert(
+        "title".into(),
+        json!(format!(
+            "policy engine plugin configuration (build {build})"
+        )),
+    );
+    let mut defs = match object.remove("$defs") {
+        Some(Value::Object(defs)) => defs,
+        _ => Map::new(),
+    };
+    // The generic entry the types give (`config` is any value) becomes
+    // one alternative per policy of the build, its fields' descriptions
+    // kept.
+    let generic = defs.remove("policy").unwrap_or(Value::Null);
+    let field = |name: &str| generic["properties"][name].clone();
+    let mut variants = Vec::new();
+    for policy in policies {
+        let mut parameters = policy.parameters.clone();
+        let prefix = format!("{}_{}_", policy.name, policy.version);
+        defs.extend(hoist_definitions(&mut parameters, &prefix));
+        let mut name = field("name");
+        name["const"] = json!(policy.name);
+        let mut version = field("version");
+        version["const"] = json!(policy.version);
+        variants.push(json!({
+            "type": "object",
+            "title": format!("{}@{}", policy.name, policy.version),
+            "description": policy.description,
+            "additionalProperties": false,
+            "required": ["name"],
+            "properties": {
+                "name": name,
+                "version": version,
+                "when": field("when"),
+                "config": parameters,
+            },
+        }));
+    }
+    // A build without policies accepts no policy entry at all.
+    let policy = if variants.is_empty() {
+        json!({ "not": {}, "description": "this build contains no policies" })
+    } else {
+        json!({ "description": generic["description"], "oneOf": variants })
+    };
+    defs.insert("policy".into(), policy);
+    object.insert("$defs".into(), Value::Object(defs));
+    root
+}
+
+/// Moves the `$defs` of a policy's schema into the build-wide `$defs`
+/// under `<prefix><name>`, rewriting the references to them; returns them.
+#[cfg(feature = "schema")]
+fn hoist_definitions(schema: &mut Value, prefix: &str) -> serde_json::Map<String, Value> {
+    fn rewrite(value: &mut Value, prefix: &str) {
+        match value {
+            Value::Object(map) => {
+                for (key, child) in map.iter_mut() {
+                    match (key.as_str(), child) {
+                        ("$ref", Value::String(target)) => {
+                            if let Some(name) = target.strip_prefix("#/$defs/") {
+                                *target = format!("#/$defs/{prefix}{name}");
+                            }
+                        }
+                        (_, child) => rewrite(child, prefix),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|v| rewrite(v, prefix)),
+            _ => {}
+        }
+    }
+    rewrite(schema, prefix);
+    let mut hoisted = serde_json::Map::new();
+    if let Value::Object(map) = schema {
+        map.remove("$schema");
+        if let Some(Value::Object(defs)) = map.remove("$defs") {
+            for (name, def) in defs {
+                hoisted.insert(format!("{prefix}{name}"), def);
+            }
+        }
+    }
+    hoisted
+}
+
+/// Declares a policy's parameters type, `$params`, the type its `FACTORY`
+/// parses `config` into.
+///
+/// * `parameters_schema()` (feature `schema`: native builds only) derives
+///   the JSON Schema of the parameters from the type and its doc comments.
+///   The builder's offline tool publishes it; the module embeds the crate's
+///   checked-in copy, `schema.json`.
+/// * The crate's tests check that `schema.json` is that derived schema
+///   (`UPDATE_SCHEMAS=1` rewrites it), and [`crate::testing::check_definition`]
+///   checks `policy.yaml` against the crate. They need the feature in tests:
+///   list the crate itself under `[dev-dependencies]` with
+///   `features = ["schema"]`, as `policy-builder new-policy` does.
+#[macro_export]
+macro_rules! policy_parameters {
+    ($params:ty) => {
+        /// The JSON Schema of the policy's parameters, derived from their
+        /// types and doc comments.
+        #[cfg(feature = "schema")]
+        pub fn parameters_schema() -> $crate::serde_json::Value {
+            $crate::schema::derive::<$params>()
+        }
+
+        #[cfg(all(test, not(feature = "schema")))]
+        compile_error!(
+            "the parameters tests need the crate's `schema` feature: list the crate itself under [dev-dependencies] with features = [\"schema\"]"
+        );
+
+        #[cfg(all(test, feature = "schema"))]
+        mod parameters_agree {
+            #[test]
+            fn the_checked_in_schema_is_current() {
+                let dir = ::std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+                if let Err(e) = $crate::testing::check_schema_file(&super::parameters_schema(), dir) {
+                    panic!("{e}");
+                }
+            }
+
+            #[test]
+            fn policy_yaml_and_the_typed_parameters_agree() {
+                let dir = ::std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+                if let Err(e) = $crate::testing::check_definition(super::FACTORY, dir) {
+                    panic!("{e}");
+                }
+            }
+        }
+    };
+}
+
+/// The schema text a file holds for `schema`: pretty JSON and a newline,
+/// so checked-in copies diff line by line.
+pub fn to_file_text(schema: &Value) -> String {
+    serde_json::to_string_pretty(schema).unwrap_or_default() + "\n"
+}
 
 /// A parsed, checked schema.
 #[derive(Debug, Clone)]
@@ -190,6 +371,11 @@ impl Schema {
                 );
             }
         }
+        if let Some(Value::Array(all)) = schema.get("allOf") {
+            for part in all {
+                self.check(part, value, path)?;
+            }
+        }
         if let Some(Value::Array(alternatives)) = schema.get("anyOf") {
             if !alternatives
                 .iter()
@@ -322,7 +508,7 @@ fn check_keywords(schema: &Value, root: &Value, at: &str) -> Result<(), String> 
                 }
             }
             "items" | "additionalProperties" | "not" => check_keywords(child, root, &here)?,
-            "oneOf" | "anyOf" => {
+            "oneOf" | "anyOf" | "allOf" => {
                 for (i, sub) in child.as_array().into_iter().flatten().enumerate() {
                     check_keywords(sub, root, &format!("{here}/{i}"))?;
                 }

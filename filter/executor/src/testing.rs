@@ -2,6 +2,7 @@
 //! around one policy instance and feed it requests, exactly as a host would,
 //! without Envoy.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use serde_json::{json, Value};
@@ -9,7 +10,7 @@ use serde_json::{json, Value};
 pub use crate::callout::FakeHost;
 use crate::{
     ConfigError, Context, Engine, Exchange, HeaderChange, HeaderMap, HeaderMutations, Outcome,
-    PolicyFactory, RouteInfo, Start,
+    Phases, PolicyFactory, RouteInfo, Start,
 };
 
 /// An engine with one route entry (`test`) running `factory` with `config`.
@@ -64,14 +65,46 @@ pub fn start(engine: &Engine, request: HeaderMap) -> Option<Exchange> {
     }
 }
 
-/// Checks a policy against its own `policy.yaml`: name and version agree,
-/// the parameters schema is one [`crate::schema::Schema`] supports, and on
-/// every example under `examples.valid` / `examples.invalid` the schema and
-/// the policy's own parsing give the same verdict (valid, or refused). That
-/// is what keeps the typed parameters and the schema in step: call it from
-/// a unit test of every policy crate.
-pub fn check_definition(factory: PolicyFactory, policy_yaml: &str) -> Result<(), String> {
-    let definition: Value = serde_yaml::from_str(policy_yaml).map_err(|e| e.to_string())?;
+/// Checks that `dir/schema.json` holds `derived`, the schema the policy's
+/// parameter types give; with `UPDATE_SCHEMAS=1` in the environment it
+/// rewrites the file instead.
+pub fn check_schema_file(derived: &Value, dir: &Path) -> Result<(), String> {
+    let path = dir.join("schema.json");
+    let text = crate::schema::to_file_text(derived);
+    if std::env::var_os("UPDATE_SCHEMAS").is_some_and(|v| v == "1") {
+        return std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()));
+    }
+    let current = std::fs::read_to_string(&path).unwrap_or_default();
+    if current != text {
+        return Err(format!(
+            "{} is not the schema the parameter types give (stale, or edited by hand): \
+             `make schemas` rewrites it",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a policy against its own `policy.yaml` and `schema.json` in
+/// `dir`:
+///
+/// * `name` and `version` are the crate's `FACTORY`'s;
+/// * the schema is one [`crate::schema::Schema`] supports;
+/// * every example under `examples.valid` passes the schema and the
+///   policy's own parsing, and every instance built from one acts only in
+///   the `phases` that `policy.yaml` declares;
+/// * every example under `examples.invalid` is refused by the policy, and
+///   by the schema where a schema can say it (a value's form, not its
+///   meaning). What the schema refuses, the policy must refuse too: the
+///   schema is never stricter than the policy.
+///
+/// [`policy_parameters!`](crate::policy_parameters) calls it from every
+/// policy crate's tests.
+pub fn check_definition(factory: PolicyFactory, dir: &Path) -> Result<(), String> {
+    let read =
+        |name: &str| std::fs::read_to_string(dir.join(name)).map_err(|e| format!("{name}: {e}"));
+    let definition: Value =
+        serde_yaml::from_str(&read("policy.yaml")?).map_err(|e| format!("policy.yaml: {e}"))?;
     let field = |name: &str| definition.get(name).and_then(Value::as_str);
     if field("name") != Some(factory.name) || field("version") != Some(factory.version) {
         return Err(format!(
@@ -82,11 +115,21 @@ pub fn check_definition(factory: PolicyFactory, policy_yaml: &str) -> Result<(),
             factory.version
         ));
     }
-    let parameters = definition
-        .get("parameters")
-        .ok_or("policy.yaml has no parameters")?;
-    let schema = crate::schema::Schema::parse(&parameters.to_string())
-        .map_err(|e| format!("parameters: {e}"))?;
+    let declared = definition
+        .get("phases")
+        .and_then(Value::as_array)
+        .ok_or("policy.yaml has no phases")?
+        .iter()
+        .map(|phase| match phase.as_str() {
+            Some("request_headers") => Ok(Phases::REQUEST_HEADERS),
+            Some("request_body") => Ok(Phases::REQUEST_BODY),
+            Some("response_headers") => Ok(Phases::RESPONSE_HEADERS),
+            Some("response_body") => Ok(Phases::RESPONSE_BODY),
+            _ => Err(format!("policy.yaml: unknown phase {phase}")),
+        })
+        .try_fold(Phases::NONE, |all, phase| phase.map(|p| all | p))?;
+    let schema = crate::schema::Schema::parse(&read("schema.json")?)
+        .map_err(|e| format!("schema.json: {e}"))?;
     let examples = definition
         .get("examples")
         .ok_or("policy.yaml has no examples")?;
@@ -101,17 +144,23 @@ pub fn check_definition(factory: PolicyFactory, policy_yaml: &str) -> Result<(),
                 let at = if v.path.is_empty() { "." } else { &v.path };
                 format!("{at}: {}", v.reason)
             });
-            let by_policy = (factory.build)(example)
-                .map(drop)
-                .map_err(|e| format!("{}: {}", e.field, e.reason));
-            match (should_pass, by_schema, by_policy) {
-                (true, Ok(()), Ok(())) | (false, Err(_), Err(_)) => checked += 1,
-                (_, schema_verdict, policy_verdict) => {
-                    return Err(format!(
-                        "examples.{kind}[{i}] {example}: the schema says {schema_verdict:?}, the policy says {policy_verdict:?}"
-                    ))
-                }
+            let by_policy =
+                (factory.build)(example).map_err(|e| format!("{}: {}", e.field, e.reason));
+            let fault = match (should_pass, &by_schema, &by_policy) {
+                (true, Ok(()), Ok(policy)) if !declared.contains(policy.phases()) => Some(format!(
+                    "acts in {:?}, which policy.yaml's phases do not list",
+                    policy.phases()
+                )),
+                (true, Ok(()), Ok(_)) | (false, _, Err(_)) => None,
+                _ => Some(format!(
+                    "the schema says {by_schema:?}, the policy says {:?}",
+                    by_policy.as_ref().map(drop)
+                )),
+            };
+            if let Some(fault) = fault {
+                return Err(format!("examples.{kind}[{i}] {example}: {fault}"));
             }
+            checked += 1;
         }
     }
     if checked == 0 {

@@ -461,16 +461,41 @@ fn a_schema_that_drifted_from_the_typed_parameters_is_caught() {
         version: "1.0.0",
         build: build_probe,
     };
-    let agreeing = "name: probe\nversion: 1.0.0\nparameters: { type: object, required: [id], properties: { id: { type: string } } }\nexamples: { valid: [{ id: a }], invalid: [{}] }\n";
-    check_definition(factory, agreeing).unwrap();
+    let dir = std::env::temp_dir().join(format!("drift-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy_yaml = "name: probe\nversion: 1.0.0\nphases: [request_headers]\nexamples: { valid: [{ id: a }], invalid: [{}] }\n";
+    std::fs::write(dir.join("policy.yaml"), policy_yaml).unwrap();
+    let agreeing =
+        r#"{ "type": "object", "required": ["id"], "properties": { "id": { "type": "string" } } }"#;
+    std::fs::write(dir.join("schema.json"), agreeing).unwrap();
+    check_definition(factory, &dir).unwrap();
     // The schema allows a field the typed parameters refuse: that is drift.
-    let drifted = agreeing.replace(
-        "examples: { valid: [{ id: a }], invalid: [{}] }",
-        "examples: { valid: [{ id: a, colour: red }], invalid: [{}] }",
-    );
-    let error = check_definition(factory, &drifted).unwrap_err();
+    std::fs::write(
+        dir.join("policy.yaml"),
+        policy_yaml.replace("valid: [{ id: a }]", "valid: [{ id: a, colour: red }]"),
+    )
+    .unwrap();
+    let error = check_definition(factory, &dir).unwrap_err();
     assert!(error.contains("the schema says Ok(())"), "{error}");
-    assert!(error.contains("unknown field `colour`"), "{error}");
+    // The schema refuses what the policy takes: stricter than the policy.
+    std::fs::write(dir.join("policy.yaml"), policy_yaml).unwrap();
+    let stricter = agreeing.replace(r#""type": "string""#, r#""type": "string", "maxLength": 0"#);
+    std::fs::write(dir.join("schema.json"), stricter).unwrap();
+    let error = check_definition(factory, &dir).unwrap_err();
+    assert!(error.contains("examples.valid[0]"), "{error}");
+    // An instance acting in a phase policy.yaml does not list.
+    std::fs::write(dir.join("schema.json"), agreeing).unwrap();
+    std::fs::write(
+        dir.join("policy.yaml"),
+        policy_yaml.replace("[request_headers]", "[response_headers]"),
+    )
+    .unwrap();
+    let error = check_definition(factory, &dir).unwrap_err();
+    assert!(
+        error.contains("policy.yaml's phases do not list"),
+        "{error}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

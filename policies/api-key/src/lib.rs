@@ -39,32 +39,52 @@ pub const FACTORY: PolicyFactory = PolicyFactory {
     build,
 };
 
+policy_executor::policy_parameters!(Params);
+
 /// The metadata key later policies read the consumer from.
 pub const CONSUMER: &str = "api-key.consumer";
 
+/// The parameters of `api-key`.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct Params {
+    /// Where the key is read (default the `x-api-key` header); a list reads
+    /// several places, and a key in two of them gets 400.
     #[serde(default)]
     from: Option<RawLocations>,
+    /// The accepted keys, by their SHA-256.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
     keys: Vec<RawKey>,
+    /// A request header to carry the consumer's name upstream; the
+    /// client's copy is always removed.
     consumer_header: Option<String>,
+    /// Remove the key (header, query parameter or cookie) before the
+    /// upstream.
     #[serde(default)]
     strip: bool,
 }
 
 /// `from`: one location, or a list of them.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(untagged)]
+#[cfg_attr(feature = "schema", schemars(rename = "locations"))]
 enum RawLocations {
     One(RawLocation),
     List(Vec<RawLocation>),
 }
 
+/// An accepted key.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", schemars(rename = "key"))]
 struct RawKey {
+    /// Who holds the key: `metadata["api-key.consumer"]` to later policies.
     consumer: String,
+    /// The hex SHA-256 of the key (`sha256sum`), 64 digits.
+    #[cfg_attr(feature = "schema", schemars(length(equal = 64)))]
     sha256: String,
 }
 

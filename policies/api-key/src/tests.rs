@@ -7,11 +7,6 @@ use serde_json::json;
 const TEAM_A: &str = "4052a09cc5fb1c394828ee26788be2daf3a181e5730ecc68a96aed9ee43da056";
 
 #[test]
-fn the_typed_parameters_and_policy_yaml_agree() {
-    policy_executor::testing::check_definition(FACTORY, include_str!("../policy.yaml")).unwrap();
-}
-
-#[test]
 fn the_example_hash_is_the_hash_of_the_key() {
     let hash: [u8; 32] = Sha256::digest(b"s3cr3t-team-a").into();
     assert_eq!(decode_sha256(TEAM_A), Some(hash));

@@ -44,38 +44,65 @@ pub const FACTORY: PolicyFactory = PolicyFactory {
     build,
 };
 
+policy_executor::policy_parameters!(Params);
+
+/// The parameters of `authorization`.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct Params {
+    /// The rules: any `deny` or failed `require` refuses; else an `allow`
+    /// that holds lets the request through; else `default`.
     rules: Vec<RawRule>,
+    /// What happens when no rule decides.
     default: Default,
+    /// The reply to a refused request (default 403).
     #[serde(default)]
     denial: Option<RawDenial>,
 }
 
+/// A rule: exactly one of `allow`, `deny` and `require`.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", schemars(rename = "rule"))]
 struct RawRule {
+    /// A label for decision logs.
     name: Option<String>,
+    /// CEL: allow when true.
     allow: Option<String>,
+    /// CEL: deny when true (beats allow).
     deny: Option<String>,
+    /// CEL: deny unless true.
     require: Option<String>,
 }
 
+/// The verdict when no rule decides.
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", schemars(rename = "default"))]
 enum Default {
+    /// Let the request through.
     Allow,
+    /// Refuse it.
     Deny,
 }
 
+/// The reply to a refused request.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", schemars(rename = "denial"))]
 struct RawDenial {
+    /// The status, 200 to 599 (default 403).
     #[serde(default = "forbidden")]
+    #[cfg_attr(feature = "schema", schemars(range(min = 200, max = 599)))]
     status: u16,
+    /// The body (default `access denied`).
     #[serde(default = "denied")]
     body: String,
+    /// Headers of the reply.
     #[serde(default)]
     headers: BTreeMap<String, String>,
 }

@@ -3,11 +3,6 @@ use policy_executor::testing::{engine_for, request, start};
 use policy_executor::{Attribute, AttributeValue, Connection, Outcome};
 use serde_json::json;
 
-#[test]
-fn the_typed_parameters_and_policy_yaml_agree() {
-    policy_executor::testing::check_definition(FACTORY, include_str!("../policy.yaml")).unwrap();
-}
-
 /// The status a request gets: 0 when it passes.
 fn decide(config: serde_json::Value, path: &str, spiffe_id: Option<&str>) -> u16 {
     let engine = engine_for(FACTORY, config).unwrap_or_else(|e| panic!("{e}"));

@@ -57,6 +57,8 @@ pub const FACTORY: PolicyFactory = PolicyFactory {
     build,
 };
 
+policy_executor::policy_parameters!(Params);
+
 /// The metadata key later policies read the user name from.
 pub const USER: &str = "basic-auth.user";
 
@@ -89,22 +91,35 @@ const BCRYPT_ALPHABET: &[u8] = b"./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrs
 /// SHA-crypt's base64 alphabet.
 const CRYPT_ALPHABET: &[u8] = b"./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
+/// The parameters of `basic-auth`: `users`, `htpasswd` or both.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct Params {
+    /// The realm of the `WWW-Authenticate` challenge (default
+    /// `restricted`).
     realm: Option<String>,
+    /// Users and their password hashes.
     #[serde(default)]
     users: Vec<RawUser>,
+    /// The contents of an htpasswd file, one `user:hash` per line.
     htpasswd: Option<String>,
+    /// A request header to carry the user name upstream.
     user_header: Option<String>,
+    /// Keep the `authorization` header for the upstream (default: removed).
     #[serde(default)]
     forward: bool,
 }
 
+/// A user.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", schemars(rename = "user"))]
 struct RawUser {
+    /// The user name.
     name: String,
+    /// bcrypt (`$2y$`), SHA-crypt (`$5$`, `$6$`) or `{SHA}`.
     hash: String,
 }
 

@@ -4,11 +4,6 @@ use policy_executor::testing::{changes, engine_for, request, start};
 use policy_executor::{HeaderChange, Outcome};
 use serde_json::json;
 
-#[test]
-fn the_typed_parameters_and_policy_yaml_agree() {
-    policy_executor::testing::check_definition(FACTORY, include_str!("../policy.yaml")).unwrap();
-}
-
 fn basic(user: &str, password: &str) -> String {
     let encoded = Base64::encode_to_string(format!("{user}:{password}")).unwrap();
     format!("Basic {encoded}")

@@ -42,6 +42,8 @@ pub const FACTORY: PolicyFactory = PolicyFactory {
     build,
 };
 
+policy_executor::policy_parameters!(Params);
+
 /// Where a request whose origin is allowed keeps it for its response.
 const ALLOWED_ORIGIN: &str = "cors.allowed_origin";
 
@@ -55,21 +57,37 @@ const OWNED: [&str; 6] = [
     "access-control-max-age",
 ];
 
+/// The parameters of `cors`: `allow_origins`, `allow_origin_expression`
+/// or both.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct Params {
+    /// Exact origins (`https://app.example.com`), wildcard subdomains
+    /// (`https://*.example.com`), or `*` (any; not with
+    /// `allow_credentials`).
     #[serde(default)]
     allow_origins: Vec<String>,
+    /// CEL: true allows the request's origin
+    /// (`request.headers["origin"]`); an error does not.
     allow_origin_expression: Option<String>,
+    /// Methods a preflight may ask for (default GET, HEAD, POST; `*` for
+    /// any).
     #[serde(default = "default_methods")]
     allow_methods: Vec<String>,
+    /// Request headers a preflight may ask for (`*` for any).
     #[serde(default)]
     allow_headers: Vec<String>,
+    /// Response headers the browser lets scripts read.
     #[serde(default)]
     expose_headers: Vec<String>,
+    /// How long a browser may cache a preflight's answer, like `10m`.
     max_age: Option<String>,
+    /// Let browsers send cookies and credentials.
     #[serde(default)]
     allow_credentials: bool,
+    /// Answer a disallowed preflight with 403 (default 204 without CORS
+    /// headers).
     #[serde(default)]
     reject_disallowed_preflight: bool,
 }

@@ -42,6 +42,8 @@ pub const FACTORY: PolicyFactory = PolicyFactory {
     build,
 };
 
+policy_executor::policy_parameters!(Params);
+
 /// Where metadata from the service goes: `ext-authz.<field>`.
 const METADATA_PREFIX: &str = "ext-authz.";
 
@@ -57,59 +59,101 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
+/// The parameters of `ext-authz`: `grpc` or `http`.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct Params {
+    /// Ask over gRPC (`envoy.service.auth.v3.Authorization`).
     grpc: Option<GrpcParams>,
+    /// Ask over HTTP: a 2xx answer allows.
     http: Option<HttpParams>,
+    /// How long the service may take, like `200ms` (the default) or `1s`.
     timeout: Option<String>,
+    /// The request headers sent to the service (default all over gRPC,
+    /// `authorization` over HTTP).
     include_headers: Option<Vec<String>>,
+    /// Send the request body too.
     include_body: Option<BodyParams>,
+    /// When the service cannot answer.
     #[serde(default)]
     failure_mode: FailureMode,
+    /// The status of a refusal for want of an answer (default 403).
+    #[cfg_attr(feature = "schema", schemars(range(min = 200, max = 599)))]
     status_on_error: Option<u16>,
+    /// Sent with every gRPC check.
     #[serde(default)]
     context_extensions: BTreeMap<String, String>,
+    /// Keep decisions for a while.
     cache: Option<CacheParams>,
 }
 
+/// A gRPC authorization service.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", schemars(rename = "grpc_service"))]
 struct GrpcParams {
+    /// `http://host:port`: the service's address (the shim connects to it;
+    /// its authority is the `:authority` Envoy sends).
     uri: String,
+    /// The Envoy cluster that reaches it (Wasm filter).
     cluster: String,
 }
 
+/// An HTTP authorization service.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", schemars(rename = "http_service"))]
 struct HttpParams {
+    /// The service's URL; its path is put before the request's path.
     uri: String,
+    /// The Envoy cluster that reaches it (Wasm filter).
     cluster: String,
+    /// Headers of a 2xx answer set on the upstream request.
     #[serde(default)]
     allowed_upstream_headers: Vec<String>,
+    /// Headers of a refusal sent to the client (default all).
     allowed_client_headers: Option<Vec<String>>,
 }
 
+/// How much of the body is sent.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", schemars(rename = "include_body"))]
 struct BodyParams {
+    /// A larger body is refused with 413, unless `allow_partial`.
+    #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
     max_bytes: usize,
+    /// Send the first `max_bytes` of a larger body instead.
     #[serde(default)]
     allow_partial: bool,
 }
 
+/// The decision cache.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", schemars(rename = "cache"))]
 struct CacheParams {
+    /// CEL: the cache key, e.g. `request.headers["authorization"]`; the
+    /// request's method, host and path are always added. A key that
+    /// cannot be evaluated is not cached.
     key: String,
+    /// How long a decision is kept, like `30s`.
     ttl: String,
+    /// Decisions kept per worker (default 10000).
     max_entries: Option<usize>,
 }
 
 /// What happens when the service cannot answer (timeout, unreachable, an
 /// answer that cannot be read).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", schemars(rename = "failure_mode"))]
 enum FailureMode {
     /// Refuse the request: fail closed.
     #[default]

@@ -85,12 +85,6 @@ fn replied(outcome: Outcome) -> LocalReply {
 }
 
 #[test]
-fn matches_its_definition() {
-    policy_executor::testing::check_definition(FACTORY, include_str!("../policy.yaml"))
-        .expect("policy.yaml and the policy agree");
-}
-
-#[test]
 fn the_check_carries_the_request_and_the_service_is_the_configured_one() {
     let engine = grpc(
         json!({ "include_headers": ["authorization"], "context_extensions": { "tier": "gold" } }),

@@ -66,70 +66,126 @@ pub const FACTORY: PolicyFactory = PolicyFactory {
     build,
 };
 
+policy_executor::policy_parameters!(Params);
+
 /// The metadata key naming the provider that verified the token.
 pub const PROVIDER: &str = "jwt.provider";
 
+/// The parameters of `jwt`.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct Params {
+    /// The issuers whose tokens are accepted; a token goes to the provider
+    /// of its `iss`.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
     providers: Vec<RawProvider>,
+    /// Where the token is looked for, in order (default the
+    /// `authorization` header, prefix `Bearer `).
     #[serde(default)]
     from: Option<Vec<RawLocation>>,
+    /// Keep the token on the request to the upstream (default: removed).
     #[serde(default)]
     forward: bool,
+    /// Let requests without a token through, unauthenticated (a bad token
+    /// is still refused).
     #[serde(default)]
     allow_missing: bool,
+    /// The realm of the `WWW-Authenticate` challenge (default the route
+    /// entry's name).
     realm: Option<String>,
+    /// Longer tokens are refused unread (default 8192).
     max_token_bytes: Option<usize>,
+    /// Verified tokens kept per worker (default 1024; 0 disables).
     cache_size: Option<usize>,
 }
 
+/// An issuer and how its tokens are checked.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", schemars(rename = "provider"))]
 struct RawProvider {
+    /// For logs and `jwt.provider` (default the issuer).
     name: Option<String>,
+    /// The `iss` of its tokens.
     issuer: String,
+    /// An `aud` the token must carry, one of these (none: any).
     #[serde(default)]
     audiences: Vec<String>,
+    /// The signature algorithms accepted: `HS256`, `HS384`, `HS512`,
+    /// `RS256`, `RS384`, `RS512`, `PS256`, `PS384`, `PS512`, `ES256`,
+    /// `ES384` or `EdDSA`.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
     algorithms: Vec<String>,
+    /// The keys, inline (not with `remote_jwks`).
     local_jwks: Option<LocalJwks>,
+    /// The keys, fetched and refreshed (not with `local_jwks`).
     remote_jwks: Option<RemoteJwks>,
+    /// Leeway for `exp` and `nbf` (default 60).
     clock_skew_seconds: Option<u64>,
+    /// Refuse tokens without `exp` (default true).
     require_expiration: Option<bool>,
+    /// Claim name to the value it must have (or contain, for a list claim).
     #[serde(default)]
     required_claims: serde_json::Map<String, serde_json::Value>,
+    /// Scopes that must all be in `scope` or `scp`.
     #[serde(default)]
     required_scopes: Vec<String>,
+    /// Claims copied into request headers for the upstream; the client's
+    /// copies are removed.
     #[serde(default)]
     claim_to_headers: Vec<ClaimToHeader>,
 }
 
+/// Keys given inline.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", schemars(rename = "local_jwks"))]
 struct LocalJwks {
+    /// The JWKS document, as JSON text.
     inline_string: String,
 }
 
+/// Keys fetched from a URL.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", schemars(rename = "remote_jwks"))]
 struct RemoteJwks {
+    /// Where the JWKS is fetched.
     http_uri: HttpUri,
+    /// Refresh interval (default `300s`).
     cache_duration: Option<String>,
+    /// Least time between two fetches, e.g. for unknown key ids (default
+    /// `30s`).
     min_refetch_interval: Option<String>,
 }
 
+/// A URL and the cluster that reaches it.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", schemars(rename = "http_uri"))]
 struct HttpUri {
+    /// The JWKS URL; the shim fetches it directly.
     uri: String,
+    /// The Envoy cluster the Wasm filter fetches it through.
     cluster: String,
+    /// How long a fetch may take, like `5s`.
     timeout: Option<String>,
 }
 
+/// A claim copied into a header.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", schemars(rename = "claim_to_header"))]
 struct ClaimToHeader {
+    /// The claim.
     claim_name: String,
+    /// The request header it goes to.
     header_name: String,
 }
 

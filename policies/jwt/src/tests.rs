@@ -11,11 +11,6 @@ use serde_json::{json, Value};
 const ISSUER: &str = "https://issuer.test";
 const AUDIENCE: &str = "orders";
 
-#[test]
-fn the_typed_parameters_and_policy_yaml_agree() {
-    policy_executor::testing::check_definition(FACTORY, include_str!("../policy.yaml")).unwrap();
-}
-
 fn b64(bytes: &[u8]) -> String {
     Base64UrlSafeNoPadding::encode_to_string(bytes).unwrap()
 }

@@ -21,26 +21,41 @@ use serde::Deserialize;
 use crate::proto::{self, Code, RateLimitDescriptor, RateLimitOverride, RateLimitRequest};
 use crate::{secs_up, Bucket, Limit, Report, State};
 
+/// Counting in a rate limit service.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", schemars(rename = "global"))]
 pub(crate) struct GlobalParams {
+    /// The service.
     grpc: GrpcParams,
+    /// The service's domain (default `policy-engine`).
     domain: Option<String>,
+    /// How long the service may take (default `100ms`).
     timeout: Option<String>,
+    /// When the service (or its Redis) cannot answer.
     #[serde(default)]
     failure_mode: FailureMode,
 }
 
+/// A gRPC service.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", schemars(rename = "grpc_service"))]
 struct GrpcParams {
+    /// `http://host:port` of the rate limit service (the shim connects to
+    /// it).
     uri: String,
+    /// The Envoy cluster that reaches it (Wasm filter).
     cluster: String,
 }
 
 /// What happens when the service cannot answer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", schemars(rename = "failure_mode"))]
 pub(crate) enum FailureMode {
     /// Refuse the request (`status_on_error`): fail closed.
     #[default]

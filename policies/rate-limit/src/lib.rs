@@ -65,6 +65,8 @@ pub const FACTORY: PolicyFactory = PolicyFactory {
     build,
 };
 
+policy_executor::policy_parameters!(Params);
+
 /// The longest window a limit may have: a year.
 const MAX_WINDOW_SECS: u64 = 365 * 86_400;
 
@@ -74,54 +76,106 @@ const MAX_LIMITS: usize = 64;
 /// The most local buckets a limit may keep.
 const MAX_KEYS: u64 = 1_000_000;
 
+/// The parameters of `rate-limit`.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct Params {
+    /// The limits; a request is refused when any of them is spent.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
     limits: Vec<LimitParams>,
+    /// Count in the rate limit service (`policy-ratelimit` or any
+    /// `envoy.service.ratelimit.v3` service) instead of this Envoy's
+    /// memory.
     global: Option<global::GlobalParams>,
+    /// When the `RateLimit-Policy` and `RateLimit` headers are sent.
     #[serde(default)]
     headers: HeaderMode,
+    /// The reply to a limited request (default 429).
     deny: Option<DenyParams>,
+    /// Local mode: buckets kept per limit (default 10000); more keys share
+    /// buckets, never loosening a limit.
     max_keys: Option<u64>,
+    /// The status when the limit cannot be decided (default 500).
+    #[cfg_attr(feature = "schema", schemars(range(min = 200, max = 599)))]
     status_on_error: Option<u16>,
 }
 
+/// A limit: `requests` per `unit` or `window`.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", schemars(rename = "limit"))]
 struct LimitParams {
+    /// Letters, digits, `-`, `_` and `.`: the limit's name in the headers
+    /// and the buckets' keys. Limits of the same name share buckets across
+    /// route entries.
     name: String,
+    /// Descriptor key to CEL expression: one bucket per distinct tuple of
+    /// values (none: one bucket).
     #[serde(default)]
     descriptors: BTreeMap<String, String>,
+    /// The bucket of requests whose descriptors cannot be evaluated
+    /// (default `default`).
     default_bucket: Option<String>,
+    /// Requests allowed per unit or window.
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 4_294_967_295u64)))]
     requests: u64,
+    /// The period (not with `window`).
     unit: Option<UnitName>,
+    /// A duration like `10s` (local mode; global mode needs `1s`, `1m`,
+    /// `1h` or `24h`).
     window: Option<String>,
+    /// CEL: what a request counts, a non-negative integer (default 1); one
+    /// that cannot be evaluated refuses the request with
+    /// `status_on_error`.
     cost: Option<String>,
+    /// Other rates for given descriptor values.
     #[serde(default)]
     overrides: Vec<OverrideParams>,
 }
 
+/// A rate for given descriptor values.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", schemars(rename = "override"))]
 struct OverrideParams {
+    /// The descriptor values the override applies to.
     descriptors: BTreeMap<String, String>,
+    /// Requests allowed per unit or window for them.
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 4_294_967_295u64)))]
     requests: u64,
 }
 
+/// The reply to a limited request.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", schemars(rename = "deny"))]
 struct DenyParams {
+    /// The status (default 429).
+    #[cfg_attr(feature = "schema", schemars(range(min = 200, max = 599)))]
     status: Option<u16>,
+    /// The body.
     body: Option<String>,
+    /// The body's `content-type`.
     content_type: Option<String>,
 }
 
+/// A period.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", schemars(rename = "unit"))]
 enum UnitName {
+    /// A second.
     Second,
+    /// A minute.
     Minute,
+    /// An hour.
     Hour,
+    /// A day.
     Day,
 }
 
@@ -138,7 +192,9 @@ impl UnitName {
 
 /// Which responses carry the `RateLimit-Policy` and `RateLimit` headers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", schemars(rename = "headers"))]
 enum HeaderMode {
     /// Only denials.
     #[default]

@@ -29,14 +29,25 @@ pub const FACTORY: PolicyFactory = PolicyFactory {
     build,
 };
 
+policy_executor::policy_parameters!(Params);
+
+/// The parameters of `respond` 0.2.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct Params {
+    /// The reply's status, 200 to 599.
+    #[cfg_attr(feature = "schema", schemars(range(min = 200, max = 599)))]
     status: u16,
+    /// Headers of the reply.
     #[serde(default)]
     headers: BTreeMap<String, String>,
+    /// A text body (not with `json`).
     body: Option<String>,
+    /// A JSON body, sent as `application/json` (not with `body`).
     json: Option<serde_json::Value>,
+    /// The body's `content-type` (default `text/plain` for `body`,
+    /// `application/json` for `json`).
     content_type: Option<String>,
 }
 
@@ -86,11 +97,6 @@ impl Policy for Respond {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_typed_parameters_and_policy_yaml_agree() {
-        policy_executor::testing::check_definition(FACTORY, include_str!("../policy.yaml"))
-            .unwrap();
-    }
     use policy_executor::testing::{engine_for, request, start};
     use policy_executor::Outcome;
     use serde_json::json;

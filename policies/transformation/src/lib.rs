@@ -54,25 +54,41 @@ pub const FACTORY: PolicyFactory = PolicyFactory {
     build,
 };
 
+policy_executor::policy_parameters!(Params);
+
+/// The parameters of `transformation`.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct Params {
+    /// Edits to the request.
     #[serde(default)]
     request: Option<RawEdits>,
+    /// Edits to the response.
     #[serde(default)]
     response: Option<RawEdits>,
 }
 
+/// Edits to one message, from CEL expressions.
 #[derive(Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", schemars(rename = "edits"))]
 struct RawEdits {
+    /// Header name to a CEL expression: its value replaces the header's;
+    /// one that fails removes the header.
     #[serde(default)]
     set: BTreeMap<String, String>,
+    /// Header name to a CEL expression: its value is appended.
     #[serde(default)]
     add: BTreeMap<String, String>,
+    /// Header names to remove.
     #[serde(default)]
     remove: Vec<String>,
+    /// CEL: the new path, canonical (request only; the query is kept
+    /// unless the value has one).
     path: Option<String>,
+    /// CEL: the new host (request only).
     host: Option<String>,
 }
 

@@ -3,11 +3,6 @@ use policy_executor::testing::{changes, engine_for, request, start};
 use policy_executor::{Attribute, AttributeValue, Connection, HeaderChange, HeaderMap, Outcome};
 use serde_json::json;
 
-#[test]
-fn the_typed_parameters_and_policy_yaml_agree() {
-    policy_executor::testing::check_definition(FACTORY, include_str!("../policy.yaml")).unwrap();
-}
-
 fn replace(value: &str) -> HeaderChange {
     HeaderChange::Replace(vec![value.to_owned()])
 }
