@@ -463,7 +463,7 @@ fn a_schema_that_drifted_from_the_typed_parameters_is_caught() {
     };
     let dir = std::env::temp_dir().join(format!("drift-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let policy_yaml = "name: probe\nversion: 1.0.0\nphases: [request_headers]\nexamples: { valid: [{ id: a }], invalid: [{}] }\n";
+    let policy_yaml = "name: probe\nversion: 1.0.0\nphases: [request_headers, response_headers]\nexamples: { valid: [{ id: a }], invalid: [{}] }\n";
     std::fs::write(dir.join("policy.yaml"), policy_yaml).unwrap();
     let agreeing =
         r#"{ "type": "object", "required": ["id"], "properties": { "id": { "type": "string" } } }"#;
@@ -487,7 +487,7 @@ fn a_schema_that_drifted_from_the_typed_parameters_is_caught() {
     std::fs::write(dir.join("schema.json"), agreeing).unwrap();
     std::fs::write(
         dir.join("policy.yaml"),
-        policy_yaml.replace("[request_headers]", "[response_headers]"),
+        policy_yaml.replace("[request_headers, response_headers]", "[request_headers]"),
     )
     .unwrap();
     let error = check_definition(factory, &dir).unwrap_err();
