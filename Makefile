@@ -11,6 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export ENVOY_BIN := $(CURDIR)/$(ENVOY)
 export POLICY_FILTER_WASM := $(CURDIR)/$(BUILD)/plugin.wasm
 export POLICY_EXTPROC_BIN := $(CURDIR)/$(BUILD)/policy-extproc
+export POLICY_TOOL_BIN := $(CURDIR)/$(BUILD)/policy-tool
 export POLICY_BUILDER_BIN := $(CURDIR)/target/debug/policy-builder
 export POLICY_RATELIMIT_BIN := $(CURDIR)/target/release/policy-ratelimit
 

@@ -1,6 +1,9 @@
 //! One conformance suite, two hosts: every case in `tests/conformance/*.yaml`
 //! runs against the Wasm filter in Envoy and against the ext_proc shim behind
-//! Envoy, with the same expectations.
+//! Envoy, with the same expectations. The format is `policy_tool::suite`'s:
+//! the offline tool runs the same files (`tests/tests/tool.rs`). Here the
+//! suite's services are real (`authz`, `ratelimit`), so its canned
+//! `callouts` are not used. `CONFORMANCE_CASE=name` runs one case alone.
 
 #![allow(
     clippy::unwrap_used,
@@ -9,7 +12,6 @@
     reason = "a test crate: a failed step must fail the test"
 )]
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use integration_tests::authz::{alice_or_nobody, AuthzServer, Decision};
@@ -17,146 +19,7 @@ use integration_tests::ratelimit::{RateLimitService, Redis};
 use integration_tests::raw::send_raw;
 use integration_tests::{send, yaml_files, Host, Stack};
 use local_envoy::filters::{grpc_cluster, static_cluster};
-use serde::Deserialize;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Suite {
-    config: String,
-    /// Envoy's own edge hardening on the listener (on unless a suite turns
-    /// it off to test the engine's canonicalization alone).
-    #[serde(default = "yes")]
-    edge_hardening: bool,
-    /// Requests are written byte for byte (`integration_tests::raw`), not
-    /// through an HTTP client that would clean them up.
-    #[serde(default)]
-    raw_requests: bool,
-    /// A loopback authorization service (`grpc` or `http`) answering by
-    /// `authz::alice_or_nobody`, for the `ext-authz` cases: `{authz_uri}`
-    /// in the configuration is its address, and Envoy reaches it through
-    /// the cluster `authz`.
-    authz: Option<AuthzProtocol>,
-    /// A Redis and the project's rate limit service counting in it, for
-    /// the `rate-limit` global cases: `{ratelimit_uri}` in the
-    /// configuration is the service's address, and Envoy reaches it through
-    /// the cluster `ratelimit`.
-    #[serde(default)]
-    ratelimit: bool,
-    cases: Vec<Case>,
-}
-
-#[derive(Deserialize, Clone, Copy)]
-#[serde(rename_all = "snake_case")]
-enum AuthzProtocol {
-    Grpc,
-    Http,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Case {
-    name: String,
-    request: Request,
-    expect: Expect,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Request {
-    #[serde(default = "get")]
-    method: String,
-    path: String,
-    #[serde(default)]
-    headers: Headers,
-    body: Option<String>,
-    /// A body with `\xHH` escapes for bytes a YAML string cannot hold
-    /// (invalid UTF-8); raw requests only.
-    body_bytes: Option<String>,
-}
-
-impl Request {
-    /// The body's bytes.
-    fn body(&self) -> Option<Vec<u8>> {
-        if let Some(text) = &self.body {
-            return Some(text.clone().into_bytes());
-        }
-        let escaped = self.body_bytes.as_ref()?.as_bytes();
-        let mut bytes = Vec::with_capacity(escaped.len());
-        let mut at = 0;
-        while at < escaped.len() {
-            let byte = match escaped.get(at..at + 4) {
-                Some([b'\\', b'x', high, low]) => {
-                    let hex = std::str::from_utf8(&[*high, *low]).unwrap().to_owned();
-                    at += 4;
-                    u8::from_str_radix(&hex, 16).unwrap()
-                }
-                _ => {
-                    at += 1;
-                    escaped[at - 1]
-                }
-            };
-            bytes.push(byte);
-        }
-        Some(bytes)
-    }
-}
-
-/// A map of request headers, or a list of `[name, value]` pairs where
-/// order, repeats and spelling matter.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Headers {
-    Map(BTreeMap<String, String>),
-    List(Vec<(String, String)>),
-}
-
-impl Default for Headers {
-    fn default() -> Self {
-        Self::Map(BTreeMap::new())
-    }
-}
-
-impl Headers {
-    fn pairs(&self) -> Vec<(&str, &str)> {
-        match self {
-            Self::Map(map) => map.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect(),
-            Self::List(list) => list.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect(),
-        }
-    }
-}
-
-fn get() -> String {
-    "GET".into()
-}
-
-fn yes() -> bool {
-    true
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Expect {
-    status: u16,
-    body: Option<String>,
-    body_starts_with: Option<String>,
-    #[serde(default)]
-    headers: BTreeMap<String, Option<String>>,
-    #[serde(default = "yes")]
-    reaches_upstream: bool,
-    #[serde(default)]
-    upstream_headers: BTreeMap<String, Option<String>>,
-    upstream_body: Option<String>,
-    upstream_path: Option<String>,
-    /// Fields of the request's decision-log line (`fields` of the suite's
-    /// `decision_log` expressions): value, or null. The runner sends
-    /// `x-conformance-case` with such a request, and finds its line by the
-    /// expression `case`, which reads it.
-    #[serde(default)]
-    decision_fields: BTreeMap<String, serde_json::Value>,
-    /// Strings the request's decision-log line must not contain anywhere.
-    #[serde(default)]
-    decision_excludes: Vec<String>,
-}
+use policy_tool::suite::{AuthzProtocol, Case, Suite};
 
 fn suites() -> Vec<(String, Suite)> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("conformance");
@@ -165,9 +28,7 @@ fn suites() -> Vec<(String, Suite)> {
     files
         .into_iter()
         .map(|path| {
-            let text = std::fs::read_to_string(&path).unwrap();
-            let suite =
-                serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let suite = Suite::load(&path).unwrap_or_else(|e| panic!("{e}"));
             (
                 path.file_name().unwrap().to_string_lossy().into_owned(),
                 suite,
@@ -187,7 +48,10 @@ fn run_case(stack: &Stack, raw: bool, case: &Case, number: usize) -> Vec<String>
     let mut headers = request.headers.pairs();
     let before = stack.upstream.requests_seen();
     let expect = &case.expect;
-    let logged = !(expect.decision_fields.is_empty() && expect.decision_excludes.is_empty());
+    let logged = !(expect.decision_fields.is_empty()
+        && expect.decision_excludes.is_empty()
+        && expect.decision.is_none()
+        && expect.decided_by.is_none());
     let mark = number.to_string();
     if logged {
         headers.push((CASE_HEADER, &mark));
@@ -287,6 +151,20 @@ fn run_case(stack: &Stack, raw: bool, case: &Case, number: usize) -> Vec<String>
                 format!("decision field {name}: {got} (want {want}) in {line}"),
             );
         }
+        if let Some(want) = &expect.decision {
+            let got = &line["decision"];
+            check(
+                got == want.as_str(),
+                format!("decision {got} (want {want:?})"),
+            );
+        }
+        if let Some(want) = &expect.decided_by {
+            let got = &line["policy"];
+            check(
+                got == want.as_str(),
+                format!("decided by {got} (want {want:?})"),
+            );
+        }
         let text = line.to_string();
         for secret in &expect.decision_excludes {
             check(
@@ -335,7 +213,11 @@ fn conforms(host: Host) {
             None if suite.edge_hardening => Stack::start_on(host, &suite.config),
             None => Stack::start_without_edge_hardening(host, &suite.config),
         };
+        let only = std::env::var("CONFORMANCE_CASE").ok();
         for case in &suite.cases {
+            if only.as_ref().is_some_and(|name| *name != case.name) {
+                continue;
+            }
             ran += 1;
             for fault in run_case(&stack, suite.raw_requests, case, ran) {
                 failures.push(format!("{file} / {}: {fault}", case.name));
@@ -345,7 +227,8 @@ fn conforms(host: Host) {
         drop(authz);
         drop(ratelimit);
     }
-    assert!(ran >= 10, "only {ran} cases ran");
+    let alone = std::env::var_os("CONFORMANCE_CASE").is_some();
+    assert!(ran >= 10 || (alone && ran > 0), "only {ran} cases ran");
     assert!(
         failures.is_empty(),
         "{host:?} host failed {} check(s):\n  {}",

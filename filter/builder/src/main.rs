@@ -10,7 +10,8 @@
 //! name@version unique, crate present), generates the build's crates
 //! ([`generate`]), compiles the module for wasm32-wasip1 and the shim
 //! natively, optimizes the module with wasm-opt, and writes into the output
-//! directory: `plugin.wasm`, `policy-extproc`, `build-info.json` (policies,
+//! directory: `plugin.wasm`, `policy-extproc`, `policy-tool` (the offline
+//! tool, `filter/tool`), `build-info.json` (policies,
 //! versions, source commit, sha256 of each artifact, image digests),
 //! `config.schema.json` (the JSON Schema of the plugin configuration), the
 //! OCI image layout `oci/` ([`image`]), and `deploy/`: the Envoy Gateway
@@ -131,6 +132,18 @@ fn source_commit(repo: &Path) -> String {
         }
         None => "unknown".into(),
     }
+}
+
+/// Copies a built binary into the build directory, unless it is there
+/// already.
+fn copy_if_changed(from: &Path, to: &Path) -> Result<(), String> {
+    let bytes = std::fs::read(from).map_err(|e| format!("{}: {e}", from.display()))?;
+    generate::write_if_changed(to, &bytes).map_err(|e| format!("{}: {e}", to.display()))?;
+    // Executable, as cargo left it.
+    let permissions = std::fs::metadata(from)
+        .map_err(|e| e.to_string())?
+        .permissions();
+    std::fs::set_permissions(to, permissions).map_err(|e| format!("{}: {e}", to.display()))
 }
 
 /// Whether `output` was written after `input` last changed.
@@ -263,9 +276,21 @@ fn build(
             "building the ext_proc shim",
         )?;
         let shim = out.join("policy-extproc");
-        std::fs::copy(target.join("release/policy-extproc"), &shim)
-            .map_err(|e| format!("copying the shim: {e}"))?;
+        copy_if_changed(&target.join("release/policy-extproc"), &shim)?;
         json!({ "file": "policy-extproc", "sha256": sha256_hex(&shim)? })
+    };
+    let tool = if wasm_only {
+        serde_json::Value::Null
+    } else {
+        // A debug build: the tool runs suites, not traffic, and a policy
+        // change then costs it seconds, not another LTO link.
+        run(
+            &mut cargo(&["build", "-q", "-p", generate::TOOL_PACKAGE]),
+            "building policy-tool",
+        )?;
+        let file = out.join("policy-tool");
+        copy_if_changed(&target.join("debug/policy-tool"), &file)?;
+        json!({ "file": "policy-tool", "sha256": sha256_hex(&file)? })
     };
     let images = image::package(&out, &commit, &description)?;
     render_deployments(&repo, &out, image_ref, &images)?;
@@ -281,6 +306,7 @@ fn build(
         })).collect::<Vec<_>>(),
         "module": { "file": "plugin.wasm", "sha256": sha256_hex(&module)?, "bytes": module_bytes },
         "extproc": extproc,
+        "tool": tool,
         "images": {
             "layout": "oci",
             "compat": { "tag": "compat", "digest": images.compat },

@@ -227,7 +227,7 @@ impl Host for ProcessHost {
 }
 
 /// Proxy-Wasm's compare-and-swap over a map, for in-memory hosts.
-pub(crate) fn shared_set_in(
+pub fn shared_set_in(
     entries: &mut HashMap<String, (Vec<u8>, u32)>,
     key: &str,
     value: &[u8],

@@ -178,6 +178,16 @@ impl Chain {
         &self.remote_sources
     }
 
+    /// Each policy's `name@version`, in order.
+    pub fn policy_labels(&self) -> Vec<String> {
+        self.entries.iter().map(|e| e.label.clone()).collect()
+    }
+
+    /// The route entry's name (`unmatched` for the unmatched chain).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The bodies this chain needs buffered.
     pub fn body_needs(&self) -> BodyNeeds {
         BodyNeeds {

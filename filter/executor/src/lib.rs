@@ -236,6 +236,31 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Every chain's name and its policies (`name@version`), in order: the
+    /// route entries', then the unmatched one's, if any.
+    pub fn chain_summary(&self) -> Vec<(String, Vec<String>)> {
+        self.routes
+            .chains()
+            .map(|chain| (chain.name().to_owned(), chain.policy_labels()))
+            .collect()
+    }
+
+    /// Each route entry's verdict on `request`, in order, up to the first
+    /// that takes it, after the request is made canonical as
+    /// [`Engine::start`] makes it (an error if it cannot be).
+    pub fn explain_route(
+        &self,
+        mut request: HeaderMap,
+        route_name: Option<&str>,
+    ) -> Result<Vec<route::RouteVerdict>, canonical::NotCanonical> {
+        make_canonical(&mut request, self.routes.escaped_slashes)?;
+        Ok(self
+            .routes
+            .explain(&RouteInput::from_headers(&request), route_name))
+    }
+}
+
 /// Puts the canonical `:path` and `:authority` in `request`, and returns
 /// the changes that made them, for the upstream.
 fn make_canonical(

@@ -60,12 +60,21 @@ pub fn parse_params<T: DeserializeOwned>(config: &Value) -> Result<T, ParamError
 pub struct Entry {
     /// How to build instances.
     pub factory: PolicyFactory,
-    /// The `parameters` schema of its `policy.yaml`, if the build gave one
-    /// (an error if it does not parse).
+    /// The schema of its parameters (its `schema.json`), if the build gave
+    /// one (an error if it does not parse).
     parameters: Option<Result<Arc<Schema>, String>>,
+    /// The schema's text, as the build gave it.
+    parameters_text: &'static str,
+    /// One line for humans, from its `policy.yaml`.
+    pub description: &'static str,
 }
 
 impl Entry {
+    /// The JSON Schema of the policy's parameters, if the build gave one.
+    pub fn parameters_schema(&self) -> Option<Value> {
+        serde_json::from_str(self.parameters_text).ok()
+    }
+
     /// Checks an instance's `config` against the parameters schema.
     pub fn check_parameters(&self, config: &Value) -> Result<(), ParamError> {
         match &self.parameters {
@@ -162,23 +171,34 @@ impl Registry {
                 .map(|factory| Entry {
                     factory,
                     parameters: None,
+                    parameters_text: "",
+                    description: "",
                 })
                 .collect(),
         }
     }
 
     /// A registry of factories, each with the JSON text of its parameters
-    /// schema: what the builder generates.
-    pub fn with_schemas(entries: impl IntoIterator<Item = (PolicyFactory, &'static str)>) -> Self {
+    /// schema and its description: what the builder generates.
+    pub fn with_schemas(
+        entries: impl IntoIterator<Item = (PolicyFactory, &'static str, &'static str)>,
+    ) -> Self {
         Self {
             entries: entries
                 .into_iter()
-                .map(|(factory, schema)| Entry {
+                .map(|(factory, schema, description)| Entry {
                     factory,
                     parameters: Some(Schema::parse(schema).map(Arc::new)),
+                    parameters_text: schema,
+                    description,
                 })
                 .collect(),
         }
+    }
+
+    /// Every registered policy.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
     }
 
     /// `name@version` of every registered policy.

@@ -102,9 +102,15 @@ impl Conditions {
     }
 
     fn matches_request(&self, input: &RouteInput<'_>) -> bool {
+        self.mismatch(input).is_none()
+    }
+
+    /// Why the request does not meet these conditions (route name aside),
+    /// or `None` when it does.
+    fn mismatch(&self, input: &RouteInput<'_>) -> Option<String> {
         if let Some(want) = &self.host {
             let Some(host) = input.host.map(strip_port) else {
-                return false;
+                return Some("the request has no host".into());
             };
             let ok = match want {
                 HostMatch::Exact(h) => host.eq_ignore_ascii_case(h),
@@ -116,28 +122,46 @@ impl Conditions {
                 }
             };
             if !ok {
-                return false;
+                let want = match want {
+                    HostMatch::Exact(h) => h.clone(),
+                    HostMatch::Suffix(s) => format!("*{s}"),
+                };
+                return Some(format!("host {host:?} is not {want:?}"));
             }
         }
         if let Some(want) = &self.path {
             let Some(path) = input.path else {
-                return false;
+                return Some("the request has no path".into());
             };
             let path = path.split(['?', '#']).next().unwrap_or(path);
-            let ok = match want {
-                PathMatch::Exact(p) => path == p,
-                PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+            let why = match want {
+                PathMatch::Exact(p) if path != p => Some(format!("path {path:?} is not {p:?}")),
+                PathMatch::Prefix(p) if !path.starts_with(p.as_str()) => {
+                    Some(format!("path {path:?} does not start with {p:?}"))
+                }
+                PathMatch::Exact(_) | PathMatch::Prefix(_) => None,
             };
-            if !ok {
-                return false;
+            if why.is_some() {
+                return why;
             }
         }
-        self.methods.is_empty()
+        let method_ok = self.methods.is_empty()
             || input
                 .method
-                .is_some_and(|m| self.methods.iter().any(|w| w == m))
+                .is_some_and(|m| self.methods.iter().any(|w| w == m));
+        (!method_ok).then(|| {
+            format!(
+                "method {:?} is not one of {}",
+                input.method.unwrap_or_default(),
+                self.methods.join(", ")
+            )
+        })
     }
 }
+
+/// Why one route entry took a request or not: its name, and `None` if it
+/// matched or the reason it did not.
+pub type RouteVerdict = (String, Option<String>);
 
 /// What happens to a request no route entry matches.
 pub enum Unmatched {
@@ -175,6 +199,26 @@ pub enum Selection<'t> {
 }
 
 impl RouteTable {
+    /// Each route entry's verdict on a request, in order, up to the first
+    /// that takes it (what `policy-tool explain` shows).
+    pub fn explain(&self, input: &RouteInput<'_>, route_name: Option<&str>) -> Vec<RouteVerdict> {
+        let mut verdicts = Vec::new();
+        for entry in &self.entries {
+            let conditions = &entry.conditions;
+            let why = conditions.mismatch(input).or_else(|| {
+                let want = conditions.route_name.as_deref()?;
+                (route_name != Some(want))
+                    .then(|| format!("Envoy's route name {route_name:?} is not {want:?}"))
+            });
+            let matched = why.is_none();
+            verdicts.push((entry.chain.name().to_owned(), why));
+            if matched {
+                break;
+            }
+        }
+        verdicts
+    }
+
     /// Every chain: the route entries' and the unmatched one, if any.
     pub(crate) fn chains(&self) -> impl Iterator<Item = &Arc<Chain>> {
         let unmatched = match &self.unmatched {

@@ -377,6 +377,15 @@ impl Schema {
             }
         }
         if let Some(Value::Array(alternatives)) = schema.get("anyOf") {
+            // `Option<T>` derives as `anyOf: [T, null]`: a value that is not
+            // null is held to T alone, so its fault is named precisely.
+            let not_null: Vec<&Value> = alternatives
+                .iter()
+                .filter(|a| **a != serde_json::json!({ "type": "null" }))
+                .collect();
+            if let ([only], false) = (not_null.as_slice(), value.is_null()) {
+                return self.check(only, value, path);
+            }
             if !alternatives
                 .iter()
                 .any(|a| self.check(a, value, &mut path.clone()).is_ok())
