@@ -67,7 +67,7 @@ run: wasm
 	cargo build --quiet --release -p local-envoy
 	target/release/local-envoy --host $(HOST) $(RUN_ARGS)
 
-## run-egress: the egress gateway example (README): mutual TLS with fresh
+## run-egress: the egress gateway example (docs/egress-example.md): mutual TLS with fresh
 ## SPIFFE client certificates in target/egress-certs, and
 ## envoy/examples/egress-policies.yaml. HOST=extproc works here too.
 run-egress: wasm
