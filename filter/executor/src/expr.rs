@@ -20,26 +20,9 @@
 //!
 //! # Attributes
 //!
-//! | attribute | type | |
-//! |---|---|---|
-//! | `request.method` | string | |
-//! | `request.path` | string | without the query |
-//! | `request.query` | map(string, string) | name and value percent-decoded; absent (an error to read) if a parameter is given twice (in any encoding or case), the query has a `;`, or a name or value does not decode; a parameter the expression reads given ambiguously makes it fail (see [`ambiguous`]) |
-//! | `request.host` | string | `:authority` without the port |
-//! | `request.scheme` | string | |
-//! | `request.headers` | map(string, string) | lower-case names, `_` read as `-`; a header the expression reads, sent more than once, makes it fail (see [`ambiguous`]) |
-//! | `source.address` | string | the peer's IP |
-//! | `source.port` | int | |
-//! | `source.spiffeId` | string | the peer certificate's URI SAN, if a SPIFFE ID |
-//! | `source.identity` | map | `trustDomain`, `namespace`, `serviceAccount` from the SPIFFE ID |
-//! | `connection.mtls` | bool | |
-//! | `connection.sni` | string | |
-//! | `connection.tlsVersion` | string | |
-//! | `route.name` | string | the matched route entry of the plugin configuration |
-//! | `metadata` | map | values written by earlier policies in the chain |
-//! | `jwt` | map | the claims of the token the `jwt` policy verified (`jwt.sub`, `jwt.scope`) |
-//! | `response.code` | int | response expressions only |
-//! | `response.headers` | map(string, string) | response expressions only |
+//! Every name an expression can read is defined once, in
+//! [`vocabulary::VOCABULARY`]: its type, where it can be read, and what it
+//! holds. `docs/cel.md` renders that table.
 //!
 //! An attribute the request does not have (no client certificate, a header
 //! that was not sent) is absent: reading it is an evaluation error, which
@@ -61,6 +44,7 @@ use crate::attributes::{Attribute, AttributeSet};
 use crate::canonical::{percent_decode, query_pairs, strip_port};
 use crate::headers::HeaderMap;
 use crate::policy::Context;
+use vocabulary::Shape;
 
 /// Which message an expression is evaluated on. Request expressions cannot
 /// read `response`: it does not exist yet.
@@ -394,110 +378,6 @@ impl Fields {
 /// token's claims, bound to the CEL variable `jwt`.
 pub const JWT_CLAIMS: &str = "jwt.claims";
 
-/// What is below an attribute path.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Shape {
-    /// Named fields, listed in [`VOCABULARY`].
-    Record,
-    /// A map with keys known only at run time.
-    Map,
-    /// A string, number or bool.
-    Scalar,
-}
-
-/// Every attribute path. A record's fields are the paths one segment
-/// longer.
-const VOCABULARY: &[(&str, Shape, Fields)] = &[
-    ("request", Shape::Record, Fields::REQUEST),
-    ("request.method", Shape::Scalar, Fields::REQUEST_METHOD),
-    ("request.path", Shape::Scalar, Fields::REQUEST_PATH),
-    ("request.query", Shape::Map, Fields::REQUEST_QUERY),
-    ("request.host", Shape::Scalar, Fields::REQUEST_HOST),
-    ("request.scheme", Shape::Scalar, Fields::REQUEST_SCHEME),
-    ("request.headers", Shape::Map, Fields::REQUEST_HEADERS),
-    ("source", Shape::Record, Fields::SOURCE),
-    ("source.address", Shape::Scalar, Fields::SOURCE_ADDRESS),
-    ("source.port", Shape::Scalar, Fields::SOURCE_PORT),
-    ("source.spiffeId", Shape::Scalar, Fields::SOURCE_SPIFFE_ID),
-    ("source.identity", Shape::Record, Fields::SOURCE_IDENTITY),
-    (
-        "source.identity.trustDomain",
-        Shape::Scalar,
-        Fields::SOURCE_IDENTITY,
-    ),
-    (
-        "source.identity.namespace",
-        Shape::Scalar,
-        Fields::SOURCE_IDENTITY,
-    ),
-    (
-        "source.identity.serviceAccount",
-        Shape::Scalar,
-        Fields::SOURCE_IDENTITY,
-    ),
-    ("connection", Shape::Record, Fields::CONNECTION),
-    ("connection.mtls", Shape::Scalar, Fields::CONNECTION_MTLS),
-    ("connection.sni", Shape::Scalar, Fields::CONNECTION_SNI),
-    (
-        "connection.tlsVersion",
-        Shape::Scalar,
-        Fields::CONNECTION_TLS_VERSION,
-    ),
-    ("route", Shape::Record, Fields::ROUTE),
-    ("route.name", Shape::Scalar, Fields::ROUTE_NAME),
-    ("metadata", Shape::Map, Fields::METADATA),
-    ("jwt", Shape::Map, Fields::JWT),
-    ("response", Shape::Record, Fields::RESPONSE),
-    ("response.code", Shape::Scalar, Fields::RESPONSE_CODE),
-    ("response.headers", Shape::Map, Fields::RESPONSE_HEADERS),
-];
-
-fn lookup(path: &str) -> Option<Shape> {
-    VOCABULARY
-        .iter()
-        .find(|(p, _, _)| *p == path)
-        .map(|(_, shape, _)| *shape)
-}
-
-/// The fields read by using `path` whole: its own and everything below.
-fn fields_under(path: &str) -> Fields {
-    VOCABULARY
-        .iter()
-        .filter(|(p, _, _)| {
-            p.strip_prefix(path)
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
-        })
-        .fold(Fields::NONE, |all, (_, _, f)| all.with(*f))
-}
-
-fn fields_under_children(path: &str) -> Fields {
-    VOCABULARY
-        .iter()
-        .filter(|(p, _, _)| {
-            p.strip_prefix(path)
-                .is_some_and(|rest| rest.starts_with('.'))
-        })
-        .fold(Fields::NONE, |all, (_, _, f)| all.with(*f))
-}
-
-fn fields_of_record(path: &str) -> Vec<&'static str> {
-    VOCABULARY
-        .iter()
-        .filter_map(|(p, _, _)| p.strip_prefix(path)?.strip_prefix('.'))
-        .filter(|rest| !rest.contains('.'))
-        .collect()
-}
-
-const ROOTS: [&str; 7] = [
-    "request",
-    "source",
-    "connection",
-    "route",
-    "metadata",
-    "jwt",
-    "response",
-];
-
 /// Type names, usable as values (`type(x) == string`).
 const TYPE_NAMES: [&str; 11] = [
     "int",
@@ -692,39 +572,40 @@ impl Check {
         if TYPE_NAMES.contains(&root) {
             return Ok(());
         }
-        if !ROOTS.contains(&root) {
+        let Some(name) = vocabulary::lookup(root).filter(|n| !n.path.contains('.')) else {
             return Err(format!(
                 "unknown variable `{root}`; the attributes are {}",
-                ROOTS.join(", ")
+                vocabulary::roots().collect::<Vec<_>>().join(", ")
+            ));
+        };
+        if name.phases == vocabulary::Phases::Response && self.phase == Phase::Request {
+            return Err(format!(
+                "`{root}` is not available here: this expression runs on the request"
             ));
         }
-        if root == "response" && self.phase == Phase::Request {
-            return Err(
-                "`response` is not available here: this expression runs on the request".into(),
-            );
-        }
-        let root_fields = fields_under(root).0 & !fields_under_children(root).0;
+        let root_fields =
+            vocabulary::fields_under(root).0 & !vocabulary::fields_under_children(root).0;
         self.fields = self.fields.with(Fields(root_fields));
         let mut current = root.to_owned();
         for field in path {
-            match lookup(&current) {
+            match vocabulary::lookup(&current).map(|n| n.shape) {
                 Some(Shape::Map) => break,
                 Some(Shape::Scalar) => {
                     return Err(format!("`{current}` has no field `{field}`"));
                 }
                 Some(Shape::Record) | None => {
                     let next = format!("{current}.{field}");
-                    if lookup(&next).is_none() {
+                    if vocabulary::lookup(&next).is_none() {
                         return Err(format!(
                             "unknown attribute `{next}`; `{current}` has {}",
-                            fields_of_record(&current).join(", ")
+                            vocabulary::fields_of_record(&current).join(", ")
                         ));
                     }
                     current = next;
                 }
             }
         }
-        self.fields = self.fields.with(fields_under(&current));
+        self.fields = self.fields.with(vocabulary::fields_under(&current));
         if let ("request" | "response", ["headers", name, ..]) = (root, path) {
             check_header_key(name)?;
         }
@@ -1048,3 +929,4 @@ mod ambiguous;
 mod fast;
 #[cfg(test)]
 mod tests;
+pub mod vocabulary;

@@ -330,42 +330,8 @@ impl Context {
 /// must not panic: report misconfiguration when it is built, and turn request-time
 /// trouble into an [`Action::Respond`] with the right status.
 ///
-/// A complete policy (the README's example):
-///
-/// ```
-/// use policy_executor::{parse_params, Action, Context, LocalReply, ParamError,
-///                       Phases, Policy, PolicyFactory};
-///
-/// pub const FACTORY: PolicyFactory = PolicyFactory { name: "deny-if-header", version: "0.1.0", build };
-///
-/// #[derive(serde::Deserialize)]
-/// #[serde(deny_unknown_fields)]
-/// struct Params { header: String }
-///
-/// struct DenyIfHeader { header: String }
-///
-/// fn build(config: &serde_json::Value) -> Result<Box<dyn Policy>, ParamError> {
-///     let params: Params = parse_params(config)?;      // errors carry the field's path
-///     Ok(Box::new(DenyIfHeader { header: params.header.to_ascii_lowercase() }))
-/// }
-///
-/// impl Policy for DenyIfHeader {
-///     fn phases(&self) -> Phases { Phases::REQUEST_HEADERS }
-///     fn on_request_headers(&self, cx: &mut Context) -> Action {
-///         match cx.request_headers().get(&self.header) {
-///             Some(_) => Action::Respond(LocalReply::text(403, "forbidden\n")),
-///             None => Action::Continue,
-///         }
-///     }
-/// }
-///
-/// # use policy_executor::{Engine, HeaderMap, Outcome, Registry, Start};
-/// # let config = b"routes: [{policies: [{name: deny-if-header, config: {header: X-Debug}}]}]";
-/// # let engine = Engine::from_config(config, &Registry::new([FACTORY])).unwrap();
-/// # let request = HeaderMap::from_pairs([(":path", "/"), (":authority", "a.example"), ("x-debug", "1")]);
-/// # let Start::Run(mut exchange) = engine.start(|| None, request) else { panic!() };
-/// # assert!(matches!(exchange.on_request_headers(), Outcome::Respond(r) if r.status == 403));
-/// ```
+/// A complete policy is in `docs/writing-a-policy.md`, whose example is
+/// compiled as a doctest of this crate (`WritingAPolicy`, at the end of this file).
 pub trait Policy: Send + Sync {
     /// The phases this instance acts in.
     fn phases(&self) -> Phases;
@@ -431,3 +397,9 @@ pub trait Policy: Send + Sync {
         ResponseAction::Continue
     }
 }
+
+/// The guide `docs/writing-a-policy.md`, included so that its example is
+/// compiled as a doctest: the guide's copy is the only one.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/writing-a-policy.md")]
+pub struct WritingAPolicy;

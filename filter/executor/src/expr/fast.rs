@@ -392,6 +392,33 @@ fn text(expr: &IdedExpr) -> Option<Text> {
 mod tests {
     use std::sync::Arc;
 
+    /// What the fast path reads by name (in a missing value's error) is a
+    /// name of the vocabulary, so it and the interpreter read the same
+    /// names.
+    #[test]
+    fn the_fast_path_reads_only_names_of_the_vocabulary() {
+        use super::{Message, Text};
+        let texts = [
+            Text::Method,
+            Text::Path,
+            Text::Host,
+            Text::Scheme,
+            Text::RouteName,
+            Text::ResponseCode,
+            Text::Header(Message::Request, "x".into()),
+            Text::Header(Message::Response, "x".into()),
+            Text::Claim("sub".into()),
+        ];
+        for text in texts {
+            let shown = text.to_string();
+            let path = shown.split('[').next().unwrap_or_default();
+            assert!(
+                crate::expr::vocabulary::lookup(path).is_some(),
+                "{shown} is not in the vocabulary"
+            );
+        }
+    }
+
     use proptest::prelude::*;
 
     use super::super::{Expression, Phase};
