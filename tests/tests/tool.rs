@@ -111,17 +111,15 @@ fn the_egress_suite_catches_a_rule_made_too_permissive() {
     std::fs::remove_dir_all(&scratch).unwrap();
 }
 
-/// The YAML blocks of the README and docs/ that are plugin configurations
-/// (they have `routes:` or `unmatched:` at the top level).
-fn documented_configurations() -> Vec<(String, String)> {
+/// Every YAML block of the README and docs/: where it is, and its text.
+fn documented_blocks() -> Vec<(String, String)> {
     let mut files = vec![repo().join("README.md")];
-    if let Ok(dir) = std::fs::read_dir(repo().join("docs")) {
-        files.extend(
-            dir.flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|e| e == "md")),
-        );
-    }
+    let docs = std::fs::read_dir(repo().join("docs")).unwrap();
+    files.extend(
+        docs.flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "md")),
+    );
     let mut blocks = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
@@ -130,11 +128,8 @@ fn documented_configurations() -> Vec<(String, String)> {
             match &mut block {
                 None if line.trim_start() == "```yaml" => block = Some((n + 1, String::new())),
                 Some((start, body)) if line.trim_start() == "```" => {
-                    let top_level = |key: &str| body.lines().any(|l| l.starts_with(key));
-                    if top_level("routes:") || top_level("unmatched:") {
-                        let at = format!("{}:{start}", file.file_name().unwrap().to_string_lossy());
-                        blocks.push((at, std::mem::take(body)));
-                    }
+                    let at = format!("{}:{start}", file.file_name().unwrap().to_string_lossy());
+                    blocks.push((at, std::mem::take(body)));
                     block = None;
                 }
                 Some((_, body)) => {
@@ -148,10 +143,63 @@ fn documented_configurations() -> Vec<(String, String)> {
     blocks
 }
 
+/// What a documented YAML block is, and so how it is checked.
+enum Block {
+    /// A plugin configuration (or a chain of policies, wrapped into one):
+    /// validated by the tool and against the published schema.
+    Configuration(Value),
+    /// A `policy-tool` suite: read as one.
+    Suite,
+    /// Envoy, Prometheus or build-manifest YAML: well-formed, and not a
+    /// plugin configuration by mistake.
+    Other,
+}
+
+fn classify(at: &str, text: &str) -> Block {
+    let value: Value = serde_yaml::from_str(text).unwrap_or_else(|e| panic!("{at}: {e}"));
+    const PLUGIN_KEYS: [&str; 4] = ["routes", "unmatched", "paths", "decision_log"];
+    const OTHER_KEYS: [&str; 5] = [
+        "http_filters",
+        "normalize_path",
+        "transport_socket",
+        "scrape_configs",
+        "name",
+    ];
+    match &value {
+        Value::Object(map) if map.keys().all(|k| PLUGIN_KEYS.contains(&k.as_str())) => {
+            Block::Configuration(value)
+        }
+        Value::Object(map) if map.keys().all(|k| k == "policies") => {
+            Block::Configuration(serde_json::json!({ "routes": [map] }))
+        }
+        Value::Object(map) if map.contains_key("cases") => {
+            let suite: Result<policy_tool::suite::Suite, _> = serde_yaml::from_str(text);
+            suite.unwrap_or_else(|e| panic!("{at}: not a suite: {e}"));
+            Block::Suite
+        }
+        Value::Object(map) if map.keys().any(|k| OTHER_KEYS.contains(&k.as_str())) => Block::Other,
+        // A chain: a list of policies.
+        Value::Array(items)
+            if items
+                .iter()
+                .all(|i| i.get("config").is_some() || i.get("when").is_some()) =>
+        {
+            Block::Configuration(serde_json::json!({ "routes": [{ "policies": items }] }))
+        }
+        // Envoy's filter lists.
+        Value::Array(items)
+            if items
+                .iter()
+                .all(|i| i["name"].as_str().is_some_and(|n| n.starts_with("envoy."))) =>
+        {
+            Block::Other
+        }
+        _ => panic!("{at}: a YAML block this test does not know how to check:\n{text}"),
+    }
+}
+
 #[test]
-fn every_configuration_in_the_docs_validates_and_matches_the_published_schema() {
-    let blocks = documented_configurations();
-    assert!(blocks.len() >= 5, "only {} blocks", blocks.len());
+fn every_yaml_block_in_the_docs_is_checked_and_configurations_validate() {
     let schema: Value = serde_json::from_str(
         &std::fs::read_to_string(repo().join("target/builds/default/config.schema.json")).unwrap(),
     )
@@ -160,8 +208,19 @@ fn every_configuration_in_the_docs_validates_and_matches_the_published_schema() 
     let scratch = std::env::temp_dir().join(format!("docs-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).unwrap();
     let mut files = Vec::new();
-    for (i, (at, block)) in blocks.iter().enumerate() {
-        let document: Value = serde_yaml::from_str(block).unwrap_or_else(|e| panic!("{at}: {e}"));
+    let (mut suites, mut others) = (0, 0);
+    for (i, (at, block)) in documented_blocks().iter().enumerate() {
+        let document = match classify(at, block) {
+            Block::Configuration(document) => document,
+            Block::Suite => {
+                suites += 1;
+                continue;
+            }
+            Block::Other => {
+                others += 1;
+                continue;
+            }
+        };
         let errors: Vec<String> = validator
             .iter_errors(&document)
             .map(|e| e.to_string())
@@ -170,10 +229,12 @@ fn every_configuration_in_the_docs_validates_and_matches_the_published_schema() 
             errors.is_empty(),
             "{at} breaks the published schema: {errors:?}"
         );
-        let file = scratch.join(format!("block-{i}.yaml"));
-        std::fs::write(&file, block).unwrap();
+        let file = scratch.join(format!("block-{i}.json"));
+        std::fs::write(&file, document.to_string()).unwrap();
         files.push((at.clone(), file.display().to_string()));
     }
+    assert!(files.len() >= 10, "only {} configurations", files.len());
+    assert!(suites >= 1 && others >= 1);
     let mut args = vec!["validate", "--format", "json"];
     args.extend(files.iter().map(|(_, f)| f.as_str()));
     let out = tool(&args);
