@@ -27,6 +27,31 @@ use local_envoy::shim::Shim;
 use local_envoy::{filter_wasm, filters, Envoy, EnvoyError, ListenerTls, Options};
 use serde_json::Value;
 
+/// Polls `probe` until it gives a value, and returns that value; fails
+/// the test, naming `what`, after `timeout`. Tests wait on a condition this
+/// way, never on a sleep that races Envoy.
+pub fn eventually<T>(what: &str, timeout: Duration, probe: impl FnMut() -> Option<T>) -> T {
+    try_eventually(what, timeout, probe).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`eventually`], with the time-out as an error rather than a failed test.
+pub fn try_eventually<T>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> Result<T, String> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe() {
+            return Ok(value);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(format!("{what}: not after {timeout:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Where the policies run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Host {
@@ -66,80 +91,79 @@ fn scratch_dir() -> Result<PathBuf, EnvoyError> {
     Ok(dir)
 }
 
-impl Stack {
-    /// Starts the Wasm host on `plugin_config`, failing the test if Envoy
-    /// does not come up.
-    pub fn start(plugin_config: &str) -> Self {
-        Self::start_on(Host::Wasm, plugin_config)
+/// How to start a [`Stack`]: `Stack::builder(host, config)`, then what
+/// differs from the defaults (the default build's module, one worker,
+/// plaintext, Envoy's edge hardening on, no further clusters), then
+/// [`StackBuilder::start`].
+#[must_use]
+pub struct StackBuilder {
+    host: Host,
+    plugin_config: String,
+    module: Option<PathBuf>,
+    tls: Option<ListenerTls>,
+    clusters: Vec<Value>,
+    workers: u32,
+    edge_hardening: bool,
+}
+
+impl StackBuilder {
+    /// Another build's module (Wasm host).
+    pub fn module(mut self, module: &Path) -> Self {
+        self.module = Some(module.to_owned());
+        self
     }
 
-    /// Starts `host` on `plugin_config`, failing the test if it does not
-    /// come up.
-    pub fn start_on(host: Host, plugin_config: &str) -> Self {
-        Self::try_start_on(host, plugin_config).unwrap_or_else(|e| panic!("{host:?}: {e}"))
+    /// A TLS listener.
+    pub fn tls(mut self, tls: ListenerTls) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
-    /// Starts the Wasm host from another build's `module`.
-    pub fn try_start_wasm_module(module: &Path, plugin_config: &str) -> Result<Self, EnvoyError> {
-        Self::try_start_with(Host::Wasm, Some(module), plugin_config, None)
+    /// Further Envoy clusters: those the configuration's calls and remote
+    /// documents go through.
+    pub fn clusters(mut self, clusters: Vec<Value>) -> Self {
+        self.clusters = clusters;
+        self
     }
 
-    /// Starts `host` on `plugin_config` behind a TLS listener.
-    pub fn start_tls(host: Host, plugin_config: &str, tls: ListenerTls) -> Self {
-        Self::try_start_with(host, None, plugin_config, Some(tls))
-            .unwrap_or_else(|e| panic!("{host:?}: {e}"))
+    /// This many Envoy workers.
+    pub fn workers(mut self, workers: u32) -> Self {
+        self.workers = workers;
+        self
     }
 
-    /// Starts `host` on `plugin_config`.
-    pub fn try_start_on(host: Host, plugin_config: &str) -> Result<Self, EnvoyError> {
-        Self::try_start_with(host, None, plugin_config, None)
+    /// Envoy's own edge hardening off (see `Options::edge_hardening`): the
+    /// engine alone stands between the client's raw path and headers and
+    /// the upstream.
+    pub fn without_edge_hardening(mut self) -> Self {
+        self.edge_hardening = false;
+        self
     }
 
-    /// Starts `host` on `plugin_config` with further Envoy clusters (those
-    /// the configuration's remote documents are fetched through) and this
-    /// many Envoy workers.
-    pub fn start_with_clusters(
-        host: Host,
-        plugin_config: &str,
-        clusters: Vec<Value>,
-        workers: u32,
-    ) -> Self {
-        Self::try_start_full(host, None, plugin_config, None, clusters, workers, true)
-            .unwrap_or_else(|e| panic!("{host:?}: {e}"))
+    /// Starts it, failing the test if it does not come up.
+    pub fn start(self) -> Stack {
+        let host = self.host;
+        self.try_start().unwrap_or_else(|e| panic!("{host:?}: {e}"))
     }
 
-    /// Starts `host` on `plugin_config` with Envoy's own edge hardening off
-    /// (see `Options::edge_hardening`): the engine alone stands between the
-    /// client's raw path and headers and the upstream.
-    pub fn start_without_edge_hardening(host: Host, plugin_config: &str) -> Self {
-        Self::try_start_full(host, None, plugin_config, None, Vec::new(), 1, false)
-            .unwrap_or_else(|e| panic!("{host:?}: {e}"))
-    }
-
-    fn try_start_with(
-        host: Host,
-        module: Option<&Path>,
-        plugin_config: &str,
-        tls: Option<ListenerTls>,
-    ) -> Result<Self, EnvoyError> {
-        Self::try_start_full(host, module, plugin_config, tls, Vec::new(), 1, true)
-    }
-
-    fn try_start_full(
-        host: Host,
-        module: Option<&Path>,
-        plugin_config: &str,
-        tls: Option<ListenerTls>,
-        clusters: Vec<Value>,
-        workers: u32,
-        edge_hardening: bool,
-    ) -> Result<Self, EnvoyError> {
+    /// Starts it.
+    pub fn try_start(self) -> Result<Stack, EnvoyError> {
+        let Self {
+            host,
+            plugin_config,
+            module,
+            tls,
+            clusters,
+            workers,
+            edge_hardening,
+        } = self;
+        let plugin_config = plugin_config.as_str();
         let upstream = EchoUpstream::start(SocketAddr::from(([127, 0, 0, 1], 0)))
             .map_err(|e| EnvoyError::Io("starting the echo upstream".into(), e))?;
         let scratch = scratch_dir()?;
         let (options, shim) = match host {
             Host::Wasm => {
-                let module = module.map_or_else(filter_wasm, Path::to_path_buf);
+                let module = module.unwrap_or_else(filter_wasm);
                 assert!(
                     module.exists(),
                     "{} is missing: build it with `make build` (make test does)",
@@ -172,12 +196,27 @@ impl Stack {
         };
         options.clusters.extend(clusters);
         let envoy = Envoy::start(&options)?;
-        Ok(Self {
+        Ok(Stack {
             envoy,
             shim,
             upstream,
             scratch,
         })
+    }
+}
+
+impl Stack {
+    /// A stack running `host` on `plugin_config`; see [`StackBuilder`].
+    pub fn builder(host: Host, plugin_config: &str) -> StackBuilder {
+        StackBuilder {
+            host,
+            plugin_config: plugin_config.to_owned(),
+            module: None,
+            tls: None,
+            clusters: Vec::new(),
+            workers: 1,
+            edge_hardening: true,
+        }
     }
 
     /// The shim's configuration file (ext_proc host only).
@@ -227,19 +266,10 @@ impl Stack {
     /// The decision-log lines, once `done` says they are all there (within
     /// 10 seconds, or the test fails naming `what`).
     fn wait_for_decisions_until(&self, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
+        eventually(what, Duration::from_secs(10), || {
             let found = self.decisions();
-            if done(&found) {
-                return found;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no {what} after 10 s; {} decision lines",
-                found.len()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            done(&found).then_some(found)
+        })
     }
 }
 

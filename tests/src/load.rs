@@ -316,16 +316,7 @@ impl Load {
         timeout: Duration,
         mut done: impl FnMut(&[Sample]) -> bool,
     ) -> Result<(), String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.inspect(&mut done) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(format!("timed out after {timeout:?} waiting for {what}"));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        crate::try_eventually(what, timeout, || self.inspect(&mut done).then_some(()))
     }
 
     /// Waits until `count` requests due at `since` or later have completed.

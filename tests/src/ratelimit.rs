@@ -5,7 +5,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use local_envoy::{announced_addr, ratelimit_bin};
 
@@ -43,21 +43,26 @@ impl Redis {
                 std::io::Error::other(format!("redis-server (make setup installs it): {e}"))
             })?;
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if self.ping() {
-                return Ok(());
+        let started = crate::try_eventually(
+            "redis-server answering PING",
+            Duration::from_secs(10),
+            || {
+                if self.ping() {
+                    return Some(Ok(()));
+                }
+                match self.child.as_mut().map(Child::try_wait) {
+                    Some(Ok(Some(status))) => Some(Err(format!("redis-server exited: {status}"))),
+                    _ => None,
+                }
+            },
+        );
+        match started.and_then(|answer| answer) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.stop();
+                Err(std::io::Error::other(e))
             }
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                self.child = None;
-                return Err(std::io::Error::other(format!(
-                    "redis-server exited: {status}"
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(20));
         }
-        self.stop();
-        Err(std::io::Error::other("redis-server did not answer PING"))
     }
 
     /// Whether it answers `PING` now.

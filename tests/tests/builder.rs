@@ -200,7 +200,10 @@ fn a_build_without_policies_refuses_every_configuration_that_names_one() {
     let module = out_dir.join("plugin.wasm");
 
     let with_policy = "routes:\n  - match: { route: echo-api }\n    policies: [{ name: set-headers, config: {} }]\n";
-    let log = match Stack::try_start_wasm_module(&module, with_policy) {
+    let log = match Stack::builder(Host::Wasm, with_policy)
+        .module(&module)
+        .try_start()
+    {
         Err(EnvoyError::Rejected { log }) => log,
         Err(other) => panic!("{other}"),
         Ok(_) => panic!("a build without policies accepted set-headers"),
@@ -211,7 +214,10 @@ fn a_build_without_policies_refuses_every_configuration_that_names_one() {
     );
     assert!(log.contains("policy engine build empty (source"), "{log}");
 
-    let stack = Stack::try_start_wasm_module(&module, "routes: [{ policies: [] }]\n").unwrap();
+    let stack = Stack::builder(Host::Wasm, "routes: [{ policies: [] }]\n")
+        .module(&module)
+        .try_start()
+        .unwrap();
     assert_eq!(stack.send("GET", "/api/x", &[]).status, 200);
     drop(stack);
     let _ = std::fs::remove_dir_all(&root);
@@ -256,7 +262,7 @@ fn the_default_build_describes_itself_and_logs_it() {
     // Both hosts log the build at start.
     let description = info["description"].as_str().unwrap();
     for host in Host::ALL {
-        let stack = Stack::start_on(host, "routes: []\n");
+        let stack = Stack::builder(host, "routes: []\n").start();
         let log = match host {
             Host::Wasm => stack.envoy.log(),
             Host::ExtProc => stack.shim.as_ref().unwrap().log(),

@@ -200,7 +200,9 @@ fn conforms(host: Host) {
                 server.set_rule(alice_or_nobody);
                 let config = suite.config.replace("{authz_uri}", &server.uri());
                 authz = Some(server);
-                Stack::start_with_clusters(host, &config, vec![cluster], 1)
+                Stack::builder(host, &config)
+                    .clusters(vec![cluster])
+                    .start()
             }
             None if suite.ratelimit => {
                 let redis = Redis::start().unwrap();
@@ -208,10 +210,14 @@ fn conforms(host: Host) {
                 let cluster = grpc_cluster("ratelimit", service.addr());
                 let config = suite.config.replace("{ratelimit_uri}", &service.uri());
                 ratelimit = Some((service, redis));
-                Stack::start_with_clusters(host, &config, vec![cluster], 1)
+                Stack::builder(host, &config)
+                    .clusters(vec![cluster])
+                    .start()
             }
-            None if suite.edge_hardening => Stack::start_on(host, &suite.config),
-            None => Stack::start_without_edge_hardening(host, &suite.config),
+            None if suite.edge_hardening => Stack::builder(host, &suite.config).start(),
+            None => Stack::builder(host, &suite.config)
+                .without_edge_hardening()
+                .start(),
         };
         let only = std::env::var("CONFORMANCE_CASE").ok();
         for case in &suite.cases {

@@ -10,9 +10,10 @@
     reason = "a test crate: a failed step must fail the test"
 )]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use integration_tests::authz::{AuthzServer, Decision};
+use integration_tests::eventually;
 use integration_tests::{Host, Stack};
 use local_envoy::filters::grpc_cluster;
 use serde_json::{json, Value};
@@ -50,7 +51,9 @@ routes:
 /// `host` on [`config`], with `authz` behind the cluster `authz`.
 fn start(host: Host, authz: &AuthzServer) -> Stack {
     let cluster = grpc_cluster("authz", authz.addr());
-    Stack::start_with_clusters(host, &config(&authz.uri()), vec![cluster], 1)
+    Stack::builder(host, &config(&authz.uri()))
+        .clusters(vec![cluster])
+        .start()
 }
 
 #[test]
@@ -118,19 +121,15 @@ fn each_request_gets_one_decision_line_field_by_field_without_secrets() {
         if stack.shim.is_none() {
             // The same lines reach Envoy's access log through the filter
             // state `wasm.policy_engine_decision`.
-            let deadline = Instant::now() + Duration::from_secs(10);
-            let logged = loop {
+            let logged = eventually("two access log lines", Duration::from_secs(10), || {
                 let logged: Vec<Value> = stack
                     .envoy
                     .access_log()
                     .lines()
                     .filter_map(|l| serde_json::from_str(l).ok())
                     .collect();
-                if logged.len() >= 2 || Instant::now() >= deadline {
-                    break logged;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            };
+                (logged.len() >= 2).then_some(logged)
+            });
             assert_eq!(logged, lines, "the access log's lines");
         }
         let mut everything = match &stack.shim {

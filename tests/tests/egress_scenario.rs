@@ -71,7 +71,7 @@ fn scenario(host: Host) {
     let certs = Certificates::make();
     let config =
         std::fs::read_to_string(repo_root().join("envoy/examples/egress-policies.yaml")).unwrap();
-    let stack = Stack::start_tls(host, &config, certs.listener());
+    let stack = Stack::builder(host, &config).tls(certs.listener()).start();
     let get = |client, host_name, path, headers: &[&str]| {
         get(&stack, &certs, client, host_name, path, headers)
     };
@@ -140,7 +140,9 @@ fn decisions_are_logged_with_the_caller_identity() {
     let certs = Certificates::make();
     let config =
         std::fs::read_to_string(repo_root().join("envoy/examples/egress-policies.yaml")).unwrap();
-    let stack = Stack::start_tls(Host::Wasm, &config, certs.listener());
+    let stack = Stack::builder(Host::Wasm, &config)
+        .tls(certs.listener())
+        .start();
     assert_eq!(
         get(
             &stack,
@@ -179,7 +181,9 @@ fn a_bad_expression_is_refused_and_the_previous_configuration_keeps_serving() {
     assert_ne!(bad, config);
     let expected = r#"route routes[0] "egress", policy policies[0] authorization@0.1.0, field config.rules[0].allow: expression "source.identity.namespce == \"team-a\" && source.identity.serviceAccount == \"team-a\"": unknown attribute `source.identity.namespce`; `source.identity` has trustDomain, namespace, serviceAccount"#;
 
-    let mut stack = Stack::start_tls(Host::Wasm, &config, certs.listener());
+    let mut stack = Stack::builder(Host::Wasm, &config)
+        .tls(certs.listener())
+        .start();
     match stack
         .envoy
         .reload(&[filters::policy_engine(&filter_wasm(), &bad)])

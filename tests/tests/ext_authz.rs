@@ -44,12 +44,9 @@ routes:
 }
 
 fn start_grpc(host: Host, server: &AuthzServer, extra: &str) -> Stack {
-    Stack::start_with_clusters(
-        host,
-        &grpc_config(server, extra),
-        vec![grpc_cluster("authz", server.addr())],
-        1,
-    )
+    Stack::builder(host, &grpc_config(server, extra))
+        .clusters(vec![grpc_cluster("authz", server.addr())])
+        .start()
 }
 
 #[test]
@@ -117,12 +114,9 @@ routes:
 "#,
             server.uri()
         );
-        let stack = Stack::start_with_clusters(
-            host,
-            &config,
-            vec![static_cluster("authz-http", server.addr())],
-            1,
-        );
+        let stack = Stack::builder(host, &config)
+            .clusters(vec![static_cluster("authz-http", server.addr())])
+            .start();
         let reply = stack.send(
             "GET",
             "/orders?id=7",
@@ -163,7 +157,7 @@ fn a_service_that_cannot_answer_fails_closed_unless_told_otherwise() {
         server.set_rule(alice_or_nobody);
         let closed = start_grpc(host, &server, "");
         let open_server = AuthzServer::start_grpc(Decision::allow()).unwrap();
-        let open = Stack::start_with_clusters(
+        let open = Stack::builder(
             host,
             &format!(
                 r#"
@@ -178,9 +172,9 @@ routes:
 "#,
                 open_server.uri()
             ),
-            vec![grpc_cluster("authz", open_server.addr())],
-            1,
-        );
+        )
+        .clusters(vec![grpc_cluster("authz", open_server.addr())])
+        .start();
         let good = [("authorization", "Bearer good")];
 
         server.set_down(true);

@@ -7,8 +7,9 @@
     reason = "a test crate: a failed step must fail the test"
 )]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use integration_tests::eventually;
 use integration_tests::{Host, Stack};
 use local_envoy::shim::Shim;
 
@@ -22,7 +23,7 @@ routes:
 
 #[test]
 fn envoy_fails_closed_while_the_shim_is_down_and_recovers_when_it_returns() {
-    let mut stack = Stack::start_on(Host::ExtProc, CONFIG);
+    let mut stack = Stack::builder(Host::ExtProc, CONFIG).start();
     let ok = stack.send("GET", "/api/x", &[]);
     assert_eq!(ok.upstream().unwrap().header("x-tenant"), Some("acme"));
     let address = stack.shim.as_ref().unwrap().addr();
@@ -39,24 +40,15 @@ fn envoy_fails_closed_while_the_shim_is_down_and_recovers_when_it_returns() {
 
     // Back on the same address: Envoy reconnects by itself.
     stack.shim = Some(Shim::start(&stack.shim_config(), address, None, "debug").unwrap());
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let reply = stack.send("GET", "/api/x", &[]);
-        if reply.status == 200 {
-            assert_eq!(reply.upstream().unwrap().header("x-tenant"), Some("acme"));
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Envoy did not recover: {reply:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let reply = eventually("Envoy recovering", Duration::from_secs(15), || {
+        Some(stack.send("GET", "/api/x", &[])).filter(|reply| reply.status == 200)
+    });
+    assert_eq!(reply.upstream().unwrap().header("x-tenant"), Some("acme"));
 }
 
 #[test]
 fn a_reload_applies_to_new_requests_through_envoy() {
-    let stack = Stack::start_on(Host::ExtProc, CONFIG);
+    let stack = Stack::builder(Host::ExtProc, CONFIG).start();
     let staged = stack.shim_config().with_extension("staged");
     std::fs::write(
         &staged,
@@ -64,16 +56,8 @@ fn a_reload_applies_to_new_requests_through_envoy() {
     )
     .unwrap();
     std::fs::rename(&staged, stack.shim_config()).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually("the new configuration", Duration::from_secs(10), || {
         let reply = stack.send("GET", "/api/x", &[]);
-        if reply.upstream().unwrap().header("x-tenant") == Some("globex") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the new configuration never applied"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        (reply.upstream().unwrap().header("x-tenant") == Some("globex")).then_some(())
+    });
 }

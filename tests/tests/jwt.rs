@@ -13,6 +13,7 @@
 
 use std::time::{Duration, Instant};
 
+use integration_tests::eventually;
 use integration_tests::jwks::JwksServer;
 use integration_tests::{Host, Stack};
 use jwt_simple::prelude::*;
@@ -131,12 +132,10 @@ fn start(host: Host, server: &JwksServer) -> Stack {
 }
 
 fn start_with_workers(host: Host, server: &JwksServer, workers: u32) -> Stack {
-    Stack::start_with_clusters(
-        host,
-        &config(&server.uri()),
-        vec![static_cluster("jwks", server.addr())],
-        workers,
-    )
+    Stack::builder(host, &config(&server.uri()))
+        .clusters(vec![static_cluster("jwks", server.addr())])
+        .workers(workers)
+        .start()
 }
 
 fn get(stack: &Stack, token: &str) -> integration_tests::Reply {
@@ -149,11 +148,9 @@ fn get(stack: &Stack, token: &str) -> integration_tests::Reply {
 
 /// Waits for the first fetch to land: until then requests get 401.
 fn wait_until_accepted(stack: &Stack, token: &str) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while get(stack, token).status != 200 {
-        assert!(Instant::now() < deadline, "the keys never arrived");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually("the keys", Duration::from_secs(15), || {
+        (get(stack, token).status == 200).then_some(())
+    });
 }
 
 #[test]
@@ -471,14 +468,11 @@ fn start_request(stack: &Stack, token: &str) -> std::net::TcpStream {
 
 /// Waits until the JWKS server has been asked `count` times in all.
 fn wait_for_fetches(server: &JwksServer, count: usize) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while server.fetches() < count {
-        assert!(
-            Instant::now() < deadline,
-            "no fetch reached the JWKS server"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    eventually(
+        "a fetch at the JWKS server",
+        Duration::from_secs(10),
+        || (server.fetches() >= count).then_some(()),
+    );
 }
 
 #[test]

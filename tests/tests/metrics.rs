@@ -11,9 +11,10 @@
 )]
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use integration_tests::authz::{AuthzServer, Decision};
+use integration_tests::eventually;
 use integration_tests::{Host, Stack};
 use local_envoy::filters::grpc_cluster;
 
@@ -151,29 +152,19 @@ fn get(url: &str) -> String {
 #[test]
 fn envoy_stats_count_exactly_what_the_wasm_filter_did() {
     let authz = AuthzServer::start_grpc(Decision::allow()).unwrap();
-    let stack = Stack::start_with_clusters(
-        Host::Wasm,
-        &config(&authz.uri()),
-        vec![grpc_cluster("authz", authz.addr())],
-        2,
-    );
+    let stack = Stack::builder(Host::Wasm, &config(&authz.uri()))
+        .clusters(vec![grpc_cluster("authz", authz.addr())])
+        .workers(2)
+        .start();
     send_known_traffic(&stack);
     let prometheus = format!("http://{}/stats/prometheus", stack.envoy.admin_addr());
     // Counters arrive on the VMs' next tick; histograms on Envoy's next
     // stats flush (5 s).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let missing = differences(&parse(&get(&prometheus)), &[]);
-        if missing.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "after 20 s:\n{}",
-            missing.join("\n")
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    eventually("every expected series", Duration::from_secs(20), || {
+        differences(&parse(&get(&prometheus)), &[])
+            .is_empty()
+            .then_some(())
+    });
     // The loads: one per VM (the main thread's and each worker's).
     let loads = parse(&get(&prometheus))["policy_engine_config_loads"];
     assert!(loads >= 3, "{loads}");
@@ -182,7 +173,7 @@ fn envoy_stats_count_exactly_what_the_wasm_filter_did() {
 #[test]
 fn the_shims_endpoint_counts_exactly_what_the_shim_did_under_the_same_names() {
     let authz = AuthzServer::start_grpc(Decision::allow()).unwrap();
-    let stack = Stack::start_with_clusters(Host::ExtProc, &config(&authz.uri()), Vec::new(), 1);
+    let stack = Stack::builder(Host::ExtProc, &config(&authz.uri())).start();
     send_known_traffic(&stack);
     let shim = stack.shim.as_ref().unwrap();
     let url = format!("http://{}/metrics", shim.metrics_addr().unwrap());
@@ -203,20 +194,16 @@ fn the_shims_endpoint_counts_exactly_what_the_shim_did_under_the_same_names() {
 /// Waits (10 s at most) until the shim's endpoint at `url` counts `streams`
 /// streams opened and as many closed.
 fn wait_for_streams_closed(url: &str, streams: u64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let found = parse(&get(url));
-        let opened = found["policy_engine_extproc_streams_opened"];
-        let closed = found["policy_engine_extproc_streams_closed"];
-        if opened == streams && closed == streams {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "streams: {opened} opened, {closed} closed, after 10 s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually(
+        &format!("{streams} streams opened and closed"),
+        Duration::from_secs(10),
+        || {
+            let found = parse(&get(url));
+            let opened = found["policy_engine_extproc_streams_opened"];
+            let closed = found["policy_engine_extproc_streams_closed"];
+            (opened == streams && closed == streams).then_some(())
+        },
+    );
 }
 
 /// A stream whose chain waits for a service is dropped by the shim as soon
@@ -239,7 +226,7 @@ routes:
 "#,
         authz.uri()
     );
-    let stack = Stack::start_with_clusters(Host::ExtProc, &config, Vec::new(), 1);
+    let stack = Stack::builder(Host::ExtProc, &config).start();
     let shim = stack.shim.as_ref().unwrap();
     let url = format!("http://{}/metrics", shim.metrics_addr().unwrap());
 
@@ -248,14 +235,9 @@ routes:
         .write_all(b"GET /x HTTP/1.1\r\nhost: test\r\n\r\n")
         .unwrap();
     // The chain waits once the service has the check.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while authz.checks() == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the check never reached the service"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually("the check at the service", Duration::from_secs(10), || {
+        (authz.checks() > 0).then_some(())
+    });
     let found = parse(&get(&url));
     assert_eq!(
         (

@@ -11,8 +11,9 @@
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use integration_tests::eventually;
 use local_envoy::default_build;
 use serde_json::Value;
 
@@ -48,11 +49,12 @@ impl Registry {
             .spawn()
             .expect("docker-registry (Debian package docker-registry; make setup installs it)");
         let registry = Self { child, addr, dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while ureq::get(format!("http://{addr}/v2/")).call().is_err() {
-            assert!(Instant::now() < deadline, "the registry did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        eventually("the registry", Duration::from_secs(20), || {
+            ureq::get(format!("http://{addr}/v2/"))
+                .call()
+                .ok()
+                .map(drop)
+        });
         registry
     }
 }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use integration_tests::auth_chain::{key_set, SigningKey, AUDIENCE, ISSUER};
 use integration_tests::certs::Certificates;
+use integration_tests::eventually;
 use integration_tests::ratelimit::{RateLimitService, Redis};
 use integration_tests::{Host, Stack};
 use local_envoy::filters::grpc_cluster;
@@ -72,7 +73,9 @@ fn count(statuses: &[u16], status: u16) -> usize {
 #[test]
 fn local_limits_are_exact_across_workers_under_concurrent_load() {
     for (host, workers) in [(Host::Wasm, 1), (Host::Wasm, 4), (Host::ExtProc, 1)] {
-        let stack = Stack::start_with_clusters(host, &local(40, "unit: hour"), Vec::new(), workers);
+        let stack = Stack::builder(host, &local(40, "unit: hour"))
+            .workers(workers)
+            .start();
         let statuses = burst(&stack, 100, 8, &[("x-client", "hot")]);
         assert_eq!(
             (count(&statuses, 200), count(&statuses, 429)),
@@ -88,7 +91,7 @@ fn local_limits_are_exact_across_workers_under_concurrent_load() {
 fn a_bucket_refills_at_its_rate_and_the_denial_says_when() {
     for host in Host::ALL {
         // 2 per 4 s: full at first, then one more every 2 s.
-        let stack = Stack::start_on(host, &local(2, "window: 4s"));
+        let stack = Stack::builder(host, &local(2, "window: 4s")).start();
         let client = [("x-client", "refill")];
         let first = Instant::now();
         assert_eq!(stack.send("GET", "/", &client).status, 200);
@@ -160,7 +163,7 @@ routes:
           headers: always
 "#;
     for host in Host::ALL {
-        let stack = Stack::start_on(host, config);
+        let stack = Stack::builder(host, config).start();
         let send = |client: Option<&str>| {
             let headers: Vec<(&str, &str)> = client.map(|c| ("x-client", c)).into_iter().collect();
             stack.send("GET", "/", &headers)
@@ -223,7 +226,7 @@ routes:
         jwks = key_set(&[&key])
     );
     for host in Host::ALL {
-        let stack = Stack::start_on(host, &config);
+        let stack = Stack::builder(host, &config).start();
         let as_user = |subject: &str| {
             let bearer = format!("Bearer {}", key.token_for(subject).unwrap());
             stack.send("GET", "/", &[("authorization", &bearer)]).status
@@ -285,7 +288,7 @@ routes:
               unit: hour
 "#;
     for host in Host::ALL {
-        let stack = Stack::start_tls(host, config, certs.listener());
+        let stack = Stack::builder(host, config).tls(certs.listener()).start();
         let team_a: Vec<u16> = (0..3).map(|_| get_as(&stack, &certs, "team-a")).collect();
         assert_eq!(team_a, [200, 200, 429], "{host:?}");
         assert_eq!(get_as(&stack, &certs, "team-b"), 200, "{host:?}");
@@ -304,7 +307,10 @@ fn global(service: &RateLimitService, requests: u32, failure_mode: &str) -> Stri
 
 fn start_global(host: Host, service: &RateLimitService, config: &str, workers: u32) -> Stack {
     let clusters = vec![grpc_cluster("ratelimit", service.addr())];
-    Stack::start_with_clusters(host, config, clusters, workers)
+    Stack::builder(host, config)
+        .clusters(clusters)
+        .workers(workers)
+        .start()
 }
 
 #[test]
@@ -342,15 +348,9 @@ fn two_envoys_one_per_host_share_one_redis_and_admit_exactly_the_limit() {
 
 /// Sends until a request gets `status`, for up to 15 s.
 fn wait_for_status(stack: &Stack, headers: &[(&str, &str)], status: u16) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let got = stack.send("GET", "/", headers).status;
-        if got == status {
-            return;
-        }
-        assert!(Instant::now() < deadline, "still {got}, never {status}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually(&format!("status {status}"), Duration::from_secs(15), || {
+        (stack.send("GET", "/", headers).status == status).then_some(())
+    });
 }
 
 #[test]

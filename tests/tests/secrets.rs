@@ -53,7 +53,7 @@ const TOKEN: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6ImsxIn0.eyJpc3M
 #[test]
 fn credentials_are_never_logged() {
     for host in Host::ALL {
-        let stack = Stack::start_on(host, CONFIG);
+        let stack = Stack::builder(host, CONFIG).start();
         let send = |path: &str, header: (&str, &str)| stack.send("GET", path, &[header]).status;
         assert_eq!(send("/a", ("x-api-key", "s3cr3t-team-a")), 200, "{host:?}");
         assert_eq!(send("/a", ("x-api-key", "guessed-key-42")), 401, "{host:?}");

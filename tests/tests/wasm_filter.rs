@@ -54,7 +54,7 @@ routes:
 
 #[test]
 fn request_headers_change_on_one_route_and_not_on_another() {
-    let stack = Stack::start(CONFIG);
+    let stack = Stack::builder(Host::Wasm, CONFIG).start();
     let sent = [("x-internal-debug", "1"), ("x-tenant", "spoofed")];
 
     let api = stack.send("GET", "/api/items", &sent);
@@ -76,7 +76,7 @@ fn request_headers_change_on_one_route_and_not_on_another() {
 
 #[test]
 fn respond_short_circuits_and_the_upstream_sees_nothing() {
-    let stack = Stack::start(CONFIG);
+    let stack = Stack::builder(Host::Wasm, CONFIG).start();
     let reply = stack.send("GET", "/healthz", &[]);
     assert_eq!(reply.status, 200);
     assert_eq!(reply.body, "ok\n");
@@ -94,7 +94,7 @@ fn respond_short_circuits_and_the_upstream_sees_nothing() {
 
 #[test]
 fn unmatched_requests_are_denied_by_default() {
-    let stack = Stack::start(CONFIG);
+    let stack = Stack::builder(Host::Wasm, CONFIG).start();
     let reply = stack.send("GET", "/elsewhere", &[]);
     assert_eq!(reply.status, 403);
     assert_eq!(reply.body, "no policy chain matches this request\n");
@@ -103,7 +103,7 @@ fn unmatched_requests_are_denied_by_default() {
 
 #[test]
 fn unmatched_requests_get_the_configured_outcome() {
-    let allow = Stack::start(&format!("{CONFIG}\nunmatched: allow\n"));
+    let allow = Stack::builder(Host::Wasm, &format!("{CONFIG}\nunmatched: allow\n")).start();
     let reply = allow.send("GET", "/elsewhere", &[("x-internal-debug", "1")]);
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(
@@ -111,15 +111,17 @@ fn unmatched_requests_get_the_configured_outcome() {
         Some("1")
     );
 
-    let deny = Stack::start(&format!(
-        "{CONFIG}\nunmatched: {{ deny: {{ status: 404, body: \"no route\" }} }}\n"
-    ));
+    let deny = Stack::builder(
+        Host::Wasm,
+        &format!("{CONFIG}\nunmatched: {{ deny: {{ status: 404, body: \"no route\" }} }}\n"),
+    )
+    .start();
     let reply = deny.send("GET", "/elsewhere", &[]);
     assert_eq!((reply.status, reply.body.as_str()), (404, "no route"));
 
-    let default_chain = Stack::start(&format!(
+    let default_chain = Stack::builder(Host::Wasm, &format!(
         "{CONFIG}\nunmatched:\n  policies:\n    - name: set-headers\n      config: {{ request: {{ set: {{ x-default: \"yes\" }} }} }}\n"
-    ));
+    )).start();
     let reply = default_chain.send("GET", "/elsewhere", &[]);
     assert_eq!(reply.upstream().unwrap().header("x-default"), Some("yes"));
 }
@@ -127,7 +129,7 @@ fn unmatched_requests_get_the_configured_outcome() {
 #[test]
 fn json_configuration_works_like_yaml() {
     let json = r#"{"routes":[{"match":{"route":"echo-api"},"policies":[{"name":"set-headers","config":{"request":{"set":{"x-from":"json"}}}}]}]}"#;
-    let stack = Stack::start(json);
+    let stack = Stack::builder(Host::Wasm, json).start();
     let reply = stack.send("GET", "/api/x", &[]);
     assert_eq!(reply.upstream().unwrap().header("x-from"), Some("json"));
 }
@@ -135,7 +137,7 @@ fn json_configuration_works_like_yaml() {
 #[test]
 fn an_invalid_configuration_is_refused_and_the_log_names_the_fault() {
     let bad = CONFIG.replace("x-tenant: acme", "\"x tenant\": acme");
-    let log = match Stack::try_start_on(Host::Wasm, &bad) {
+    let log = match Stack::builder(Host::Wasm, &bad).try_start() {
         Err(EnvoyError::Rejected { log }) => log,
         Err(other) => panic!("unexpected failure: {other}"),
         Ok(_) => panic!("Envoy accepted an invalid configuration"),
@@ -153,7 +155,7 @@ fn an_invalid_configuration_is_refused_and_the_log_names_the_fault() {
         "config: { request: false, response: false }",
     );
     assert_ne!(both_off, CONFIG);
-    let log = match Stack::try_start_on(Host::Wasm, &both_off) {
+    let log = match Stack::builder(Host::Wasm, &both_off).try_start() {
         Err(EnvoyError::Rejected { log }) => log,
         other => panic!("expected a refusal, got {:?}", other.err()),
     };
@@ -163,7 +165,7 @@ fn an_invalid_configuration_is_refused_and_the_log_names_the_fault() {
 
 #[test]
 fn a_rejected_update_leaves_the_previous_configuration_serving() {
-    let mut stack = Stack::start(CONFIG);
+    let mut stack = Stack::builder(Host::Wasm, CONFIG).start();
     let module = filter_wasm();
     let bad = CONFIG.replace("name: respond", "name: responder");
     match stack.envoy.reload(&[filters::policy_engine(&module, &bad)]) {
@@ -189,7 +191,7 @@ fn a_rejected_update_leaves_the_previous_configuration_serving() {
 
 #[test]
 fn request_bodies_pass_through_headers_only_chains() {
-    let stack = Stack::start(CONFIG);
+    let stack = Stack::builder(Host::Wasm, CONFIG).start();
     let body = "x".repeat(256 * 1024);
     let reply = send(&stack.envoy.url("/api/upload"), "POST", &[], Some(&body));
     assert_eq!(reply.status, 200);
@@ -212,7 +214,7 @@ fn raw_request(stack: &Stack, request: &[u8]) -> String {
 
 #[test]
 fn malformed_and_unusual_requests_never_trap_the_filter() {
-    let stack = Stack::start(CONFIG);
+    let stack = Stack::builder(Host::Wasm, CONFIG).start();
     // obs-text in a header value is legal HTTP but not UTF-8.
     let response = raw_request(
         &stack,
@@ -237,7 +239,7 @@ fn malformed_and_unusual_requests_never_trap_the_filter() {
 
 #[test]
 fn body_phases_buffer_inspect_and_reply() {
-    let stack = Stack::start(CONFIG);
+    let stack = Stack::builder(Host::Wasm, CONFIG).start();
     let url = stack.envoy.url("/public/json");
     let post = |body: &str, headers: &[(&str, &str)]| send(&url, "POST", headers, Some(body));
 
@@ -306,7 +308,7 @@ fn oversized_expressions_are_refused_with_the_same_reason_by_both_hosts() {
             "routes:\n  - name: api\n    policies:\n      - name: authorization\n        config: {{ rules: [{{ allow: '{expression}' }}], default: deny }}\n"
         );
         let expected = r#"route routes[0] "api", policy policies[0] authorization@0.1.0, field config.rules[0].allow: expression"#;
-        let log = match Stack::try_start_on(Host::Wasm, &config) {
+        let log = match Stack::builder(Host::Wasm, &config).try_start() {
             Err(EnvoyError::Rejected { log }) => log,
             other => panic!("expected a refusal, got {:?}", other.err()),
         };
