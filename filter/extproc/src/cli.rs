@@ -27,6 +27,8 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
+use policy_process::{listen, termination};
+
 use crate::service::PolicyProcessor;
 use crate::store::{ConfigStore, Reload};
 use crate::tls::TlsFiles;
@@ -84,10 +86,7 @@ struct Args {
 /// Runs the command with `build`'s policies.
 pub fn main(build: Build) -> ExitCode {
     let args = Args::parse();
-    env_logger::Builder::new()
-        .filter_level(args.log_level)
-        .format_target(false)
-        .init();
+    policy_process::init_logging(args.log_level);
     if args.check {
         return match ConfigStore::load(&args.config, (build.registry)()) {
             Ok(store) => {
@@ -255,31 +254,3 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// Binds `addr`; the listener and the address it got (port 0 picks one).
-/// Shared with `policy-ratelimit`.
-pub async fn listen(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), String> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-    let address = listener
-        .local_addr()
-        .map_err(|e| format!("cannot read the listening address: {e}"))?;
-    Ok((listener, address))
-}
-
-/// Resolves on SIGTERM or Ctrl-C (also what `policy-ratelimit` stops on).
-pub async fn termination() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut sigterm) => {
-            tokio::select! {
-                _ = sigterm.recv() => {}
-                _ = ctrl_c => {}
-            }
-        }
-        Err(e) => {
-            log::warn!("cannot watch SIGTERM ({e}); stopping on Ctrl-C only");
-            let _ = ctrl_c.await;
-        }
-    }
-}

@@ -14,7 +14,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::R
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
-use policy_extproc::cli::{listen, termination};
+use policy_process::{listen, termination};
 
 use crate::RateLimiter;
 
@@ -51,10 +51,7 @@ struct Args {
 /// Runs the command.
 pub fn main() -> ExitCode {
     let args = Args::parse();
-    env_logger::Builder::new()
-        .filter_level(args.log_level)
-        .format_target(false)
-        .init();
+    policy_process::init_logging(args.log_level);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
