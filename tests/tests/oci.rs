@@ -184,6 +184,20 @@ fn both_images_round_trip_through_a_registry_with_the_module_intact() {
         );
     }
 
+    // The configuration's schema travels as an artifact beside them.
+    let layout = format!("oci:{}:schema", build.join("oci").display());
+    let remote = format!("docker://{}/policy-engine/filter:schema", registry.addr);
+    skopeo(&["copy", "--dest-tls-verify=false", &layout, &remote]);
+    let pulled = format!("oci:{}:schema", scratch.display());
+    skopeo(&["copy", "--src-tls-verify=false", &remote, &pulled]);
+    let (media_type, layer) = only_layer(&scratch, "schema");
+    assert_eq!(media_type, "application/schema+json");
+    assert_eq!(
+        sha256_file(&layer),
+        sha256_file(&build.join("config.schema.json")),
+        "the schema changed"
+    );
+
     // The rendered deployment manifests point at those digests.
     let gateway = std::fs::read_to_string(build.join("deploy/wasm-policy.yaml")).unwrap();
     let compat = info["images"]["compat"]["digest"].as_str().unwrap();

@@ -8,7 +8,11 @@
 //!   `application/vnd.module.wasm.content.layer.v1+wasm` holding the module
 //!   itself).
 //!
-//! Both are reproducible (fixed timestamps and modes), so the same module
+//! * `schema`: an OCI artifact (`artifactType: application/schema+json`)
+//!   whose one layer is the build's `config.schema.json`, so the schema of
+//!   the configuration travels with the image it configures.
+//!
+//! All are reproducible (fixed timestamps and modes), so the same module
 //! always gives the same image digests. `skopeo copy oci:<layout>:compat
 //! docker://<registry>/<repo>:<tag>` pushes them.
 
@@ -24,6 +28,8 @@ const IMAGE_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 const TAR_GZIP_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 const WASM_CONFIG: &str = "application/vnd.module.wasm.config.v1+json";
 const WASM_LAYER: &str = "application/vnd.module.wasm.content.layer.v1+wasm";
+const EMPTY_CONFIG: &str = "application/vnd.oci.empty.v1+json";
+const SCHEMA_LAYER: &str = "application/schema+json";
 
 fn digest(bytes: &[u8]) -> String {
     let hex: String = Sha256::digest(bytes)
@@ -102,6 +108,10 @@ impl Layout<'_> {
             "layers": layers,
             "annotations": annotations,
         });
+        self.write_manifest(tag, &manifest)
+    }
+
+    fn write_manifest(&self, tag: &str, manifest: &Value) -> Result<Value, String> {
         let bytes = serde_json::to_vec(&manifest).map_err(|e| e.to_string())?;
         let mut descriptor = self.descriptor(MANIFEST, &bytes)?;
         descriptor["annotations"] = json!({ "org.opencontainers.image.ref.name": tag });
@@ -117,7 +127,8 @@ pub struct Images {
     pub wasm: String,
 }
 
-/// Writes `<build>/oci` from `<build>/plugin.wasm`.
+/// Writes `<build>/oci` from `<build>/plugin.wasm` and
+/// `<build>/config.schema.json`.
 pub fn package(build: &Path, revision: &str, description: &str) -> Result<Images, String> {
     let module = std::fs::read(build.join("plugin.wasm"))
         .map_err(|e| format!("{}: {e}", build.join("plugin.wasm").display()))?;
@@ -155,11 +166,26 @@ pub fn package(build: &Path, revision: &str, description: &str) -> Result<Images
         &annotations,
     )?;
 
+    let schema_path = build.join("config.schema.json");
+    let schema_bytes =
+        std::fs::read(&schema_path).map_err(|e| format!("{}: {e}", schema_path.display()))?;
+    let schema = layout.write_manifest(
+        "schema",
+        &json!({
+            "schemaVersion": 2,
+            "mediaType": MANIFEST,
+            "artifactType": SCHEMA_LAYER,
+            "config": layout.descriptor(EMPTY_CONFIG, b"{}")?,
+            "layers": [layout.descriptor(SCHEMA_LAYER, &schema_bytes)?],
+            "annotations": annotations,
+        }),
+    )?;
+
     let images = Images {
         compat: compat["digest"].as_str().unwrap_or_default().to_owned(),
         wasm: wasm["digest"].as_str().unwrap_or_default().to_owned(),
     };
-    let index = json!({ "schemaVersion": 2, "manifests": [compat, wasm] });
+    let index = json!({ "schemaVersion": 2, "manifests": [compat, wasm, schema] });
     let write = |name: &str, value: &Value| {
         std::fs::write(dir.join(name), value.to_string()).map_err(|e| format!("{name}: {e}"))
     };

@@ -9,13 +9,14 @@
 //! `build` validates every policy directory (policy.yaml well-formed,
 //! name@version unique, crate present), generates the build's crates
 //! ([`generate`]), compiles the module for wasm32-wasip1 and the shim
-//! natively, optimizes the module with wasm-opt, and writes into the output
-//! directory: `plugin.wasm`, `policy-extproc`, `policy-tool` (the offline
-//! tool, `filter/tool`), `build-info.json` (policies,
-//! versions, source commit, sha256 of each artifact, image digests),
+//! natively, builds the offline tool, optimizes the module with wasm-opt,
+//! and writes into the output directory: `plugin.wasm`, `policy-extproc`,
+//! `policy-tool` (`filter/tool`), `build-info.json` (policies, versions,
+//! source commit, sha256 of each artifact, image digests),
 //! `config.schema.json` (the JSON Schema of the plugin configuration), the
-//! OCI image layout `oci/` ([`image`]), and `deploy/`: the Envoy Gateway
-//! and Istio examples pointing at the build's image digests.
+//! OCI image layout `oci/` ([`image`]: the images and the schema), and
+//! `deploy/`: the Envoy Gateway and Istio examples pointing at the build's
+//! image digests.
 
 mod definition;
 mod generate;
@@ -292,6 +293,31 @@ fn build(
         copy_if_changed(&target.join("debug/policy-tool"), &file)?;
         json!({ "file": "policy-tool", "sha256": sha256_hex(&file)? })
     };
+    let write_json = |name: &str, value: &serde_json::Value| {
+        let text = serde_json::to_string_pretty(value).unwrap_or_default() + "\n";
+        generate::write_if_changed(&out.join(name), text.as_bytes())
+            .map_err(|e| format!("writing {name}: {e}"))
+    };
+    let versions: Vec<String> = manifest
+        .policies
+        .iter()
+        .map(|p| p.version.to_string())
+        .collect();
+    let policies: Vec<_> = manifest
+        .policies
+        .iter()
+        .zip(&versions)
+        .map(|(p, version)| policy_executor::schema::PolicySchema {
+            name: &p.name,
+            version,
+            description: &p.description,
+            parameters: &p.parameters,
+        })
+        .collect();
+    write_json(
+        "config.schema.json",
+        &policy_executor::schema::plugin_configuration(&manifest.name, &policies),
+    )?;
     let images = image::package(&out, &commit, &description)?;
     render_deployments(&repo, &out, image_ref, &images)?;
     let info = json!({
@@ -313,31 +339,7 @@ fn build(
             "wasm": { "tag": "wasm", "digest": images.wasm },
         },
     });
-    let write_json = |name: &str, value: &serde_json::Value| {
-        let text = serde_json::to_string_pretty(value).unwrap_or_default() + "\n";
-        std::fs::write(out.join(name), text).map_err(|e| format!("writing {name}: {e}"))
-    };
     write_json("build-info.json", &info)?;
-    let versions: Vec<String> = manifest
-        .policies
-        .iter()
-        .map(|p| p.version.to_string())
-        .collect();
-    let policies: Vec<_> = manifest
-        .policies
-        .iter()
-        .zip(&versions)
-        .map(|(p, version)| policy_executor::schema::PolicySchema {
-            name: &p.name,
-            version,
-            description: &p.description,
-            parameters: &p.parameters,
-        })
-        .collect();
-    write_json(
-        "config.schema.json",
-        &policy_executor::schema::plugin_configuration(&manifest.name, &policies),
-    )?;
     println!(
         "{description}\n  -> {} ({module_bytes} bytes)",
         out.display()

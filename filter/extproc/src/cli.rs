@@ -253,4 +253,3 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     }
     text
 }
-
