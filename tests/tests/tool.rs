@@ -294,6 +294,27 @@ fn validate_names_the_fault_and_fails() {
 }
 
 #[test]
+fn the_shipped_manifests_carry_valid_configurations() {
+    let out = tool(&[
+        "validate",
+        "envoy/gateway/wasm-policy.yaml",
+        "envoy/istio/wasmplugin.yaml",
+        "envoy/demo-policies.yaml",
+        "envoy/examples/egress-policies.yaml",
+    ]);
+    let report = text(&out);
+    assert!(out.status.success(), "{report}");
+    assert!(
+        report.contains("(EnvoyExtensionPolicy policy-engine-wasm spec.wasm[0].config): valid"),
+        "{report}"
+    );
+    assert!(
+        report.contains("(WasmPlugin policy-engine spec.pluginConfig): valid"),
+        "{report}"
+    );
+}
+
+#[test]
 fn schema_prints_the_published_schema() {
     let out = tool(&["schema"]);
     let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
