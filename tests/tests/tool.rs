@@ -341,7 +341,39 @@ fn explain_shows_the_route_entries_the_policies_and_what_goes_upstream() {
         report.contains(r#"route entry "egress": matches"#),
         "{report}"
     );
-    assert!(report.contains("policy authorization: replied"), "{report}");
-    assert!(report.contains("the upstream is not called"), "{report}");
-    assert!(report.contains("client gets: 403"), "{report}");
+    assert!(
+        report.contains("policy authorization@0.1.0: replied"),
+        "{report}"
+    );
+    // The rule that fired, and the values of its parts.
+    assert!(report.contains("denied by github-api-paths"), "{report}");
+    assert!(
+        report.contains(r#"request.path.startsWith("/repos/") = false"#),
+        "{report}"
+    );
+    assert!(
+        report.contains(r#"request.host = "api.github.com""#),
+        "{report}"
+    );
+    assert!(
+        report.contains("policy transformation@0.1.0: not_run"),
+        "{report}"
+    );
+
+    let allowed = tool(&[
+        "explain",
+        "envoy/examples/egress-policies.yaml",
+        "{ path: /zen, headers: { host: api.github.com, x-internal-debug: '1' }, peer: { uri_san: spiffe://cluster.local/ns/team-a/sa/team-a } }",
+    ]);
+    let report = text(&allowed);
+    assert!(report.contains("allowed by team-a"), "{report}");
+    assert!(
+        report.contains("request header x-internal-debug: removed"),
+        "{report}"
+    );
+    assert!(
+        report.contains(r#"request header x-caller-identity: set to ["team-a/team-a"]"#),
+        "{report}"
+    );
+    assert!(report.contains("client gets: 200"), "{report}");
 }

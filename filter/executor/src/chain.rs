@@ -400,6 +400,18 @@ impl Exchange {
         self.chain.attributes() | logged
     }
 
+    /// Records every expression the chain evaluates for this request, with
+    /// the value of each of its parts, for [`Exchange::take_trace`]: what
+    /// `policy-tool explain` shows. Costs nothing on requests not traced.
+    pub fn trace(&mut self) {
+        self.cx.start_tracing();
+    }
+
+    /// What was recorded since [`Exchange::trace`], in order.
+    pub fn take_trace(&mut self) -> Vec<crate::expr::trace::Traced> {
+        self.cx.take_trace()
+    }
+
     /// Provides the connection attributes asked for by
     /// [`Exchange::attributes`].
     pub fn set_connection(&mut self, connection: Connection) {
@@ -579,6 +591,7 @@ impl Exchange {
         };
         while let Some(entry) = chain.entries.get(position) {
             let resumed = rerun.take();
+            self.cx.trace_running(&entry.label);
             // The entry that waited had its guard judged before it asked.
             if judge_guards && resumed.is_none() {
                 if let Some(guard) = &entry.guard {
@@ -866,6 +879,7 @@ fn run_response_phase(
         if !entry.phases.contains(phase) || skipped.get(position).copied().unwrap_or(false) {
             continue;
         }
+        cx.trace_running(&entry.label);
         if let ResponseAction::Respond(reply) = run(entry.policy.as_ref(), cx) {
             log::debug!(
                 "chain {:?}: {} replaced the response with {}",

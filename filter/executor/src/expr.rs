@@ -183,6 +183,18 @@ impl Expression {
     /// request that gives a value the expression reads in two readings
     /// (see [`ambiguous`]).
     pub fn evaluate_bool(&self, cx: &Context) -> Result<bool, EvalError> {
+        let result = self.bool_value(cx);
+        if let Some(tracing) = cx.tracing() {
+            let value = match &result {
+                Ok(b) => b.to_string(),
+                Err(e) => format!("error: {e}"),
+            };
+            tracing.record(&self.source, value, self.parts(cx));
+        }
+        result
+    }
+
+    fn bool_value(&self, cx: &Context) -> Result<bool, EvalError> {
         self.reads.check(cx.request_headers())?;
         if let Some(fast::Fast::Condition(condition)) = &self.fast {
             if let Some(answer) = settled(condition.eval(cx)) {
@@ -206,6 +218,19 @@ impl Expression {
     /// formatted. `Ok(None)` for `null`; other types are errors, and so is
     /// an ambiguous request, as for [`Expression::evaluate_bool`].
     pub fn evaluate_text(&self, cx: &Context) -> Result<Option<String>, EvalError> {
+        let result = self.text_value(cx);
+        if let Some(tracing) = cx.tracing() {
+            let value = match &result {
+                Ok(Some(text)) => format!("{text:?}"),
+                Ok(None) => "null".to_owned(),
+                Err(e) => format!("error: {e}"),
+            };
+            tracing.record(&self.source, value, self.parts(cx));
+        }
+        result
+    }
+
+    fn text_value(&self, cx: &Context) -> Result<Option<String>, EvalError> {
         self.reads.check(cx.request_headers())?;
         if let Some(fast::Fast::Text(parts)) = &self.fast {
             if let Some(answer) = settled(fast::concatenate(parts, cx)) {
@@ -236,13 +261,23 @@ impl Expression {
         if let Some(value) = &self.constant {
             return Ok(value.clone());
         }
+        self.program
+            .execute(&self.activation(cx))
+            .map_err(|e| EvalError(e.to_string()))
+    }
+
+    /// The interpreter's variables for `cx`: what the expression reads.
+    fn activation<'a>(&self, cx: &'a Context) -> cel::Context<'a, 'a> {
         let mut activation = cel::Context::with_env(Arc::clone(env()));
         for (name, value) in bind(self.fields, cx) {
             activation.add_variable_as_val(name, value);
         }
-        self.program
-            .execute(&activation)
-            .map_err(|e| EvalError(e.to_string()))
+        activation
+    }
+
+    /// The value of each part of the expression, for a traced request.
+    fn parts(&self, cx: &Context) -> Vec<(String, String)> {
+        trace::parts(self.program.expression(), &self.activation(cx))
     }
 }
 
@@ -929,4 +964,5 @@ mod ambiguous;
 mod fast;
 #[cfg(test)]
 mod tests;
+pub mod trace;
 pub mod vocabulary;

@@ -167,6 +167,9 @@ pub struct Context {
     /// The answer to the call the running policy made, during its rerun
     /// (boxed: rare, and every request carries the field).
     answer: Option<Box<Answer>>,
+    /// The expressions evaluated, on a request a host traces
+    /// ([`crate::Exchange::trace`]).
+    tracing: Option<Box<crate::expr::trace::Tracing>>,
 }
 
 impl Context {
@@ -187,6 +190,38 @@ impl Context {
             remote,
             refetched: Vec::new(),
             answer: None,
+            tracing: None,
+        }
+    }
+
+    /// Records every expression evaluated from now on.
+    pub(crate) fn start_tracing(&mut self) {
+        self.tracing = Some(Box::default());
+    }
+
+    /// Where evaluations are recorded, on a traced request.
+    pub(crate) fn tracing(&self) -> Option<&crate::expr::trace::Tracing> {
+        self.tracing.as_deref()
+    }
+
+    /// Names the policy whose evaluations follow, on a traced request.
+    pub(crate) fn trace_running(&mut self, label: &str) {
+        if let Some(tracing) = &mut self.tracing {
+            tracing.set_running(label);
+        }
+    }
+
+    /// What was recorded so far.
+    pub(crate) fn take_trace(&mut self) -> Vec<crate::expr::trace::Traced> {
+        self.tracing.as_mut().map(|t| t.take()).unwrap_or_default()
+    }
+
+    /// Says why the running policy decided as it did (the rule that fired,
+    /// say), for `policy-tool explain`. `why` runs only on a traced
+    /// request: on others this costs one check.
+    pub fn explain(&self, why: impl FnOnce() -> String) {
+        if let Some(tracing) = &self.tracing {
+            tracing.reason(why());
         }
     }
 

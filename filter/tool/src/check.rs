@@ -102,6 +102,7 @@ pub fn run_suite(
             &[case.callouts.as_slice(), suite.callouts.as_slice()].concat(),
             &case.request,
             number as u64 + 1,
+            false,
         )?;
         if let Some(line) = &outcome.decision {
             let entry = line["route_entry"].as_str().unwrap_or_default().to_owned();

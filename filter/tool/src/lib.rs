@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use policy_executor::expr::trace::Traced;
 use policy_executor::{Build, Engine, HeaderMap, Registry};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -306,6 +307,15 @@ fn test(
     Ok(failed == 0)
 }
 
+/// A header change in words.
+fn describe_change(change: &policy_executor::HeaderChange) -> String {
+    match change {
+        policy_executor::HeaderChange::Remove => "removed".into(),
+        policy_executor::HeaderChange::Replace(values) => format!("set to {values:?}"),
+        policy_executor::HeaderChange::Append(values) => format!("appended {values:?}"),
+    }
+}
+
 fn explain(
     registry: &Registry,
     config: &Path,
@@ -357,21 +367,50 @@ fn explain(
     let routes = route_name
         .map(|name| std::collections::BTreeMap::from([(name, "/".to_owned())]))
         .unwrap_or_default();
-    let result = run::run(&engine, &host, &routes, &[], &request, 1)?;
+    let result = run::run(&engine, &host, &routes, &[], &request, 1, true)?;
     for call in &result.calls {
         println!("  call: {call}");
     }
-    if let Some(decision) = &result.decision {
-        for policy in decision["policies"].as_array().into_iter().flatten() {
-            println!(
-                "  policy {}: {}",
-                policy["policy"].as_str().unwrap_or_default(),
-                policy["decision"].as_str().unwrap_or_default()
-            );
+    let decisions = result
+        .decision
+        .as_ref()
+        .and_then(|d| d["policies"].as_array().cloned())
+        .unwrap_or_default();
+    let chain = engine
+        .chain_summary()
+        .into_iter()
+        .find(|(name, _)| {
+            result
+                .decision
+                .as_ref()
+                .is_some_and(|d| d["route_entry"] == json!(name))
+        })
+        .map(|(_, policies)| policies)
+        .unwrap_or_default();
+    for (label, decision) in chain.iter().zip(&decisions) {
+        println!(
+            "  policy {label}: {}",
+            decision["decision"].as_str().unwrap_or_default()
+        );
+        for traced in result.trace.iter().filter(|t| t.by() == label) {
+            match traced {
+                Traced::Evaluation {
+                    source,
+                    value,
+                    parts,
+                    ..
+                } => {
+                    println!("    {} = {value}", source.trim());
+                    for (part, value) in parts {
+                        println!("      {part} = {value}");
+                    }
+                }
+                Traced::Reason { text, .. } => println!("    {text}"),
+            }
         }
     }
     for (name, change) in result.request_changes.iter() {
-        println!("  request header {name}: {change:?}");
+        println!("  request header {name}: {}", describe_change(change));
     }
     match &result.upstream {
         Some(upstream) => {
@@ -387,7 +426,7 @@ fn explain(
         None => println!("  the upstream is not called"),
     }
     for (name, change) in result.response_changes.iter() {
-        println!("  response header {name}: {change:?}");
+        println!("  response header {name}: {}", describe_change(change));
     }
     println!("  client gets: {}", result.status);
     for (name, value) in &result.headers {

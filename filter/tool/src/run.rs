@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use policy_executor::callout::shared_set_in;
+use policy_executor::expr::trace::Traced;
 use policy_executor::{
     Answer, Attribute, AttributeValue, Call, CallFailure, CallRequest, CallResponse, Connection,
     Engine, Exchange, HeaderChange, HeaderMap, HeaderMutations, Host, LocalReply, Outcome,
@@ -99,6 +100,10 @@ pub struct Served {
     pub request_changes: HeaderMutations,
     /// Changes the chain made to the response headers.
     pub response_changes: HeaderMutations,
+    /// What the chain recorded of its decisions: the expressions it
+    /// evaluated, with their parts' values, and the policies' reasons
+    /// (when traced).
+    pub trace: Vec<Traced>,
 }
 
 impl Served {
@@ -135,6 +140,7 @@ pub fn run(
     callouts: &[Callout],
     request: &Request,
     sequence: u64,
+    trace: bool,
 ) -> Result<Served, String> {
     let now = request.clock.map_or_else(system_millis, |s| s * 1_000);
     host.set_now_millis(now);
@@ -174,6 +180,9 @@ pub fn run(
         }
         Start::Run(exchange) => exchange,
     };
+    if trace {
+        exchange.trace();
+    }
     let mut connection = Connection::EMPTY;
     let address = request.peer.address.as_deref().unwrap_or("127.0.0.1:50000");
     connection.insert(
@@ -203,7 +212,9 @@ pub fn run(
         Ok(changes) => changes,
         Err((reply, _)) => {
             let decision = take_decision(&mut exchange);
-            return Ok(local(reply, decision, calls));
+            let mut result = local(reply, decision, calls);
+            result.trace = exchange.take_trace();
+            return Ok(result);
         }
     };
     let upstream = Upstream {
@@ -237,6 +248,7 @@ pub fn run(
                 let mut result = local(reply, decision, calls);
                 result.upstream = Some(upstream);
                 result.request_changes = request_changes;
+                result.trace = exchange.take_trace();
                 return Ok(result);
             }
         }
@@ -251,6 +263,7 @@ pub fn run(
         calls,
         request_changes,
         response_changes,
+        trace: exchange.take_trace(),
     })
 }
 
@@ -383,6 +396,7 @@ fn upstream_reply(upstream: Upstream, changes: HeaderMutations, calls: Vec<Strin
         calls,
         request_changes: changes,
         response_changes: HeaderMutations::default(),
+        trace: Vec::new(),
     }
 }
 
@@ -396,6 +410,7 @@ fn local(reply: LocalReply, decision: Option<Value>, calls: Vec<String>) -> Serv
         calls,
         request_changes: HeaderMutations::default(),
         response_changes: HeaderMutations::default(),
+        trace: Vec::new(),
     }
 }
 

@@ -247,6 +247,10 @@ impl Policy for Authorization {
 
     fn on_request_headers(&self, cx: &mut Context) -> Action {
         let verdict = self.decide(cx);
+        cx.explain(|| {
+            let outcome = if verdict.allow { "allowed" } else { "denied" };
+            format!("{outcome} by {}", verdict.why)
+        });
         log::debug!(
             "authorization: route {:?} {} by {} for caller {}",
             cx.route().chain,
