@@ -1,5 +1,6 @@
 use super::*;
 use crate::attributes::{AttributeValue, Connection};
+use crate::headers::HeaderMap;
 use crate::policy::RouteInfo;
 
 fn context(headers: &[(&str, &str)]) -> Context {
