@@ -53,9 +53,10 @@
 //!
 //! [`RENEW_EVERY`]: crate::remote::attempt::RENEW_EVERY
 
-use std::sync::Arc;
+mod response;
+mod waiting;
 
-use std::time::Duration;
+use std::sync::Arc;
 
 use crate::attributes::{AttributeSet, Connection};
 use crate::callout::{Answer, Call, CallFailure, CallRequest};
@@ -67,6 +68,7 @@ use crate::metrics::{metrics, CalloutMetrics, ChainMetrics};
 use crate::policy::{Action, Context, LocalReply, Phases, Policy, ResponseAction, RouteInfo};
 use crate::remote::attempt::ANSWER_GRACE;
 use crate::remote::{duration_millis, Remote, RemoteSource, Step, WaitStep, Waiting};
+use waiting::{Pending, Rerun, WaitingOn};
 
 /// How many calls one policy may make in one phase of one request; past
 /// it the request is answered 500 (a policy that never stops calling is a
@@ -249,33 +251,6 @@ impl From<ResponseOutcome> for Outcome {
     }
 }
 
-/// A request phase stopped at one policy, waiting.
-struct Pending {
-    position: usize,
-    phase: Phases,
-    /// The request body, for a rerun of the body phase.
-    body: Option<Vec<u8>>,
-    /// Calls this policy made in this phase so far.
-    calls: usize,
-    on: WaitingOn,
-}
-
-enum WaitingOn {
-    /// The answer to the policy's call, sent at `sent_at` (milliseconds;
-    /// `sent_us` in microseconds, for the callout's metrics).
-    Answer {
-        sent_at: u64,
-        timeout: Duration,
-        sent_us: u64,
-        metrics: Arc<CalloutMetrics>,
-    },
-    /// A fresher copy of a document, fetched by a worker's `Refresher`.
-    Document {
-        source: RemoteSource,
-        waiting: Waiting,
-    },
-}
-
 /// The state of one request going through one chain.
 ///
 /// Hosts call the phase methods in the order the request and response
@@ -433,138 +408,6 @@ impl Exchange {
         self.run_request_phase(Phases::REQUEST_BODY, Some(body), None)
     }
 
-    /// Whether the exchange waits for a service.
-    pub fn is_waiting(&self) -> bool {
-        self.pending.is_some()
-    }
-
-    /// Takes the answer to the call of the last [`Wait::Send`] (or the
-    /// failure to send it) and goes on with the phase that waited.
-    pub fn on_answer(&mut self, answer: Answer) -> Outcome {
-        let Some(pending) = self.pending.take() else {
-            // A host fault; never a reason to let the request go on.
-            log::error!("an answer came for a request that waits for none");
-            return Outcome::Respond(LocalReply::text(500, "policy engine error\n"));
-        };
-        match &pending.on {
-            WaitingOn::Answer {
-                sent_us, metrics, ..
-            } => {
-                metrics.calls.increment();
-                if answer.is_err() {
-                    metrics.failures.increment();
-                }
-                let now = self.cx.host().now_micros();
-                metrics.latency.record(now.saturating_sub(*sent_us));
-                self.resume(*pending, Rerun::Answered(answer))
-            }
-            WaitingOn::Document { .. } => {
-                // A document wait sends nothing: keep waiting.
-                self.pending = Some(pending);
-                Outcome::Wait(Wait::Poll)
-            }
-        }
-    }
-
-    /// Looks again at what the exchange waits for: gives up on an overdue
-    /// answer, asks for a document whose awaited fetch lapsed, or resumes
-    /// once the document arrived.
-    pub fn poll(&mut self) -> Outcome {
-        let Some(mut pending) = self.pending.take() else {
-            return Outcome::Wait(Wait::Poll);
-        };
-        let remote = Arc::clone(self.cx.remote());
-        let now = remote.now();
-        match &mut pending.on {
-            WaitingOn::Answer {
-                sent_at,
-                timeout,
-                metrics,
-                ..
-            } => {
-                let overdue = sent_at
-                    .saturating_add(duration_millis(*timeout))
-                    .saturating_add(duration_millis(ANSWER_GRACE));
-                if now >= overdue {
-                    log::warn!("no answer to a call past its timeout: failing it");
-                    metrics.calls.increment();
-                    metrics.failures.increment();
-                    return self.resume(*pending, Rerun::Answered(Err(CallFailure::Timeout)));
-                }
-            }
-            WaitingOn::Document { source, waiting } => {
-                remote.sync(source);
-                let version = remote.documents().version(source);
-                let last = remote.last_attempt(source);
-                match waiting.poll(source, version, last.as_ref(), now) {
-                    WaitStep::Resume => {
-                        let source = source.clone();
-                        return self.resume(*pending, Rerun::Refetched(source));
-                    }
-                    WaitStep::Wait => {}
-                    // Nobody is fetching it: this worker's refresher will.
-                    WaitStep::FetchForIt => remote.want(source),
-                }
-            }
-        }
-        self.pending = Some(pending);
-        Outcome::Wait(Wait::Poll)
-    }
-
-    /// The request went away while it waited (client reset, timeout, local
-    /// reply): the exchange is over. A call it sent is the host's to
-    /// cancel; a document fetch it waited for goes on, for the next
-    /// request.
-    pub fn abandon(&mut self) {
-        self.pending = None;
-        self.finished = true;
-    }
-
-    fn resume(&mut self, pending: Pending, rerun: Rerun) -> Outcome {
-        let Pending {
-            position,
-            phase,
-            body,
-            calls,
-            ..
-        } = pending;
-        self.run_request_phase(phase, body.as_deref(), Some((position, calls, rerun)))
-    }
-
-    /// Runs the response-headers phase over the upstream's response headers
-    /// (`:status` included).
-    pub fn on_response_headers(&mut self, headers: HeaderMap) -> ResponseOutcome {
-        if self.finished {
-            return ResponseOutcome::Continue(HeaderMutations::default());
-        }
-        self.cx.begin_response(headers);
-        let replied = run_response_phase(
-            &self.chain,
-            &mut self.cx,
-            &self.skipped,
-            self.passed,
-            Phases::RESPONSE_HEADERS,
-            |p, cx| p.on_response_headers(cx),
-        );
-        self.outcome_of(replied)
-    }
-
-    /// Runs the response-body phase over the whole upstream response body.
-    pub fn on_response_body(&mut self, body: &[u8]) -> ResponseOutcome {
-        if self.finished {
-            return ResponseOutcome::Continue(HeaderMutations::default());
-        }
-        let replied = run_response_phase(
-            &self.chain,
-            &mut self.cx,
-            &self.skipped,
-            self.passed,
-            Phases::RESPONSE_BODY,
-            |p, cx| p.on_response_body(cx, body),
-        );
-        self.outcome_of(replied)
-    }
-
     /// Runs a request phase over the chain, or, after a wait, from the
     /// entry that waited.
     /// `resume` names the entry that waited, its calls so far, and how it
@@ -687,35 +530,6 @@ impl Exchange {
         Outcome::Continue(self.cx.take_pending())
     }
 
-    /// Sends the request's W3C trace context (`traceparent`, with its
-    /// `tracestate`) with a call, so the service's spans join the
-    /// request's trace; an invalid `traceparent` is not forwarded.
-    fn propagate_trace(&self, call: &mut Call) {
-        let request = self.cx.request_headers();
-        let Some(parent) = request
-            .get("traceparent")
-            .filter(|p| crate::decision::trace_id(p).is_some())
-        else {
-            return;
-        };
-        let mut context = vec![("traceparent".to_owned(), parent.trim().to_owned())];
-        // W3C: at most 32 members, 512 characters is what must be kept.
-        if let Some(state) = request
-            .get("tracestate")
-            .filter(|s| s.len() <= 512 && s.bytes().all(|b| (0x20..0x7f).contains(&b)))
-        {
-            context.push(("tracestate".to_owned(), state.to_owned()));
-        }
-        let carried = match &mut call.request {
-            CallRequest::Http { headers, .. } => headers,
-            CallRequest::Grpc { metadata, .. } => metadata,
-        };
-        carried.retain(|(name, _)| {
-            !name.eq_ignore_ascii_case("traceparent") && !name.eq_ignore_ascii_case("tracestate")
-        });
-        carried.extend(context);
-    }
-
     /// The entry at `position` (`label`) answers the request with `reply`.
     fn reply(&mut self, position: usize, label: &str, reply: LocalReply) -> Outcome {
         let chain = Arc::clone(&self.chain);
@@ -764,141 +578,9 @@ impl Exchange {
         }
     }
 
-    /// Starts waiting for a fresher copy of `source`: for the fetch in
-    /// flight, or for the one this worker's refresher is asked to make.
-    /// `Err` when there is nothing to wait for (a newer copy is already
-    /// shared, or the last answer came too recently to ask again).
-    fn wait_for_document(
-        &mut self,
-        position: usize,
-        phase: Phases,
-        body: Option<&[u8]>,
-        calls: usize,
-        source: RemoteSource,
-    ) -> Result<Outcome, RemoteSource> {
-        let remote = Arc::clone(self.cx.remote());
-        if remote.sync(&source) {
-            return Err(source);
-        }
-        let now = remote.now();
-        let awaited = match source.next_step(remote.last_attempt(&source).as_ref(), now) {
-            Step::TooSoon => return Err(source),
-            Step::Wait { claimed_at } => claimed_at,
-            // Any attempt claimed from now on is one it waits for.
-            Step::Fetch => {
-                remote.want(&source);
-                now
-            }
-        };
-        let waiting = Waiting::new(&source, remote.documents().version(&source), awaited, now);
-        self.pending = Some(Box::new(Pending {
-            position,
-            phase,
-            body: body.map(<[u8]>::to_vec),
-            calls,
-            on: WaitingOn::Document { source, waiting },
-        }));
-        Ok(Outcome::Wait(Wait::Poll))
-    }
-
-    /// A policy that cannot be waited for any longer: the request is
-    /// answered 500 (fail closed).
-    fn give_up(&mut self, position: usize, entry: &ChainEntry, why: &str) -> Outcome {
-        log::warn!("chain {:?}: {} {why}", self.chain.name, entry.label);
-        self.passed = position;
-        let reply = LocalReply::text(500, "policy engine error\n");
-        if let Some(m) = self.chain.metrics.entries.get(position) {
-            m.replied.increment();
-        }
-        self.note(position, PolicyDecision::Replied);
-        self.count_reply(position, reply.status);
-        self.outcome_of(Some((position, reply))).into()
-    }
-
     fn is_skipped(&self, position: usize) -> bool {
         self.skipped.get(position).copied().unwrap_or(false)
     }
-
-    /// Turns the result of a phase into an outcome; a reply first goes
-    /// through the response phases of the policies outside the one that made
-    /// it.
-    fn outcome_of(&mut self, replied: Option<(usize, LocalReply)>) -> ResponseOutcome {
-        let Some((mut outer, mut reply)) = replied else {
-            return ResponseOutcome::Continue(self.cx.take_pending());
-        };
-        self.finished = true;
-        loop {
-            self.cx.begin_response(reply_headers(&reply));
-            let body = std::mem::take(&mut reply.body);
-            let again = run_response_phase(
-                &self.chain,
-                &mut self.cx,
-                &self.skipped,
-                outer,
-                Phases::RESPONSE_HEADERS,
-                |p, cx| p.on_response_headers(cx),
-            )
-            .or_else(|| {
-                run_response_phase(
-                    &self.chain,
-                    &mut self.cx,
-                    &self.skipped,
-                    outer,
-                    Phases::RESPONSE_BODY,
-                    |p, cx| p.on_response_body(cx, &body),
-                )
-            });
-            match again {
-                Some((position, replacement)) => {
-                    outer = position;
-                    reply = replacement;
-                }
-                None => {
-                    reply.body = body;
-                    break;
-                }
-            }
-        }
-        self.cx.take_pending();
-        ResponseOutcome::Respond(reply_from_headers(self.cx.take_response(), reply))
-    }
-}
-
-/// Runs `phase` over the first `outer` policies in reverse order; returns the
-/// position and reply of the policy that replied, if one did.
-fn run_response_phase(
-    chain: &Chain,
-    cx: &mut Context,
-    skipped: &[bool],
-    outer: usize,
-    phase: Phases,
-    run: impl Fn(&dyn Policy, &mut Context) -> ResponseAction,
-) -> Option<(usize, LocalReply)> {
-    let entries = chain.entries.get(..outer).unwrap_or(&chain.entries);
-    for (position, entry) in entries.iter().enumerate().rev() {
-        if !entry.phases.contains(phase) || skipped.get(position).copied().unwrap_or(false) {
-            continue;
-        }
-        cx.trace_running(&entry.label);
-        if let ResponseAction::Respond(reply) = run(entry.policy.as_ref(), cx) {
-            log::debug!(
-                "chain {:?}: {} replaced the response with {}",
-                chain.name,
-                entry.label,
-                reply.status
-            );
-            return Some((position, reply));
-        }
-    }
-    None
-}
-
-/// How the entry that waited runs again.
-enum Rerun {
-    /// With the answer to its call.
-    Answered(Answer),
-    /// After a refetch of this source (successful or not).
-    Refetched(RemoteSource),
 }
 
 /// Evaluates an entry's guard; an evaluation error counts as true.
@@ -919,28 +601,5 @@ fn guard_holds(chain: &str, entry: &ChainEntry, guard: &Expression, cx: &Context
             );
             true
         }
-    }
-}
-
-fn reply_headers(reply: &LocalReply) -> HeaderMap {
-    let status = (":status".to_owned(), reply.status.to_string());
-    HeaderMap::from_pairs(std::iter::once(status).chain(reply.headers.iter().cloned()))
-}
-
-/// Rebuilds a reply from headers edited by response phases.
-fn reply_from_headers(headers: HeaderMap, reply: LocalReply) -> LocalReply {
-    let status = headers
-        .get(":status")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(reply.status);
-    let headers = headers
-        .into_pairs()
-        .into_iter()
-        .filter(|(name, _)| !name.starts_with(':'))
-        .collect();
-    LocalReply {
-        status,
-        headers,
-        body: reply.body,
     }
 }
