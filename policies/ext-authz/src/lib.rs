@@ -22,6 +22,9 @@
 //! (`status_on_error`, 403 by default) unless `failure_mode: allow` says
 //! otherwise.
 
+mod cache;
+mod grpc;
+mod http;
 pub mod proto;
 
 use std::collections::{BTreeMap, HashMap};
@@ -34,6 +37,10 @@ use policy_executor::{
 };
 use prost::Message;
 use serde::Deserialize;
+
+use cache::DecisionCache;
+use grpc::grpc_decision;
+use http::{http_decision, is_proxy_header, path_of};
 
 /// The policy's factory, for a build's registry.
 pub const FACTORY: PolicyFactory = PolicyFactory {
@@ -278,23 +285,6 @@ fn build(config: &serde_json::Value) -> Result<Box<dyn Policy>, ParamError> {
     }))
 }
 
-/// Headers proxies set about a request, which a client must not forge
-/// into a check Envoy sends.
-fn is_proxy_header(name: &str) -> bool {
-    name == "forwarded"
-        || name == "host"
-        || name == "x-real-ip"
-        || name.starts_with("x-forwarded-")
-        || name.starts_with("x-original-")
-        || name.starts_with("x-envoy-")
-}
-
-/// The path of a URL, without its scheme and authority.
-fn path_of(uri: &str) -> &str {
-    let rest = uri.split_once("://").map_or(uri, |(_, rest)| rest);
-    rest.find('/').map_or("", |at| &rest[at..])
-}
-
 impl Policy for ExtAuthz {
     fn phases(&self) -> Phases {
         if self.body.is_some() {
@@ -315,7 +305,7 @@ impl Policy for ExtAuthz {
         let key = self
             .cache
             .as_ref()
-            .map_or(AttributeSet::NONE, |c| c.key.attributes());
+            .map_or(AttributeSet::NONE, DecisionCache::attributes);
         peer | key
     }
 
@@ -424,77 +414,6 @@ impl ExtAuthz {
         headers
     }
 
-    fn check_request(&self, cx: &Context, body: &[u8]) -> proto::CheckRequest {
-        let request = cx.request_headers();
-        let text = |name: &str| request.get(name).unwrap_or_default().to_owned();
-        let path = text(":path");
-        let query = path
-            .split_once('?')
-            .map(|(_, q)| q.to_owned())
-            .unwrap_or_default();
-        let connection = cx.connection();
-        let source = proto::Peer {
-            address: connection.source_ip().map(|ip| proto::Address {
-                socket_address: Some(proto::SocketAddress {
-                    address: ip.to_owned(),
-                    port_value: connection.source_port().map(u32::from),
-                }),
-            }),
-            principal: connection
-                .spiffe_id()
-                .map(|id| id.uri.to_owned())
-                .unwrap_or_default(),
-        };
-        let size = request
-            .get("content-length")
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(if body.is_empty() {
-                -1
-            } else {
-                i64::try_from(body.len()).unwrap_or(i64::MAX)
-            });
-        proto::CheckRequest {
-            attributes: Some(proto::AttributeContext {
-                source: Some(source),
-                destination: None,
-                request: Some(proto::Request {
-                    http: Some(proto::HttpRequest {
-                        id: text("x-request-id"),
-                        method: text(":method"),
-                        headers: self.forwarded_headers(cx).into_iter().collect(),
-                        path,
-                        host: text(":authority"),
-                        scheme: text(":scheme"),
-                        query,
-                        fragment: String::new(),
-                        size,
-                        protocol: String::new(),
-                        body: String::from_utf8_lossy(body).into_owned(),
-                        raw_body: body.to_vec(),
-                    }),
-                }),
-                context_extensions: self.context_extensions.clone(),
-            }),
-        }
-    }
-
-    fn http_request(&self, cx: &Context, prefix: &str, body: &[u8]) -> CallRequest {
-        let request = cx.request_headers();
-        let mut headers = self.forwarded_headers(cx);
-        if let Some(host) = request.get(":authority") {
-            headers.push(("x-forwarded-host".into(), host.to_owned()));
-        }
-        if let Some(proto) = request.get(":scheme") {
-            headers.push(("x-forwarded-proto".into(), proto.to_owned()));
-        }
-        CallRequest::Http {
-            method: request.get(":method").unwrap_or("GET").to_owned(),
-            path: format!("{prefix}{}", request.get(":path").unwrap_or("/")),
-            headers,
-            body: body.to_vec(),
-        }
-    }
-
     /// The service's decision, or why there is none.
     fn read(&self, answer: Answer) -> Result<Decision, String> {
         let response = answer.map_err(|failure| failure.to_string())?;
@@ -552,90 +471,6 @@ impl ExtAuthz {
     }
 }
 
-/// Reads a `CheckResponse`. An OK status allows; anything else denies,
-/// with the `denied_response` if the service gave one, else 403.
-fn grpc_decision(response: &CallResponse) -> Result<Decision, String> {
-    let check = proto::CheckResponse::decode(response.body.as_slice())
-        .map_err(|e| format!("the CheckResponse cannot be read: {e}"))?;
-    // No status is no decision: fail closed rather than read it as OK.
-    let code = check
-        .status
-        .as_ref()
-        .map(|s| s.code)
-        .ok_or("the CheckResponse has no status")?;
-    if code != 0 {
-        let mut reply = LocalReply {
-            status: 403,
-            headers: Vec::new(),
-            body: Vec::new(),
-        };
-        if let Some(proto::HttpResponse::DeniedResponse(denied)) = check.http_response {
-            if let Some(status) = denied.status.and_then(|s| u16::try_from(s.code).ok()) {
-                if (200..=599).contains(&status) {
-                    reply.status = status;
-                }
-            }
-            reply.headers = denied
-                .headers
-                .iter()
-                .filter_map(header_pair)
-                .filter(|(name, value)| reply_header_ok(name, value))
-                .collect();
-            reply.body = denied.body.into_bytes();
-        }
-        return Ok(Decision::Deny(reply));
-    }
-    let mut edits = HeaderEdits::default();
-    if let Some(proto::HttpResponse::OkResponse(ok)) = &check.http_response {
-        for option in &ok.headers {
-            // A header the service wants set but that cannot be: the
-            // client's copy would stay, so the check cannot be trusted.
-            let Some((name, value)) = header_pair(option).and_then(|(n, v)| {
-                Some((HeaderName::parse(&n).ok()?, HeaderValue::parse(&v).ok()?))
-            }) else {
-                return Err(format!(
-                    "the service asked for an invalid header: {:?}",
-                    option.header
-                ));
-            };
-            // As Envoy's ext_authz: appended only when `append` says so,
-            // else set, replacing the client's copy (proto3 cannot tell an
-            // unset `append_action` from APPEND_IF_EXISTS_OR_ADD).
-            if option.append.as_ref().is_some_and(|flag| flag.value) {
-                edits.add.push((name, value));
-            } else {
-                edits.set.push((name, value));
-            }
-        }
-        for name in &ok.headers_to_remove {
-            // Pseudo-headers and Host are where the request goes: not the
-            // service's to remove.
-            match HeaderName::parse(name) {
-                Ok(name) if name.as_str() != "host" => edits.remove.push(name),
-                _ => {}
-            }
-        }
-    }
-    let metadata = check
-        .dynamic_metadata
-        .map(|m| {
-            let mut fields: Vec<_> = m
-                .fields
-                .iter()
-                .map(|(key, value)| {
-                    (
-                        format!("{METADATA_PREFIX}{key}"),
-                        proto::value_to_json(value),
-                    )
-                })
-                .collect();
-            fields.sort_by(|a, b| a.0.cmp(&b.0));
-            fields
-        })
-        .unwrap_or_default();
-    Ok(Decision::Allow { edits, metadata })
-}
-
 /// Whether a header of the service's denial may go to the client: a valid
 /// name and value (no CR, LF or NUL to split the response), not a
 /// pseudo-header, not one that describes the hop.
@@ -644,61 +479,6 @@ fn reply_header_ok(name: &str, value: &str) -> bool {
         && HeaderValue::parse(value).is_ok()
         && !name.starts_with(':')
         && !HOP_BY_HOP.contains(&name)
-}
-
-fn header_pair(option: &proto::HeaderValueOption) -> Option<(String, String)> {
-    let header = option.header.as_ref()?;
-    let value = if header.raw_value.is_empty() {
-        header.value.clone()
-    } else {
-        String::from_utf8(header.raw_value.clone()).ok()?
-    };
-    Some((header.key.to_ascii_lowercase(), value))
-}
-
-/// Reads an HTTP answer: a 2xx allows, with the allowed headers for the
-/// upstream; anything else is the denial the client gets.
-fn http_decision(
-    response: CallResponse,
-    allowed_upstream: &[HeaderName],
-    allowed_client: Option<&[HeaderName]>,
-) -> Decision {
-    if (200..300).contains(&response.status) {
-        // The allowed headers are the engine's: what the service does not
-        // set, the client does not get to set either.
-        let mut edits = HeaderEdits::default();
-        for name in allowed_upstream {
-            match response
-                .header(name.as_str())
-                .and_then(|v| HeaderValue::parse(v).ok())
-            {
-                Some(value) => edits.set.push((name.clone(), value)),
-                None => edits.remove.push(name.clone()),
-            }
-        }
-        return Decision::Allow {
-            edits,
-            metadata: Vec::new(),
-        };
-    }
-    let headers = response
-        .headers
-        .into_iter()
-        .filter(|(name, value)| reply_header_ok(name, value))
-        .filter(|(name, _)| {
-            allowed_client.is_none_or(|allowed| allowed.iter().any(|a| a.as_str() == name))
-        })
-        .collect();
-    let status = if (200..=599).contains(&response.status) {
-        response.status
-    } else {
-        403
-    };
-    Decision::Deny(LocalReply {
-        status,
-        headers,
-        body: response.body,
-    })
 }
 
 fn apply(cx: &mut Context, decision: Decision) -> Action {
@@ -711,91 +491,6 @@ fn apply(cx: &mut Context, decision: Decision) -> Action {
             }
             Action::Continue
         }
-    }
-}
-
-/// Decisions kept per worker, keyed by a CEL expression over the request
-/// (`request.headers["authorization"]`), each for `ttl`. Bounded: when full,
-/// expired entries go first, then the oldest. A key that cannot be
-/// evaluated is not cached: the service is asked.
-struct DecisionCache {
-    key: Expression,
-    ttl_millis: u64,
-    max_entries: usize,
-    entries: Mutex<HashMap<String, (u64, Decision)>>,
-}
-
-impl DecisionCache {
-    fn build(params: CacheParams) -> Result<Self, ParamError> {
-        let key = Expression::compile(&params.key, Phase::Request)
-            .map_err(|e| ParamError::at("cache.key", e))?;
-        let ttl = parse_duration(&params.ttl).ok_or_else(|| {
-            ParamError::at(
-                "cache.ttl",
-                format!("{:?} is not a duration like 30s or 5m", params.ttl),
-            )
-        })?;
-        let max_entries = params.max_entries.unwrap_or(10_000);
-        if max_entries == 0 {
-            return Err(ParamError::at("cache.max_entries", "must be at least 1"));
-        }
-        Ok(Self {
-            key,
-            ttl_millis: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
-            max_entries,
-            entries: Mutex::default(),
-        })
-    }
-
-    /// The user's key, with what every decision depends on: the method,
-    /// host and path (query included) of the request. A decision for
-    /// `GET /orders/1` is never replayed for `DELETE /orders/2`.
-    fn key_of(&self, cx: &Context) -> Option<String> {
-        let request = cx.request_headers();
-        match self.key.evaluate_text(cx) {
-            Ok(Some(key)) => Some(format!(
-                "{}\n{}\n{}\n{key}",
-                request.get(":method").unwrap_or_default(),
-                request.get(":authority").unwrap_or_default(),
-                request.get(":path").unwrap_or_default()
-            )),
-            Ok(None) => None,
-            Err(error) => {
-                log::debug!(
-                    "ext-authz: the cache key cannot be evaluated ({error}): asking the service"
-                );
-                None
-            }
-        }
-    }
-
-    fn lookup(&self, cx: &Context) -> Option<Decision> {
-        let key = self.key_of(cx)?;
-        let now = cx.now_millis();
-        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let (expires, decision) = entries.get(&key)?;
-        (*expires > now).then(|| decision.clone())
-    }
-
-    fn store(&self, cx: &Context, decision: Decision) {
-        let Some(key) = self.key_of(cx) else {
-            return;
-        };
-        let now = cx.now_millis();
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if entries.len() >= self.max_entries && !entries.contains_key(&key) {
-            entries.retain(|_, (expires, _)| *expires > now);
-            if entries.len() >= self.max_entries {
-                let oldest = entries
-                    .iter()
-                    .min_by_key(|(_, (expires, _))| *expires)
-                    .map(|(k, _)| k.clone());
-                if let Some(oldest) = oldest {
-                    entries.remove(&oldest);
-                }
-            }
-        }
-        entries.insert(key, (now.saturating_add(self.ttl_millis), decision));
     }
 }
 

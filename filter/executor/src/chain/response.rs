@@ -3,6 +3,7 @@
 
 // The chain's own types and imports: this is its code, kept apart.
 use super::*;
+
 impl Exchange {
     /// Runs the response-headers phase over the upstream's response headers
     /// (`:status` included).

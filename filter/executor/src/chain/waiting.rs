@@ -5,6 +5,7 @@ use std::time::Duration;
 
 // The chain's own types and imports: this is its code, kept apart.
 use super::*;
+
 /// A request phase stopped at one policy, waiting.
 pub(super) struct Pending {
     pub(super) position: usize,
