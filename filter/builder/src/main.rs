@@ -58,7 +58,8 @@ enum Commands {
         #[arg(long, default_value = "registry.example.com/policy-engine/filter")]
         image: String,
         /// Cargo's target directory (default: target/builder, shared by
-        /// builds so only what differs recompiles).
+        /// builds so only what differs recompiles); the shim and the tool
+        /// build in the same path with `-native` appended.
         #[arg(long)]
         target_dir: Option<PathBuf>,
     },
@@ -206,12 +207,21 @@ fn build(
         .map_err(|e| format!("generating {}: {e}", workspace.display()))?;
 
     // Builds share one target directory, so only what differs recompiles.
+    // The native binaries (the shim, the tool) have one of their own, so
+    // that they build while the module does: Cargo locks a target
+    // directory for the whole of a build, and the shim's LTO link alone
+    // takes about as long as the module's build and wasm-opt together.
     let target = target_dir.unwrap_or_else(|| repo.join("target/builder"));
-    let cargo = |args: &[&str]| {
+    let native_target = {
+        let mut name = target.file_name().unwrap_or_default().to_owned();
+        name.push("-native");
+        target.with_file_name(name)
+    };
+    let cargo_in = |target: &Path, args: &[&str]| {
         let mut command = Command::new(env!("CARGO"));
         command
             .current_dir(&workspace)
-            .env("CARGO_TARGET_DIR", &target)
+            .env("CARGO_TARGET_DIR", target)
             .args(args);
         // The generated workspace is outside this repository, so rustup's
         // proxy would otherwise pick the toolchain from each dependency's
@@ -222,6 +232,7 @@ fn build(
         }
         command
     };
+    let cargo = |args: &[&str]| cargo_in(&target, args);
     // Checking the registry first turns "this crate is not a policy" into
     // an error that names the policy.
     if let Err(e) = run(
@@ -238,27 +249,50 @@ fn build(
             names.join(", ")
         ));
     }
-    run(
-        &mut cargo(&[
-            "build",
-            "-q",
-            "--profile",
-            generate::WASM_PROFILE,
-            "--target",
-            "wasm32-wasip1",
-            "-p",
-            generate::WASM_PACKAGE,
-        ]),
-        "building the Wasm module",
-    )?;
-
+    // The shim in `release` (all at opt-level 3, LTO); the tool in debug:
+    // it runs suites, not traffic, and a policy change then costs it
+    // seconds, not another LTO link.
+    let build_native = || -> Result<(), String> {
+        run(
+            &mut cargo_in(
+                &native_target,
+                &["build", "-q", "--release", "-p", "build-extproc"],
+            ),
+            "building the ext_proc shim",
+        )?;
+        run(
+            &mut cargo_in(
+                &native_target,
+                &["build", "-q", "-p", generate::TOOL_PACKAGE],
+            ),
+            "building policy-tool",
+        )
+    };
+    let build_module = || -> Result<(), String> {
+        run(
+            &mut cargo(&[
+                "build",
+                "-q",
+                "--profile",
+                generate::WASM_PROFILE,
+                "--target",
+                "wasm32-wasip1",
+                "-p",
+                generate::WASM_PACKAGE,
+            ]),
+            "building the Wasm module",
+        )
+    };
     let module = out.join("plugin.wasm");
     let linked = target
         .join("wasm32-wasip1")
         .join(generate::WASM_PROFILE)
         .join("plugin.wasm");
-    // wasm-opt takes most of a build whose sources did not change.
-    if !is_newer(&module, &linked) {
+    let optimize_module = || -> Result<(), String> {
+        // wasm-opt takes most of a build whose sources did not change.
+        if is_newer(&module, &linked) {
+            return Ok(());
+        }
         run(
             Command::new("wasm-opt")
                 .args(["-O3", "--strip-debug"])
@@ -266,32 +300,31 @@ fn build(
                 .arg("-o")
                 .arg(&module),
             "wasm-opt",
-        )?;
-    }
-    let module_bytes = std::fs::metadata(&module).map(|m| m.len()).unwrap_or(0);
-    let extproc = if wasm_only {
-        serde_json::Value::Null
-    } else {
-        run(
-            &mut cargo(&["build", "-q", "--release", "-p", "build-extproc"]),
-            "building the ext_proc shim",
-        )?;
-        let shim = out.join("policy-extproc");
-        copy_if_changed(&target.join("release/policy-extproc"), &shim)?;
-        json!({ "file": "policy-extproc", "sha256": sha256_hex(&shim)? })
+        )
     };
-    let tool = if wasm_only {
-        serde_json::Value::Null
+    std::thread::scope(|scope| {
+        let native = (!wasm_only).then(|| scope.spawn(build_native));
+        let module = build_module().and_then(|()| optimize_module());
+        let native = match native {
+            Some(handle) => handle
+                .join()
+                .unwrap_or_else(|_| Err("the native build's thread failed".into())),
+            None => Ok(()),
+        };
+        module.and(native)
+    })?;
+    let module_bytes = std::fs::metadata(&module).map(|m| m.len()).unwrap_or(0);
+    let (extproc, tool) = if wasm_only {
+        (serde_json::Value::Null, serde_json::Value::Null)
     } else {
-        // A debug build: the tool runs suites, not traffic, and a policy
-        // change then costs it seconds, not another LTO link.
-        run(
-            &mut cargo(&["build", "-q", "-p", generate::TOOL_PACKAGE]),
-            "building policy-tool",
-        )?;
+        let shim = out.join("policy-extproc");
+        copy_if_changed(&native_target.join("release/policy-extproc"), &shim)?;
         let file = out.join("policy-tool");
-        copy_if_changed(&target.join("debug/policy-tool"), &file)?;
-        json!({ "file": "policy-tool", "sha256": sha256_hex(&file)? })
+        copy_if_changed(&native_target.join("debug/policy-tool"), &file)?;
+        (
+            json!({ "file": "policy-extproc", "sha256": sha256_hex(&shim)? }),
+            json!({ "file": "policy-tool", "sha256": sha256_hex(&file)? }),
+        )
     };
     let write_json = |name: &str, value: &serde_json::Value| {
         let text = serde_json::to_string_pretty(value).unwrap_or_default() + "\n";
