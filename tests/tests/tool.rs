@@ -103,6 +103,25 @@ fn the_egress_suite_catches_a_rule_made_too_permissive() {
     let out = tool(&["test", scratch.join("egress.yaml").to_str().unwrap()]);
     let report = text(&out);
     assert_eq!(out.status.code(), Some(1), "{report}");
+    // A suite of the first case alone leaves rules no case decided by.
+    let first_only = "config_file: egress-policies.yaml\ncases:\n  - name: team-a reads\n    request: { path: /zen, headers: { host: api.github.com }, peer: { uri_san: spiffe://cluster.local/ns/team-a/sa/team-a } }\n    expect: { status: 200 }\n";
+    std::fs::write(scratch.join("short.yaml"), first_only).unwrap();
+    let short = tool(&[
+        "test",
+        "--coverage",
+        scratch.join("short.yaml").to_str().unwrap(),
+    ]);
+    let coverage = text(&short);
+    assert!(short.status.success(), "{coverage}");
+    for rule in ["github-api-paths", "default"] {
+        assert!(
+            coverage.contains(&format!(
+                r#"authorization@0.1.0: rule "{rule}" never decided"#
+            )),
+            "{coverage}"
+        );
+    }
+    assert!(!coverage.contains(r#"rule "team-a""#), "{coverage}");
     assert!(
         report.contains("FAIL a path that only starts like the allowed prefix is refused"),
         "{report}"
@@ -346,7 +365,7 @@ fn explain_shows_the_route_entries_the_policies_and_what_goes_upstream() {
         "{report}"
     );
     // The rule that fired, and the values of its parts.
-    assert!(report.contains("denied by github-api-paths"), "{report}");
+    assert!(report.contains("rule github-api-paths: denied"), "{report}");
     assert!(
         report.contains(r#"request.path.startsWith("/repos/") = false"#),
         "{report}"
@@ -366,7 +385,7 @@ fn explain_shows_the_route_entries_the_policies_and_what_goes_upstream() {
         "{ path: /zen, headers: { host: api.github.com, x-internal-debug: '1' }, peer: { uri_san: spiffe://cluster.local/ns/team-a/sa/team-a } }",
     ]);
     let report = text(&allowed);
-    assert!(report.contains("allowed by team-a"), "{report}");
+    assert!(report.contains("rule team-a: allowed"), "{report}");
     assert!(
         report.contains("request header x-internal-debug: removed"),
         "{report}"

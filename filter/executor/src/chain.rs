@@ -118,6 +118,15 @@ pub struct Chain {
     credential_locations: Vec<Location>,
 }
 
+/// One policy of a chain, as tools list it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicySummary {
+    /// `name@version`.
+    pub label: String,
+    /// The names of its rules ([`Policy::rules`]).
+    pub rules: Vec<String>,
+}
+
 /// Which bodies a chain must see whole. A headers-only chain needs neither,
 /// and the hosts then never buffer a body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -180,9 +189,16 @@ impl Chain {
         &self.remote_sources
     }
 
-    /// Each policy's `name@version`, in order.
-    pub fn policy_labels(&self) -> Vec<String> {
-        self.entries.iter().map(|e| e.label.clone()).collect()
+    /// Each policy's `name@version` and the names of its rules
+    /// ([`Policy::rules`]), in order.
+    pub fn policies(&self) -> Vec<PolicySummary> {
+        self.entries
+            .iter()
+            .map(|e| PolicySummary {
+                label: e.label.clone(),
+                rules: e.policy.rules(),
+            })
+            .collect()
     }
 
     /// The route entry's name (`unmatched` for the unmatched chain).

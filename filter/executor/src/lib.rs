@@ -63,7 +63,7 @@ pub use attributes::{
 pub use callout::{
     Answer, Call, CallFailure, CallRequest, CallResponse, Host, Service, SharedError,
 };
-pub use chain::{BodyNeeds, Chain, Exchange, Outcome, ResponseOutcome, Wait};
+pub use chain::{BodyNeeds, Chain, Exchange, Outcome, PolicySummary, ResponseOutcome, Wait};
 pub use config::ConfigError;
 pub use expr::{EvalError, Expression, ExpressionError, Phase, JWT_CLAIMS};
 pub use headers::{
@@ -237,12 +237,13 @@ impl Engine {
 }
 
 impl Engine {
-    /// Every chain's name and its policies (`name@version`), in order: the
-    /// route entries', then the unmatched one's, if any.
-    pub fn chain_summary(&self) -> Vec<(String, Vec<String>)> {
+    /// Every chain's name and its policies (`name@version`, with the names
+    /// of their rules), in order: the route entries', then the unmatched
+    /// one's, if any.
+    pub fn chain_summary(&self) -> Vec<(String, Vec<PolicySummary>)> {
         self.routes
             .chains()
-            .map(|chain| (chain.name().to_owned(), chain.policy_labels()))
+            .map(|chain| (chain.name().to_owned(), chain.policies()))
             .collect()
     }
 

@@ -216,12 +216,13 @@ impl Context {
         self.tracing.as_mut().map(|t| t.take()).unwrap_or_default()
     }
 
-    /// Says why the running policy decided as it did (the rule that fired,
-    /// say), for `policy-tool explain`. `why` runs only on a traced
-    /// request: on others this costs one check.
-    pub fn explain(&self, why: impl FnOnce() -> String) {
+    /// Says which of the running policy's rules ([`Policy::rules`])
+    /// decided the request, and how (`allowed`, `denied`): what
+    /// `policy-tool explain` shows and `policy-tool test --coverage`
+    /// counts. On a request that is not traced this costs one check.
+    pub fn explain_rule(&self, rule: &str, outcome: &str) {
         if let Some(tracing) = &self.tracing {
-            tracing.reason(why());
+            tracing.rule(rule, outcome);
         }
     }
 
@@ -378,6 +379,13 @@ pub trait Policy: Send + Sync {
     /// are always seen in full.
     fn reads_response_headers(&self) -> bool {
         true
+    }
+
+    /// The names of the rules this instance decides by, for
+    /// `policy-tool test --coverage`; it reports the one that decided a
+    /// request with [`Context::explain_rule`].
+    fn rules(&self) -> Vec<String> {
+        Vec::new()
     }
 
     /// The connection attributes this instance reads (through

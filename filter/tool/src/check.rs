@@ -83,6 +83,9 @@ pub fn run_suite(
     let (engine, host) = offline_engine(registry, &suite.config).map_err(|e| e.to_string())?;
     let mut report = SuiteReport::default();
     let mut reached = BTreeSet::new();
+    // The rules that decided a request: (policy, rule). A policy that
+    // appears twice in a suite counts its rules together.
+    let mut rules_fired = BTreeSet::new();
     for (number, case) in suite.cases.iter().enumerate() {
         if only.is_some_and(|name| name != case.name) {
             continue;
@@ -102,8 +105,13 @@ pub fn run_suite(
             &[case.callouts.as_slice(), suite.callouts.as_slice()].concat(),
             &case.request,
             number as u64 + 1,
-            false,
+            true,
         )?;
+        for traced in &outcome.trace {
+            if let policy_executor::expr::trace::Traced::Rule { by, rule, .. } = traced {
+                rules_fired.insert((by.clone(), rule.clone()));
+            }
+        }
         if let Some(line) = &outcome.decision {
             let entry = line["route_entry"].as_str().unwrap_or_default().to_owned();
             for (i, policy) in line["policies"]
@@ -130,10 +138,19 @@ pub fn run_suite(
             continue;
         }
         for (i, policy) in policies.iter().enumerate() {
+            let (label, rules) = (&policy.label, &policy.rules);
             if !reached.contains(&(entry.clone(), Some(i))) {
                 report
                     .uncovered
-                    .push(format!("route entry {entry:?}: policies[{i}] {policy}"));
+                    .push(format!("route entry {entry:?}: policies[{i}] {label}"));
+                continue;
+            }
+            for rule in rules {
+                if !rules_fired.contains(&(label.clone(), rule.clone())) {
+                    report.uncovered.push(format!(
+                        "route entry {entry:?}: policies[{i}] {label}: rule {rule:?} never decided"
+                    ));
+                }
             }
         }
     }

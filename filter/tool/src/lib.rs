@@ -387,7 +387,8 @@ fn explain(
         })
         .map(|(_, policies)| policies)
         .unwrap_or_default();
-    for (label, decision) in chain.iter().zip(&decisions) {
+    for (policy, decision) in chain.iter().zip(&decisions) {
+        let label = &policy.label;
         println!(
             "  policy {label}: {}",
             decision["decision"].as_str().unwrap_or_default()
@@ -405,7 +406,7 @@ fn explain(
                         println!("      {part} = {value}");
                     }
                 }
-                Traced::Reason { text, .. } => println!("    {text}"),
+                Traced::Rule { rule, outcome, .. } => println!("    rule {rule}: {outcome}"),
             }
         }
     }

@@ -237,6 +237,11 @@ impl Authorization {
 }
 
 impl Policy for Authorization {
+    fn rules(&self) -> Vec<String> {
+        let rules = self.rules.iter().map(|r| r.label.clone());
+        rules.chain(["default".to_owned()]).collect()
+    }
+
     fn phases(&self) -> Phases {
         Phases::REQUEST_HEADERS
     }
@@ -247,10 +252,10 @@ impl Policy for Authorization {
 
     fn on_request_headers(&self, cx: &mut Context) -> Action {
         let verdict = self.decide(cx);
-        cx.explain(|| {
-            let outcome = if verdict.allow { "allowed" } else { "denied" };
-            format!("{outcome} by {}", verdict.why)
-        });
+        cx.explain_rule(
+            verdict.why,
+            if verdict.allow { "allowed" } else { "denied" },
+        );
         log::debug!(
             "authorization: route {:?} {} by {} for caller {}",
             cx.route().chain,

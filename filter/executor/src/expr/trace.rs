@@ -22,12 +22,14 @@ pub enum Traced {
         /// Its parts, outermost first, each written out and with its value.
         parts: Vec<(String, String)>,
     },
-    /// A policy said why it decided ([`crate::Context::explain`]).
-    Reason {
+    /// A policy's rule decided ([`crate::Context::explain_rule`]).
+    Rule {
         /// The running policy.
         by: String,
-        /// Its words.
-        text: String,
+        /// The rule, as [`crate::Policy::rules`] names it.
+        rule: String,
+        /// What it decided (`allowed`, `denied`).
+        outcome: String,
     },
 }
 
@@ -35,7 +37,7 @@ impl Traced {
     /// The policy that was running.
     pub fn by(&self) -> &str {
         match self {
-            Self::Evaluation { by, .. } | Self::Reason { by, .. } => by,
+            Self::Evaluation { by, .. } | Self::Rule { by, .. } => by,
         }
     }
 }
@@ -62,10 +64,11 @@ impl Tracing {
         });
     }
 
-    pub(crate) fn reason(&self, text: String) {
-        self.push(Traced::Reason {
+    pub(crate) fn rule(&self, rule: &str, outcome: &str) {
+        self.push(Traced::Rule {
             by: self.running.clone(),
-            text,
+            rule: rule.to_owned(),
+            outcome: outcome.to_owned(),
         });
     }
 
