@@ -105,12 +105,13 @@ impl Conditions {
         self.mismatch(input).is_none()
     }
 
-    /// Why the request does not meet these conditions (route name aside),
-    /// or `None` when it does.
-    fn mismatch(&self, input: &RouteInput<'_>) -> Option<String> {
+    /// Which condition the request fails (route name aside), or `None`
+    /// when it meets them all. No allocation: this runs per request, per
+    /// entry tried.
+    fn mismatch(&self, input: &RouteInput<'_>) -> Option<Mismatch> {
         if let Some(want) = &self.host {
             let Some(host) = input.host.map(strip_port) else {
-                return Some("the request has no host".into());
+                return Some(Mismatch::Host);
             };
             let ok = match want {
                 HostMatch::Exact(h) => host.eq_ignore_ascii_case(h),
@@ -122,41 +123,71 @@ impl Conditions {
                 }
             };
             if !ok {
-                let want = match want {
-                    HostMatch::Exact(h) => h.clone(),
-                    HostMatch::Suffix(s) => format!("*{s}"),
-                };
-                return Some(format!("host {host:?} is not {want:?}"));
+                return Some(Mismatch::Host);
             }
         }
         if let Some(want) = &self.path {
             let Some(path) = input.path else {
-                return Some("the request has no path".into());
+                return Some(Mismatch::Path);
             };
             let path = path.split(['?', '#']).next().unwrap_or(path);
-            let why = match want {
-                PathMatch::Exact(p) if path != p => Some(format!("path {path:?} is not {p:?}")),
-                PathMatch::Prefix(p) if !path.starts_with(p.as_str()) => {
-                    Some(format!("path {path:?} does not start with {p:?}"))
-                }
-                PathMatch::Exact(_) | PathMatch::Prefix(_) => None,
+            let ok = match want {
+                PathMatch::Exact(p) => path == p,
+                PathMatch::Prefix(p) => path.starts_with(p.as_str()),
             };
-            if why.is_some() {
-                return why;
+            if !ok {
+                return Some(Mismatch::Path);
             }
         }
         let method_ok = self.methods.is_empty()
             || input
                 .method
                 .is_some_and(|m| self.methods.iter().any(|w| w == m));
-        (!method_ok).then(|| {
-            format!(
+        (!method_ok).then_some(Mismatch::Method)
+    }
+
+    /// `mismatch` in words, for `policy-tool explain`.
+    fn describe(&self, mismatch: Mismatch, input: &RouteInput<'_>) -> String {
+        match mismatch {
+            Mismatch::Host => {
+                let want = match &self.host {
+                    Some(HostMatch::Exact(h)) => h.clone(),
+                    Some(HostMatch::Suffix(s)) => format!("*{s}"),
+                    None => String::new(),
+                };
+                match input.host.map(strip_port) {
+                    Some(host) => format!("host {host:?} is not {want:?}"),
+                    None => "the request has no host".into(),
+                }
+            }
+            Mismatch::Path => {
+                let path = input.path.map(|p| p.split(['?', '#']).next().unwrap_or(p));
+                match (&self.path, path) {
+                    (_, None) => "the request has no path".into(),
+                    (Some(PathMatch::Exact(p)), Some(path)) => {
+                        format!("path {path:?} is not {p:?}")
+                    }
+                    (Some(PathMatch::Prefix(p)), Some(path)) => {
+                        format!("path {path:?} does not start with {p:?}")
+                    }
+                    (None, Some(_)) => String::new(),
+                }
+            }
+            Mismatch::Method => format!(
                 "method {:?} is not one of {}",
                 input.method.unwrap_or_default(),
                 self.methods.join(", ")
-            )
-        })
+            ),
+        }
     }
+}
+
+/// The condition of a route entry a request fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mismatch {
+    Host,
+    Path,
+    Method,
 }
 
 /// Why one route entry took a request or not: its name, and `None` if it
@@ -205,11 +236,14 @@ impl RouteTable {
         let mut verdicts = Vec::new();
         for entry in &self.entries {
             let conditions = &entry.conditions;
-            let why = conditions.mismatch(input).or_else(|| {
-                let want = conditions.route_name.as_deref()?;
-                (route_name != Some(want))
-                    .then(|| format!("Envoy's route name {route_name:?} is not {want:?}"))
-            });
+            let why = conditions
+                .mismatch(input)
+                .map(|m| conditions.describe(m, input))
+                .or_else(|| {
+                    let want = conditions.route_name.as_deref()?;
+                    (route_name != Some(want))
+                        .then(|| format!("Envoy's route name {route_name:?} is not {want:?}"))
+                });
             let matched = why.is_none();
             verdicts.push((entry.chain.name().to_owned(), why));
             if matched {

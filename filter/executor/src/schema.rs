@@ -384,9 +384,8 @@ impl Schema {
                 .filter(|a| **a != serde_json::json!({ "type": "null" }))
                 .collect();
             if let ([only], false) = (not_null.as_slice(), value.is_null()) {
-                return self.check(only, value, path);
-            }
-            if !alternatives
+                self.check(only, value, path)?;
+            } else if !alternatives
                 .iter()
                 .any(|a| self.check(a, value, &mut path.clone()).is_ok())
             {

@@ -50,9 +50,9 @@ impl Host for SharedHost {
 /// clusters, so the address only has to be well-formed.
 const OFFLINE_SERVICE: &str = "http://127.0.0.1:9";
 
-/// An engine for `config` on an offline host. Decisions are logged (all
-/// requests, every field) unless the configuration has its own
-/// `decision_log`: the log is how a case's decision and coverage are read.
+/// An engine for `config` on an offline host. Every request is logged with
+/// every field (the configuration's own expressions kept): the log is how
+/// a case's decision and coverage are read.
 pub fn offline_engine(
     registry: &Registry,
     config: &str,
@@ -60,9 +60,17 @@ pub fn offline_engine(
     let config = config
         .replace("{authz_uri}", OFFLINE_SERVICE)
         .replace("{ratelimit_uri}", OFFLINE_SERVICE);
+    // The tool reads each request's decision and each policy's from the
+    // log: it logs every request with every field, keeping the
+    // configuration's own expressions.
     let logged = match serde_yaml::from_str::<Value>(&config) {
-        Ok(Value::Object(mut document)) if !document.contains_key("decision_log") => {
-            document.insert("decision_log".into(), json!({}));
+        Ok(Value::Object(mut document)) => {
+            let expressions = document
+                .get("decision_log")
+                .and_then(|log| log.get("expressions"))
+                .cloned()
+                .unwrap_or_else(|| json!({}));
+            document.insert("decision_log".into(), json!({ "expressions": expressions }));
             Value::Object(document).to_string()
         }
         // Anything else is compiled as written, for its own errors.

@@ -142,7 +142,9 @@ pub fn run(
     sequence: u64,
     trace: bool,
 ) -> Result<Served, String> {
-    let now = request.clock.map_or_else(system_millis, |s| s * 1_000);
+    let now = request
+        .clock
+        .map_or_else(system_millis, |s| s.saturating_mul(1_000));
     host.set_now_millis(now);
     let body = request.body().unwrap_or_default();
     let headers = request_headers(request, sequence, body.len());
@@ -326,12 +328,17 @@ fn request_headers(request: &Request, sequence: u64, body_len: usize) -> Vec<(St
         (":method".to_owned(), request.method.clone()),
         (":scheme".to_owned(), "http".to_owned()),
     ];
+    // What Envoy's connection manager sets replaces the client's copy.
+    let set_by_envoy = ["host", "x-forwarded-proto", "x-request-id"];
     for (name, value) in pairs {
-        if !name.eq_ignore_ascii_case("host") {
+        if !set_by_envoy.iter().any(|n| name.eq_ignore_ascii_case(n)) {
             headers.push((name.to_owned(), value.to_owned()));
         }
     }
-    if body_len > 0 {
+    let has_length = headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("content-length"));
+    if body_len > 0 && !has_length {
         headers.push(("content-length".into(), body_len.to_string()));
     }
     headers.push(("x-forwarded-proto".into(), "http".into()));

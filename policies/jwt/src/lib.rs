@@ -95,6 +95,7 @@ struct Params {
     /// entry's name).
     realm: Option<String>,
     /// Longer tokens are refused unread (default 8192).
+    #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
     max_token_bytes: Option<usize>,
     /// Verified tokens kept per worker (default 1024; 0 disables).
     cache_size: Option<usize>,
@@ -266,6 +267,12 @@ fn parse(config: &serde_json::Value) -> Result<Jwt, ParamError> {
         if !asserted.contains(header) {
             asserted.push(header.clone());
         }
+    }
+    if params.max_token_bytes == Some(0) {
+        return Err(ParamError::at(
+            "max_token_bytes",
+            "must be at least 1 (0 would refuse every token)",
+        ));
     }
     Ok(Jwt {
         providers,
