@@ -53,6 +53,8 @@
 //!
 //! [`RENEW_EVERY`]: crate::remote::attempt::RENEW_EVERY
 
+mod body;
+pub use body::ChunkOutcome;
 mod response;
 mod waiting;
 
@@ -65,7 +67,9 @@ use crate::decision::{DecisionLog, PolicyDecision, Secrets, Verdict};
 use crate::expr::Expression;
 use crate::headers::{HeaderMap, HeaderMutations, HeaderName};
 use crate::metrics::{metrics, CalloutMetrics, ChainMetrics};
-use crate::policy::{Action, Context, LocalReply, Phases, Policy, ResponseAction, RouteInfo};
+use crate::policy::{
+    Action, Context, Direction, LocalReply, Phases, Policy, ResponseAction, RouteInfo,
+};
 use crate::remote::attempt::ANSWER_GRACE;
 use crate::remote::{duration_millis, Remote, RemoteSource, Step, WaitStep, Waiting};
 use waiting::{Pending, Rerun, WaitingOn};
@@ -116,6 +120,9 @@ pub struct Chain {
     /// Where the policies read credentials from, whatever the names: what
     /// the decision log looks for copies of.
     credential_locations: Vec<Location>,
+    /// The largest body a body phase takes: a request beyond it gets 413,
+    /// a response 502.
+    max_body_bytes: usize,
 }
 
 /// One policy of a chain, as tools list it.
@@ -127,21 +134,30 @@ pub struct PolicySummary {
     pub rules: Vec<String>,
 }
 
-/// Which bodies a chain must see whole. A headers-only chain needs neither,
-/// and the hosts then never buffer a body.
+/// Which bodies a chain reads, and how. A headers-only chain needs
+/// neither, and the hosts then never hold a body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct BodyNeeds {
-    /// Some policy has a request-body phase.
+    /// Some policy has a request-body phase: the host holds the request
+    /// until its body is whole ([`Exchange::on_request_body`]).
     pub request: bool,
-    /// Some policy has a response-body phase.
+    /// Some policy reads the response body.
     pub response: bool,
+    /// Every policy that reads the response body does so as it flows: the
+    /// host lets the response headers go on and gives each chunk to
+    /// [`Exchange::on_response_chunk`] rather than holding the body whole
+    /// for [`Exchange::on_response_body`].
+    pub response_streamed: bool,
 }
 
 impl Chain {
-    pub(crate) fn new(name: &str, entries: Vec<ChainEntry>) -> Self {
+    pub(crate) fn new(name: &str, entries: Vec<ChainEntry>, max_body_bytes: usize) -> Self {
         let phases = entries.iter().fold(Phases::NONE, |all, e| all | e.phases);
+        // A chain that reads the response body checks its encoding.
         let reads_response_headers = entries.iter().any(|e| {
-            e.phases.contains(Phases::RESPONSE_HEADERS) && e.policy.reads_response_headers()
+            (e.phases.contains(Phases::RESPONSE_HEADERS) && e.policy.reads_response_headers())
+                || e.phases.contains(Phases::RESPONSE_BODY)
+                || e.phases.contains(Phases::RESPONSE_BODY_STREAM)
         });
         let attributes = entries.iter().fold(AttributeSet::NONE, |all, e| {
             let guard = e
@@ -181,6 +197,7 @@ impl Chain {
             metrics,
             secret_headers,
             credential_locations,
+            max_body_bytes,
         }
     }
 
@@ -206,12 +223,20 @@ impl Chain {
         &self.name
     }
 
-    /// The bodies this chain needs buffered.
+    /// The bodies this chain reads, and how.
     pub fn body_needs(&self) -> BodyNeeds {
+        let whole = self.phases.contains(Phases::RESPONSE_BODY);
+        let streamed = self.phases.contains(Phases::RESPONSE_BODY_STREAM);
         BodyNeeds {
             request: self.phases.contains(Phases::REQUEST_BODY),
-            response: self.phases.contains(Phases::RESPONSE_BODY),
+            response: whole || streamed,
+            response_streamed: streamed && !whole,
         }
+    }
+
+    /// The largest body the chain's body phases take.
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes
     }
 
     /// The connection attributes the chain's expressions read.
@@ -222,8 +247,7 @@ impl Chain {
     /// Whether any policy acts on the response at all; if not, hosts need not
     /// even read the response headers.
     pub fn acts_on_response(&self) -> bool {
-        self.phases.contains(Phases::RESPONSE_HEADERS)
-            || self.phases.contains(Phases::RESPONSE_BODY)
+        self.phases.contains(Phases::RESPONSE_HEADERS) || self.body_needs().response
     }
 }
 
@@ -289,6 +313,9 @@ pub struct Exchange {
     /// The decision log and, per entry, what the policy did; `None` when
     /// the configuration logs no decisions (boxed: most requests have none).
     logging: Option<Box<Logging>>,
+    /// Body work: edits for the host, streams (boxed: most requests have
+    /// none).
+    bodies: Option<Box<body::Bodies>>,
 }
 
 struct Logging {
@@ -328,6 +355,7 @@ impl Exchange {
             pending: None,
             started_us,
             logging: None,
+            bodies: None,
         }
     }
 
@@ -416,12 +444,24 @@ impl Exchange {
 
     /// Runs the request-headers phase of the chain.
     pub fn on_request_headers(&mut self) -> Outcome {
-        self.run_request_phase(Phases::REQUEST_HEADERS, None, None)
+        if let Some(refused) = self.prepare_bodies() {
+            return refused;
+        }
+        self.run_request_phase(Phases::REQUEST_HEADERS, None)
     }
 
-    /// Runs the request-body phase over the whole request body.
+    /// Runs the request-body phase over the whole request body. A body
+    /// larger than the chain's `max_body_bytes` is answered 413. If a
+    /// policy replaced the body, [`Exchange::take_body_edit`] has it.
     pub fn on_request_body(&mut self, body: &[u8]) -> Outcome {
-        self.run_request_phase(Phases::REQUEST_BODY, Some(body), None)
+        if self.finished {
+            return Outcome::Continue(HeaderMutations::default());
+        }
+        if body.len() > self.chain.max_body_bytes {
+            return self.refuse_oversized(Direction::Request).into();
+        }
+        self.cx.set_body(Direction::Request, Arc::from(body));
+        self.run_request_phase(Phases::REQUEST_BODY, None)
     }
 
     /// Runs a request phase over the chain, or, after a wait, from the
@@ -431,7 +471,6 @@ impl Exchange {
     fn run_request_phase(
         &mut self,
         phase: Phases,
-        body: Option<&[u8]>,
         resume: Option<(usize, usize, Rerun)>,
     ) -> Outcome {
         if self.finished {
@@ -488,9 +527,13 @@ impl Exchange {
                 Some(Rerun::Refetched(source)) => self.cx.mark_refetched(&source),
                 None => {}
             }
-            let action = match body {
-                Some(body) => entry.policy.on_request_body(&mut self.cx, body),
-                None => entry.policy.on_request_headers(&mut self.cx),
+            let action = if phase == Phases::REQUEST_BODY {
+                let current = self.cx.body_bytes(Direction::Request);
+                let action = entry.policy.on_request_body(&mut self.cx, &current);
+                self.take_body_edit_of(Direction::Request);
+                action
+            } else {
+                entry.policy.on_request_headers(&mut self.cx)
             };
             self.cx.set_answer(None);
             match action {
@@ -511,7 +554,6 @@ impl Exchange {
                     self.pending = Some(Box::new(Pending {
                         position,
                         phase,
-                        body: body.map(<[u8]>::to_vec),
                         calls: calls + 1,
                         on: WaitingOn::Answer {
                             sent_at: self.cx.now_millis(),
@@ -530,13 +572,16 @@ impl Exchange {
                     );
                 }
                 Action::Refresh(source) => {
-                    match self.wait_for_document(position, phase, body, calls, source) {
+                    match self.wait_for_document(position, phase, calls, source) {
                         Ok(outcome) => return outcome,
                         // Nothing to wait for: the policy decides now.
                         Err(source) => rerun = Some(Rerun::Refetched(source)),
                     }
                 }
             }
+        }
+        if phase == Phases::REQUEST_BODY {
+            self.body_phase_done(Direction::Request);
         }
         // The request is through once its last request phase is.
         if phase == Phases::REQUEST_BODY || !chain.phases.contains(Phases::REQUEST_BODY) {

@@ -142,6 +142,17 @@ struct RawRoute {
     /// The chain: policies run in this order.
     #[serde(default)]
     policies: Vec<RawPolicy>,
+    /// The largest body the chain's body policies take (default 1 MiB): a
+    /// larger request gets 413, a larger response 502. Streamed response
+    /// bodies are never held whole and have no such limit.
+    #[serde(default = "default_max_body_bytes")]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
+    max_body_bytes: usize,
+}
+
+/// The default `max_body_bytes`: Envoy's default buffer limit.
+fn default_max_body_bytes() -> usize {
+    1 << 20
 }
 
 /// The conditions of a route entry.
@@ -299,7 +310,15 @@ fn compile_raw(raw: RawConfig, registry: &Registry) -> Result<RouteTable, Config
                 field: Some(format!("match.{field}")),
                 reason,
             })?;
-        let chain = compile_chain(&name, &label, route.policies, registry)?;
+        if route.max_body_bytes == 0 {
+            return Err(ConfigError {
+                route: Some(label),
+                policy: None,
+                field: Some("max_body_bytes".into()),
+                reason: "must be at least 1".into(),
+            });
+        }
+        let chain = compile_chain(&name, &label, route.policies, route.max_body_bytes, registry)?;
         names.push(name);
         entries.push(RouteEntry {
             conditions,
@@ -317,7 +336,13 @@ fn compile_raw(raw: RawConfig, registry: &Registry) -> Result<RouteTable, Config
             Unmatched::Deny(LocalReply::text(status, deny.body))
         }
         Some(RawUnmatched::Detailed(RawUnmatchedDetailed::Policies(policies))) => {
-            let chain = compile_chain("unmatched", "unmatched", policies, registry)?;
+            let chain = compile_chain(
+                "unmatched",
+                "unmatched",
+                policies,
+                default_max_body_bytes(),
+                registry,
+            )?;
             Unmatched::Chain(Arc::new(chain))
         }
     };
@@ -393,6 +418,7 @@ fn compile_chain(
     name: &str,
     route_label: &str,
     policies: Vec<RawPolicy>,
+    max_body_bytes: usize,
     registry: &Registry,
 ) -> Result<Chain, ConfigError> {
     let mut entries = Vec::with_capacity(policies.len());
@@ -446,5 +472,5 @@ fn compile_chain(
             guard,
         });
     }
-    Ok(Chain::new(name, entries))
+    Ok(Chain::new(name, entries, max_body_bytes))
 }

@@ -49,14 +49,20 @@ pub use check::{
 use bind::{header_key, host, path_and_query, response_code};
 use check::select_path;
 
-/// Which message an expression is evaluated on. Request expressions cannot
-/// read `response`: it does not exist yet.
+/// Which message an expression is evaluated on, and whether its body is
+/// there. Request expressions cannot read `response`: it does not exist
+/// yet; only body expressions read a body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// Evaluated in request phases (and `when:` guards).
+    /// Evaluated on the request headers (and `when:` guards).
     Request,
-    /// Evaluated in response phases.
+    /// Evaluated on the request once its whole body has arrived: what
+    /// `Request` reads, plus `request.body` and `request.json`.
+    RequestBody,
+    /// Evaluated on the response headers.
     Response,
+    /// Evaluated on the response once its whole body has arrived.
+    ResponseBody,
 }
 
 /// A compiled, checked CEL expression.
@@ -167,6 +173,13 @@ impl Expression {
         self.fields.attributes()
     }
 
+    /// Whether it reads the message's body (`request.body`,
+    /// `request.json`, or their `response` twins): a policy evaluates such
+    /// an expression in its body phase.
+    pub fn reads_body(&self) -> bool {
+        self.fields.has(Fields::BODIES)
+    }
+
     /// `Err` if the request gives a value this expression reads in two
     /// readings (see [`ambiguous`]): what makes every evaluation on it fail.
     pub fn check_unambiguous(&self, cx: &Context) -> Result<(), EvalError> {
@@ -251,6 +264,25 @@ impl Expression {
         }))
     }
 
+    /// Evaluates to a JSON value: what a body edit writes. Maps need
+    /// string keys; bytes and other CEL-only types are errors, and so is an
+    /// ambiguous request, as for [`Expression::evaluate_bool`].
+    pub fn evaluate_json(&self, cx: &Context) -> Result<serde_json::Value, EvalError> {
+        let result = self
+            .reads
+            .check(cx.request_headers())
+            .and_then(|()| self.evaluate(cx))
+            .and_then(|value| to_json(&value));
+        if let Some(tracing) = cx.tracing() {
+            let value = match &result {
+                Ok(json) => json.to_string(),
+                Err(e) => format!("error: {e}"),
+            };
+            tracing.record(&self.source, value, self.parts(cx));
+        }
+        result
+    }
+
     fn evaluate(&self, cx: &Context) -> Result<Value, EvalError> {
         if let Some(value) = &self.constant {
             return Ok(value.clone());
@@ -273,6 +305,38 @@ impl Expression {
     fn parts(&self, cx: &Context) -> Vec<(String, String)> {
         trace::parts(self.program.expression(), &self.activation(cx))
     }
+}
+
+/// A CEL value as JSON.
+fn to_json(value: &Value) -> Result<serde_json::Value, EvalError> {
+    use serde_json::Value as Json;
+    Ok(match value {
+        Value::Null => Json::Null,
+        Value::Bool(b) => Json::Bool(*b),
+        Value::Int(i) => Json::from(*i),
+        Value::UInt(u) => Json::from(*u),
+        Value::Float(f) => serde_json::Number::from_f64(*f)
+            .map(Json::Number)
+            .ok_or_else(|| EvalError(format!("{f} is not a JSON number")))?,
+        Value::String(s) => Json::String(s.as_ref().clone()),
+        Value::List(items) => Json::Array(items.iter().map(to_json).collect::<Result<_, _>>()?),
+        Value::Map(map) => {
+            let mut object = serde_json::Map::new();
+            for (key, value) in map.map.iter() {
+                let cel::objects::Key::String(key) = key else {
+                    return Err(EvalError("a JSON object's keys are strings".into()));
+                };
+                object.insert(key.as_ref().clone(), to_json(value)?);
+            }
+            Json::Object(object)
+        }
+        other => {
+            return Err(EvalError(format!(
+                "a {} has no JSON form",
+                other.type_of()
+            )))
+        }
+    })
 }
 
 /// The fast path's answer, or `None` where the interpreter must answer.
@@ -322,6 +386,13 @@ impl Fields {
     const RESPONSE_CODE: Self = Self(1 << 15);
     const RESPONSE_HEADERS: Self = Self(1 << 16);
     const JWT: Self = Self(1 << 17);
+    const REQUEST_BODY: Self = Self(1 << 18);
+    const REQUEST_JSON: Self = Self(1 << 19);
+    const RESPONSE_BODY: Self = Self(1 << 25);
+    const RESPONSE_JSON: Self = Self(1 << 26);
+    const BODIES: Self = Self(
+        Self::REQUEST_BODY.0 | Self::REQUEST_JSON.0 | Self::RESPONSE_BODY.0 | Self::RESPONSE_JSON.0,
+    );
     // Each root is bound when an expression names it, even if none of its
     // fields are present: `has(source.identity)` must be false, not an
     // undeclared variable.

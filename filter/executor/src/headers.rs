@@ -382,6 +382,12 @@ pub const FRAMING_HEADERS: [&str; 9] = [
 pub struct HeaderName(String);
 
 impl HeaderName {
+    /// A framing header the engine itself sets (`content-length` after a
+    /// body edit); never one a policy names.
+    pub(crate) fn engine_framing(name: &'static str) -> Self {
+        Self(name.to_owned())
+    }
+
     /// Validates `name` as an RFC 9110 token that is not a framing header,
     /// and lower-cases it.
     pub fn parse(name: &str) -> Result<Self, InvalidHeader> {

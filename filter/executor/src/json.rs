@@ -23,6 +23,8 @@
 //! `Role`, one key to ASP.NET's default binding), and integers past 2^53,
 //! which JavaScript readers round.
 
+pub mod pointer;
+
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;

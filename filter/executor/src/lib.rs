@@ -63,7 +63,9 @@ pub use attributes::{
 pub use callout::{
     Answer, Call, CallFailure, CallRequest, CallResponse, Host, Service, SharedError,
 };
-pub use chain::{BodyNeeds, Chain, Exchange, Outcome, PolicySummary, ResponseOutcome, Wait};
+pub use chain::{
+    BodyNeeds, Chain, ChunkOutcome, Exchange, Outcome, PolicySummary, ResponseOutcome, Wait,
+};
 pub use config::ConfigError;
 pub use expr::{EvalError, Expression, ExpressionError, Phase, JWT_CLAIMS};
 pub use headers::{
@@ -71,7 +73,8 @@ pub use headers::{
     RequestTarget,
 };
 pub use policy::{
-    Action, Context, LocalReply, Metadata, Phases, Policy, ResponseAction, RouteInfo,
+    Action, Body, BodyStream, Context, LocalReply, Metadata, Phases, Policy, ResponseAction,
+    RouteInfo,
 };
 pub use registry::{
     check_reply_status, parse_duration, parse_header_map, parse_header_names, parse_params, Build,

@@ -5,6 +5,7 @@
 //! immutable, by every request on every worker (`Send + Sync`). Everything a
 //! request carries lives in the [`Context`] passed to each phase.
 
+use std::cell::OnceCell;
 use std::collections::BTreeMap;
 use std::ops::BitOr;
 use std::sync::Arc;
@@ -32,6 +33,13 @@ impl Phases {
     pub const RESPONSE_HEADERS: Self = Self(1 << 2);
     /// The whole response body (buffered).
     pub const RESPONSE_BODY: Self = Self(1 << 3);
+    /// The response body as it flows, chunk by chunk, through a
+    /// [`BodyStream`] the policy gives per response
+    /// ([`Policy::response_body_stream`]). A chain whose response-body
+    /// policies all stream never holds the response whole; one that also
+    /// has a [`Phases::RESPONSE_BODY`] policy buffers it and gives each
+    /// stream the whole body as one chunk.
+    pub const RESPONSE_BODY_STREAM: Self = Self(1 << 4);
 
     /// The header phases of a policy that may have work on the request, the
     /// response, both or neither.
@@ -150,6 +158,55 @@ pub(crate) enum Direction {
     Response,
 }
 
+/// A whole message body as body phases see it: its bytes, after the edits
+/// of the policies before, and its JSON, read at most once.
+#[derive(Debug)]
+pub struct Body {
+    bytes: Arc<[u8]>,
+    json: OnceCell<Result<serde_json::Value, String>>,
+}
+
+impl Body {
+    pub(crate) fn new(bytes: Arc<[u8]>) -> Self {
+        Self {
+            bytes,
+            json: OnceCell::new(),
+        }
+    }
+
+    /// The bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The body as JSON, read the one strict way ([`crate::json::parse`])
+    /// on first use; why not, for an empty body or one that is not such
+    /// JSON.
+    pub fn json(&self) -> Result<&serde_json::Value, &str> {
+        self.json
+            .get_or_init(|| {
+                if self.bytes.iter().all(u8::is_ascii_whitespace) {
+                    return Err("the body is empty".to_owned());
+                }
+                crate::json::parse(&self.bytes).map_err(|e| format!("the body is not JSON: {e}"))
+            })
+            .as_ref()
+            .map_err(String::as_str)
+    }
+}
+
+/// A policy's work on one response body as it flows: given each chunk in
+/// turn, it returns what to pass on now. It may hold bytes back (a match
+/// may continue in the next chunk) and must pass everything on by the last
+/// chunk (`end`). Memory it holds must stay bounded whatever the upstream
+/// sends. An `Err` replaces the response if the client has not had any of
+/// it yet, and otherwise resets the stream: either way the bytes it could
+/// not pass never reach the client.
+pub trait BodyStream: Send {
+    /// Takes the next chunk.
+    fn push(&mut self, cx: &mut Context, chunk: &[u8], end: bool) -> Result<Vec<u8>, LocalReply>;
+}
+
 /// Everything one request carries through its chain.
 #[derive(Debug)]
 pub struct Context {
@@ -170,6 +227,12 @@ pub struct Context {
     /// The expressions evaluated, on a request a host traces
     /// ([`crate::Exchange::trace`]).
     tracing: Option<Box<crate::expr::trace::Tracing>>,
+    /// The whole request body, during the request-body phase.
+    request_body: Option<Box<Body>>,
+    /// The whole response body, during the response-body phase.
+    response_body: Option<Box<Body>>,
+    /// The body the running policy wrote ([`Context::replace_body`]).
+    body_edit: Option<Vec<u8>>,
 }
 
 impl Context {
@@ -191,6 +254,9 @@ impl Context {
             refetched: Vec::new(),
             answer: None,
             tracing: None,
+            request_body: None,
+            response_body: None,
+            body_edit: None,
         }
     }
 
@@ -317,6 +383,53 @@ impl Context {
             .unwrap_or("-")
     }
 
+    /// The headers of the message in the current phase: the request's in
+    /// request phases, the response's in response phases.
+    pub fn message_headers(&self) -> &HeaderMap {
+        match self.direction {
+            Direction::Request => &self.request,
+            Direction::Response => &self.response,
+        }
+    }
+
+    /// The whole body of the message in the current body phase, with the
+    /// edits of the policies before; `None` outside body phases.
+    pub fn body(&self) -> Option<&Body> {
+        self.body_of(self.direction)
+    }
+
+    pub(crate) fn body_of(&self, direction: Direction) -> Option<&Body> {
+        match direction {
+            Direction::Request => self.request_body.as_deref(),
+            Direction::Response => self.response_body.as_deref(),
+        }
+    }
+
+    /// Replaces the body of the message in the current body phase: later
+    /// policies see the new one, and the host sends it on with its
+    /// `content-length` set.
+    pub fn replace_body(&mut self, bytes: Vec<u8>) {
+        self.body_edit = Some(bytes);
+    }
+
+    pub(crate) fn set_body(&mut self, direction: Direction, bytes: Arc<[u8]>) {
+        let body = Some(Box::new(Body::new(bytes)));
+        match direction {
+            Direction::Request => self.request_body = body,
+            Direction::Response => self.response_body = body,
+        }
+    }
+
+    /// The bytes of the current body phase's body (empty outside one).
+    pub(crate) fn body_bytes(&self, direction: Direction) -> Arc<[u8]> {
+        self.body_of(direction)
+            .map_or_else(|| Arc::from(&[][..]), |b| Arc::clone(&b.bytes))
+    }
+
+    pub(crate) fn take_body_edit(&mut self) -> Option<Vec<u8>> {
+        self.body_edit.take()
+    }
+
     /// Edits the headers of the message in the current phase: the request in
     /// request phases, the response in response phases.
     pub fn headers_mut(&mut self) -> HeadersMut<'_> {
@@ -438,6 +551,12 @@ pub trait Policy: Send + Sync {
     /// Runs once the whole response body has arrived.
     fn on_response_body(&self, _cx: &mut Context, _body: &[u8]) -> ResponseAction {
         ResponseAction::Continue
+    }
+
+    /// A new stream over one response's body, for a policy with the
+    /// [`Phases::RESPONSE_BODY_STREAM`] phase.
+    fn response_body_stream(&self) -> Option<Box<dyn BodyStream>> {
+        None
     }
 }
 

@@ -124,7 +124,8 @@ pub fn check_definition(factory: PolicyFactory, dir: &Path) -> Result<(), String
             Some("request_headers") => Ok(Phases::REQUEST_HEADERS),
             Some("request_body") => Ok(Phases::REQUEST_BODY),
             Some("response_headers") => Ok(Phases::RESPONSE_HEADERS),
-            Some("response_body") => Ok(Phases::RESPONSE_BODY),
+            // Whole or as it flows: the same phase to a deployer.
+            Some("response_body") => Ok(Phases::RESPONSE_BODY | Phases::RESPONSE_BODY_STREAM),
             _ => Err(format!("policy.yaml: unknown phase {phase}")),
         })
         .try_fold(Phases::NONE, |all, phase| phase.map(|p| all | p))?;

@@ -577,7 +577,7 @@ fn a_bad_guard_is_refused_with_route_policy_and_expression() {
     );
     assert_eq!(
         error,
-        r#"invalid plugin configuration: route routes[0] "api", policy policies[0] probe@1.0.0, field when: expression "request.pth == \"/\"": unknown attribute `request.pth`; `request` has method, path, query, host, scheme, headers"#
+        r#"invalid plugin configuration: route routes[0] "api", policy policies[0] probe@1.0.0, field when: expression "request.pth == \"/\"": unknown attribute `request.pth`; `request` has method, path, query, host, scheme, headers, body, json"#
     );
     let error = config_error(
         r#"routes: [{policies: [{name: probe, config: {id: a}, when: 'request.path =='}]}]"#,

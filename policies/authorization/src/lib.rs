@@ -28,6 +28,13 @@
 //! request: a failing `deny` or `require` rule denies, and a failing `allow`
 //! rule does not allow. Every decision is logged at debug level with the
 //! route, the rule, the outcome and the caller.
+//!
+//! # Bodies
+//!
+//! A rule may read the request body (`request.json.model == "small"`).
+//! Then every rule is judged once the whole body has arrived, before the
+//! upstream sees any of the request; a body that is not JSON makes
+//! `request.json` unreadable, which fails closed as above.
 
 use std::collections::BTreeMap;
 
@@ -129,6 +136,9 @@ struct Rule {
 }
 
 struct Authorization {
+    /// Some rule reads the request body: the rules are judged once it has
+    /// arrived.
+    on_body: bool,
     rules: Vec<Rule>,
     default: Default,
     denial: LocalReply,
@@ -156,7 +166,7 @@ fn build(config: &serde_json::Value) -> Result<Box<dyn Policy>, ParamError> {
             Kind::Deny => "deny",
             Kind::Require => "require",
         };
-        let condition = Expression::compile(&source, Phase::Request)
+        let condition = Expression::compile(&source, Phase::RequestBody)
             .map_err(|e| ParamError::at(format!("{field}.{key}"), e))?;
         rules.push(Rule {
             label: raw.name.unwrap_or(field),
@@ -178,7 +188,11 @@ fn build(config: &serde_json::Value) -> Result<Box<dyn Policy>, ParamError> {
     let attributes = rules
         .iter()
         .fold(AttributeSet::NONE, |all, r| all | r.condition.attributes());
+    // One rule on the body makes all of them wait for it: the verdict
+    // weighs every rule together.
+    let on_body = rules.iter().any(|r| r.condition.reads_body());
     Ok(Box::new(Authorization {
+        on_body,
         rules,
         default: params.default,
         denial,
@@ -243,7 +257,11 @@ impl Policy for Authorization {
     }
 
     fn phases(&self) -> Phases {
-        Phases::REQUEST_HEADERS
+        if self.on_body {
+            Phases::REQUEST_BODY
+        } else {
+            Phases::REQUEST_HEADERS
+        }
     }
 
     fn attributes(&self) -> AttributeSet {
@@ -251,6 +269,16 @@ impl Policy for Authorization {
     }
 
     fn on_request_headers(&self, cx: &mut Context) -> Action {
+        self.judge(cx)
+    }
+
+    fn on_request_body(&self, cx: &mut Context, _body: &[u8]) -> Action {
+        self.judge(cx)
+    }
+}
+
+impl Authorization {
+    fn judge(&self, cx: &mut Context) -> Action {
         let verdict = self.decide(cx);
         cx.explain_rule(
             verdict.why,

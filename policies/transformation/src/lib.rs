@@ -30,6 +30,15 @@
 //!   a computed host is made canonical like a request's; otherwise the
 //!   request is refused the same way.
 //!
+//! # Bodies
+//!
+//! An expression may read the body: `request.json.model`, `response.body`.
+//! Then that section's edits all wait for the whole body (up to the route
+//! entry's `max_body_bytes`) and apply before the message goes on, so a
+//! header can carry a field of the body: `set: { x-model:
+//! 'request.json.model' }`. A body that is not JSON makes `request.json`
+//! unreadable, and the header is removed as above.
+//!
 //! Use a `when:` guard or an `authorization` policy where a missing value
 //! must stop the request with another status.
 //!
@@ -127,7 +136,7 @@ fn compile(section: &str, phase: Phase, raw: RawEdits) -> Result<Edits, ParamErr
     ] {
         let Some(source) = source else { continue };
         let field = format!("{section}.{kind}");
-        if phase == Phase::Response {
+        if phase == Phase::ResponseBody {
             return Err(ParamError::at(field, "only the request can be rewritten"));
         }
         *into = Some(expression(field, &source)?);
@@ -277,12 +286,12 @@ fn build(config: &serde_json::Value) -> Result<Box<dyn Policy>, ParamError> {
     let params: Params = parse_params(config)?;
     let request = compile(
         "request",
-        Phase::Request,
+        Phase::RequestBody,
         params.request.unwrap_or_default(),
     )?;
     let response = compile(
         "response",
-        Phase::Response,
+        Phase::ResponseBody,
         params.response.unwrap_or_default(),
     )?;
     let attributes = request
@@ -298,7 +307,23 @@ fn build(config: &serde_json::Value) -> Result<Box<dyn Policy>, ParamError> {
 
 impl Policy for Transformation {
     fn phases(&self) -> Phases {
-        Phases::headers(!self.request.is_empty(), !self.response.is_empty())
+        // Edits that read a body wait for it, all of them together: a
+        // later edit may read a header an earlier one set.
+        let phase = |edits: &Edits, headers: Phases, body: Phases| {
+            if edits.is_empty() {
+                Phases::NONE
+            } else if edits.expressions().any(Expression::reads_body) {
+                body
+            } else {
+                headers
+            }
+        };
+        phase(&self.request, Phases::REQUEST_HEADERS, Phases::REQUEST_BODY)
+            | phase(
+                &self.response,
+                Phases::RESPONSE_HEADERS,
+                Phases::RESPONSE_BODY,
+            )
     }
 
     fn attributes(&self) -> AttributeSet {
@@ -319,7 +344,15 @@ impl Policy for Transformation {
         self.request.apply(cx).into()
     }
 
+    fn on_request_body(&self, cx: &mut Context, _body: &[u8]) -> Action {
+        self.request.apply(cx).into()
+    }
+
     fn on_response_headers(&self, cx: &mut Context) -> ResponseAction {
+        self.response.apply(cx)
+    }
+
+    fn on_response_body(&self, cx: &mut Context, _body: &[u8]) -> ResponseAction {
         self.response.apply(cx)
     }
 }

@@ -12,6 +12,9 @@ impl Exchange {
             return ResponseOutcome::Continue(HeaderMutations::default());
         }
         self.cx.begin_response(headers);
+        if let Some(refused) = self.check_response_framing() {
+            return refused;
+        }
         let replied = run_response_phase(
             &self.chain,
             &mut self.cx,
@@ -23,20 +26,26 @@ impl Exchange {
         self.outcome_of(replied)
     }
 
-    /// Runs the response-body phase over the whole upstream response body.
+    /// Runs the response-body phase over the whole upstream response body
+    /// (streamed policies take it as one chunk). A body larger than the
+    /// chain's `max_body_bytes` is replaced with 502. If a policy replaced
+    /// the body, [`Exchange::take_body_edit`] has it.
     pub fn on_response_body(&mut self, body: &[u8]) -> ResponseOutcome {
         if self.finished {
             return ResponseOutcome::Continue(HeaderMutations::default());
         }
-        let replied = run_response_phase(
-            &self.chain,
-            &mut self.cx,
-            &self.skipped,
-            self.passed,
-            Phases::RESPONSE_BODY,
-            |p, cx| p.on_response_body(cx, body),
-        );
-        self.outcome_of(replied)
+        if body.len() > self.chain.max_body_bytes {
+            return self.refuse_oversized(Direction::Response);
+        }
+        match self.run_whole_response_body(self.passed, body.to_vec()) {
+            Ok((body, edited)) => {
+                if edited {
+                    self.hand_over_edit(body);
+                }
+                self.outcome_of(None)
+            }
+            Err(replied) => self.outcome_of(Some(replied)),
+        }
     }
 
     /// Turns the result of a phase into an outcome; a reply first goes
@@ -58,22 +67,13 @@ impl Exchange {
                 Phases::RESPONSE_HEADERS,
                 |p, cx| p.on_response_headers(cx),
             )
-            .or_else(|| {
-                run_response_phase(
-                    &self.chain,
-                    &mut self.cx,
-                    &self.skipped,
-                    outer,
-                    Phases::RESPONSE_BODY,
-                    |p, cx| p.on_response_body(cx, &body),
-                )
-            });
+            .map_or_else(|| self.run_whole_response_body(outer, body), Err);
             match again {
-                Some((position, replacement)) => {
+                Err((position, replacement)) => {
                     outer = position;
                     reply = replacement;
                 }
-                None => {
+                Ok((body, _)) => {
                     reply.body = body;
                     break;
                 }

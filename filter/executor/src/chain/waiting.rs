@@ -10,8 +10,6 @@ use super::*;
 pub(super) struct Pending {
     pub(super) position: usize,
     pub(super) phase: Phases,
-    /// The request body, for a rerun of the body phase.
-    pub(super) body: Option<Vec<u8>>,
     /// Calls this policy made in this phase so far.
     pub(super) calls: usize,
     pub(super) on: WaitingOn,
@@ -133,11 +131,11 @@ impl Exchange {
         let Pending {
             position,
             phase,
-            body,
             calls,
             ..
         } = pending;
-        self.run_request_phase(phase, body.as_deref(), Some((position, calls, rerun)))
+        // The body phase's body (edits included) waited in the context.
+        self.run_request_phase(phase, Some((position, calls, rerun)))
     }
 
     /// Sends the request's W3C trace context (`traceparent`, with its
@@ -177,7 +175,6 @@ impl Exchange {
         &mut self,
         position: usize,
         phase: Phases,
-        body: Option<&[u8]>,
         calls: usize,
         source: RemoteSource,
     ) -> Result<Outcome, RemoteSource> {
@@ -199,7 +196,6 @@ impl Exchange {
         self.pending = Some(Box::new(Pending {
             position,
             phase,
-            body: body.map(<[u8]>::to_vec),
             calls,
             on: WaitingOn::Document { source, waiting },
         }));

@@ -59,6 +59,12 @@ pub(super) fn bind<'a>(fields: Fields, cx: &'a Context) -> Vars<'a> {
     record.put(fields, Fields::REQUEST_HEADERS, "headers", || {
         Some(header_map(request))
     });
+    if let Some(body) = cx.body_of(crate::policy::Direction::Request) {
+        record.put(fields, Fields::REQUEST_BODY, "body", || Some(body_val(body)));
+        record.put(fields, Fields::REQUEST_JSON, "json", || {
+            body.json().ok().map(json_to_cel)
+        });
+    }
     record.bind(fields, Fields::REQUEST, "request", &mut vars);
 
     let connection = cx.connection();
@@ -133,6 +139,12 @@ pub(super) fn bind<'a>(fields: Fields, cx: &'a Context) -> Vars<'a> {
     record.put(fields, Fields::RESPONSE_HEADERS, "headers", || {
         Some(header_map(response))
     });
+    if let Some(body) = cx.body_of(crate::policy::Direction::Response) {
+        record.put(fields, Fields::RESPONSE_BODY, "body", || Some(body_val(body)));
+        record.put(fields, Fields::RESPONSE_JSON, "json", || {
+            body.json().ok().map(json_to_cel)
+        });
+    }
     record.bind(fields, Fields::RESPONSE, "response", &mut vars);
     vars
 }
@@ -170,6 +182,14 @@ impl<'a> Record<'a> {
 
 fn text(value: Option<&str>) -> Option<Val<'_>> {
     value.map(|s| Box::new(CelString::from(s)) as Val<'_>)
+}
+
+/// A body as a CEL string, or bytes when it is not UTF-8.
+fn body_val(body: &crate::policy::Body) -> Val<'_> {
+    match std::str::from_utf8(body.bytes()) {
+        Ok(text) => Box::new(CelString::from(text)),
+        Err(_) => Box::new(cel::common::types::CelBytes::from(body.bytes())),
+    }
 }
 
 fn int<'a>(value: i64) -> Val<'a> {

@@ -267,7 +267,7 @@ impl Check {
                 vocabulary::roots().collect::<Vec<_>>().join(", ")
             ));
         };
-        if name.phases == vocabulary::Phases::Response && self.phase == Phase::Request {
+        if !name.phases.readable_in(self.phase) {
             return Err(format!(
                 "`{root}` is not available here: this expression runs on the request"
             ));
@@ -294,7 +294,18 @@ impl Check {
                 }
             }
         }
-        self.fields = self.fields.with(vocabulary::fields_under(&current));
+        match vocabulary::lookup(&current) {
+            Some(name) if !name.phases.readable_in(self.phase) => {
+                return Err(format!(
+                    "`{current}` is not available here: {}",
+                    unavailable_because(self.phase)
+                ));
+            }
+            _ => {}
+        }
+        // A whole record (`request`) leaves out what this phase cannot read.
+        let readable = vocabulary::fields_under_readable(&current, self.phase);
+        self.fields = self.fields.with(readable);
         if let ("request" | "response", ["headers", name, ..]) = (root, path) {
             check_header_key(name)?;
         }
@@ -302,6 +313,19 @@ impl Check {
             self.reads.note(path, key.as_deref());
         }
         Ok(())
+    }
+}
+
+/// Why a name of another phase cannot be read in `phase`.
+fn unavailable_because(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Request => {
+            "this expression runs on the request headers; only policies that run on \
+             the body (authorization, transformation) read it"
+        }
+        Phase::RequestBody => "this expression runs on the request",
+        Phase::Response => "this expression runs on the response headers",
+        Phase::ResponseBody => "this expression runs on the response",
     }
 }
 

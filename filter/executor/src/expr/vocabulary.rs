@@ -28,6 +28,25 @@ pub enum Phases {
     Both,
     /// In response expressions only.
     Response,
+    /// In expressions evaluated on the whole request body (see
+    /// [`super::Phase::RequestBody`]).
+    RequestBody,
+    /// In expressions evaluated on the whole response body.
+    ResponseBody,
+}
+
+impl Phases {
+    /// Whether a name of these phases can be read by an expression
+    /// compiled for `phase`.
+    pub fn readable_in(self, phase: super::Phase) -> bool {
+        use super::Phase as P;
+        match self {
+            Self::Both => true,
+            Self::Response => matches!(phase, P::Response | P::ResponseBody),
+            Self::RequestBody => phase == P::RequestBody,
+            Self::ResponseBody => phase == P::ResponseBody,
+        }
+    }
 }
 
 /// One name of the vocabulary.
@@ -71,6 +90,10 @@ const fn response(name: Name) -> Name {
     }
 }
 
+const fn on_body(phases: Phases, name: Name) -> Name {
+    Name { phases, ..name }
+}
+
 use Shape::{Map, Record, Scalar};
 
 /// Every name. Both hosts (the Wasm filter and the ext_proc shim) give
@@ -96,6 +119,20 @@ pub const VOCABULARY: &[Name] = &[
         Fields::REQUEST_HEADERS,
         "The request headers: lower-case names, `_` read as `-`. A header the expression reads that the request sends more than once is an error (see [Read one way](security.md#read-one-way)).",
     ),
+    on_body(Phases::RequestBody, name(
+        "request.body",
+        Scalar,
+        "string",
+        Fields::REQUEST_BODY,
+        "The whole request body as text (bytes if it is not UTF-8), after the edits of earlier policies. Read by policies that run on the body (`authorization`, `transformation`), which then hold the request until it has arrived, up to the route entry's `max_body_bytes`.",
+    )),
+    on_body(Phases::RequestBody, name(
+        "request.json",
+        Map,
+        "dyn",
+        Fields::REQUEST_JSON,
+        "The request body as JSON, read once per request the strict way (UTF-8, no duplicate keys in any spelling, at most 64 levels): `request.json.model`. A body that is empty or not such JSON leaves it unbound, so reading it is an error (which fails closed).",
+    )),
     name("source", Record, "map", Fields::SOURCE, "The peer of the connection, as Envoy saw it."),
     name("source.address", Scalar, "string", Fields::SOURCE_ADDRESS, "The peer's IP address."),
     name("source.port", Scalar, "int", Fields::SOURCE_PORT, "The peer's port."),
@@ -115,6 +152,8 @@ pub const VOCABULARY: &[Name] = &[
     response(name("response", Record, "map", Fields::RESPONSE, "The upstream's response (or a local reply).")),
     response(name("response.code", Scalar, "int", Fields::RESPONSE_CODE, "The status.")),
     response(name("response.headers", Map, "map(string, string)", Fields::RESPONSE_HEADERS, "The response headers, lower-case names.")),
+    on_body(Phases::ResponseBody, name("response.body", Scalar, "string", Fields::RESPONSE_BODY, "The whole response body as text (bytes if it is not UTF-8).")),
+    on_body(Phases::ResponseBody, name("response.json", Map, "dyn", Fields::RESPONSE_JSON, "The response body as JSON, read as `request.json` is.")),
 ];
 
 /// The name at `path`.
@@ -130,15 +169,25 @@ pub fn roots() -> impl Iterator<Item = &'static str> {
         .filter(|p| !p.contains('.'))
 }
 
+/// The names at `path` and below it.
+fn at_and_under(path: &str) -> impl Iterator<Item = &'static Name> + '_ {
+    VOCABULARY.iter().filter(move |n| {
+        n.path
+            .strip_prefix(path)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+    })
+}
+
 /// The fields read by using `path` whole: its own and everything below.
 pub(super) fn fields_under(path: &str) -> Fields {
-    VOCABULARY
-        .iter()
-        .filter(|n| {
-            n.path
-                .strip_prefix(path)
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
-        })
+    at_and_under(path).fold(Fields::NONE, |all, n| all.with(n.fields))
+}
+
+/// The fields read by using `path` whole in `phase`: those of
+/// [`fields_under`] that `phase` can read.
+pub(super) fn fields_under_readable(path: &str, phase: super::Phase) -> Fields {
+    at_and_under(path)
+        .filter(|n| n.phases.readable_in(phase))
         .fold(Fields::NONE, |all, n| all.with(n.fields))
 }
 
@@ -170,6 +219,8 @@ pub fn markdown_table() -> String {
         let phases = match name.phases {
             Phases::Both => "requests, responses",
             Phases::Response => "responses",
+            Phases::RequestBody => "request bodies",
+            Phases::ResponseBody => "response bodies",
         };
         table.push_str(&format!(
             "| `{}` | {} | {phases} | {} |\n",
@@ -240,7 +291,15 @@ mod tests {
             crate::JWT_CLAIMS.into(),
             serde_json::json!({ "sub": "alice" }),
         );
+        cx.set_body(
+            crate::policy::Direction::Request,
+            std::sync::Arc::from(&br#"{"model": "small"}"#[..]),
+        );
         cx.begin_response(HeaderMap::from_pairs([(":status", "200"), ("x-b", "2")]));
+        cx.set_body(
+            crate::policy::Direction::Response,
+            std::sync::Arc::from(&b"[1]"[..]),
+        );
         cx
     }
 
@@ -252,6 +311,7 @@ mod tests {
             "string" => format!("{path} + \"\" == {path}"),
             "int" => format!("{path} + 0 == {path}"),
             "bool" => format!("{path} || !{path}"),
+            "dyn" => format!("{path} == {path}"),
             map if map.starts_with("map") => format!("size({path}) >= 0"),
             other => panic!("{path}: no check for type {other}"),
         }
@@ -264,6 +324,8 @@ mod tests {
             let phase = match name.phases {
                 Phases::Both => Phase::Request,
                 Phases::Response => Phase::Response,
+                Phases::RequestBody => Phase::RequestBody,
+                Phases::ResponseBody => Phase::ResponseBody,
             };
             let source = typed(name);
             let expression = Expression::compile(&source, phase)
@@ -278,14 +340,20 @@ mod tests {
     }
 
     #[test]
-    fn response_names_are_refused_on_the_request() {
-        for name in VOCABULARY.iter().filter(|n| n.phases == Phases::Response) {
-            assert!(
-                Expression::compile(&typed(name), Phase::Request).is_err(),
-                "{}",
-                name.path
-            );
+    fn names_are_refused_where_they_cannot_be_read() {
+        let phases = [Phase::Request, Phase::RequestBody, Phase::Response, Phase::ResponseBody];
+        for name in VOCABULARY {
+            for phase in phases {
+                assert_eq!(
+                    Expression::compile(&typed(name), phase).is_ok(),
+                    name.phases.readable_in(phase),
+                    "{} in {phase:?}",
+                    name.path
+                );
+            }
         }
+        // A whole record leaves out the body where it cannot be read.
+        assert!(Expression::compile("size(request) > 0", Phase::Request).is_ok());
     }
 
     #[test]
