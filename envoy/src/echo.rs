@@ -8,18 +8,26 @@
 //! Repeated headers are joined with `,`. It also counts requests, so a test
 //! can prove that a short-circuited request never reached it, and a request
 //! carrying `x-echo-respond-with: TEXT` gets `TEXT` back as a `text/plain`
-//! body instead, for tests of policies that inspect responses.
+//! body instead, for tests of policies that inspect responses. In `TEXT`,
+//! `\n` stands for a newline (a header cannot hold one, an SSE stream
+//! needs them). With it, `x-echo-content-type` sets the content type,
+//! `x-echo-content-encoding` a content encoding (the body is sent as
+//! given), and `x-echo-chunk-bytes: N` sends the body in chunks of N
+//! bytes, a few milliseconds apart, without a content length.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Bytes, Frame, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
@@ -42,6 +50,7 @@ impl EchoUpstream {
         let addr = listener.local_addr()?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
+            .enable_time()
             .build()?;
         let requests = Arc::new(AtomicU64::new(0));
         let (shutdown, stop) = oneshot::channel();
@@ -119,13 +128,112 @@ async fn serve(
 /// Asks the echo upstream to answer with the header's value as a plain body.
 pub const RESPOND_WITH: &str = "x-echo-respond-with";
 
-async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+/// A body sent in parts, a few milliseconds apart (or all at once).
+pub struct Chunks {
+    parts: VecDeque<Bytes>,
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The size is known: one part, sent with its content length.
+    whole: bool,
+}
+
+impl Chunks {
+    fn whole(body: Bytes) -> Self {
+        Self {
+            parts: VecDeque::from([body]),
+            pause: None,
+            whole: true,
+        }
+    }
+
+    fn split(body: &[u8], size: usize) -> Self {
+        Self {
+            parts: body
+                .chunks(size.max(1))
+                .map(Bytes::copy_from_slice)
+                .collect(),
+            pause: None,
+            whole: false,
+        }
+    }
+}
+
+impl Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if let Some(pause) = self.pause.as_mut() {
+            if pause.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.pause = None;
+        }
+        let Some(part) = self.parts.pop_front() else {
+            return Poll::Ready(None);
+        };
+        if !self.parts.is_empty() {
+            self.pause = Some(Box::pin(tokio::time::sleep(
+                std::time::Duration::from_millis(2),
+            )));
+        }
+        Poll::Ready(Some(Ok(Frame::data(part))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match (self.whole, self.parts.front()) {
+            (true, Some(part)) => hyper::body::SizeHint::with_exact(part.len() as u64),
+            (true, None) => hyper::body::SizeHint::with_exact(0),
+            (false, _) => hyper::body::SizeHint::default(),
+        }
+    }
+}
+
+/// Asks for the answer's content type, with `x-echo-respond-with`.
+pub const CONTENT_TYPE: &str = "x-echo-content-type";
+/// Asks for a `content-encoding` on the answer.
+pub const CONTENT_ENCODING: &str = "x-echo-content-encoding";
+/// Asks for the answer in chunks of this many bytes.
+pub const CHUNK_BYTES: &str = "x-echo-chunk-bytes";
+
+/// The canned answer's bytes: `\n` is a newline.
+pub fn canned_body(text: &[u8]) -> Vec<u8> {
+    String::from_utf8_lossy(text)
+        .replace("\\n", "\n")
+        .into_bytes()
+}
+
+async fn echo(req: Request<Incoming>) -> Result<Response<Chunks>, Infallible> {
     if let Some(text) = req.headers().get(RESPOND_WITH) {
-        let mut response = Response::new(Full::new(Bytes::copy_from_slice(text.as_bytes())));
-        response.headers_mut().insert(
-            hyper::header::CONTENT_TYPE,
-            hyper::header::HeaderValue::from_static("text/plain"),
-        );
+        let body = canned_body(text.as_bytes());
+        let chunk = req
+            .headers()
+            .get(CHUNK_BYTES)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        let body = match chunk {
+            Some(size) => Chunks::split(&body, size),
+            None => Chunks::whole(Bytes::from(body)),
+        };
+        let mut response = Response::new(body);
+        let content_type = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .cloned()
+            .unwrap_or(hyper::header::HeaderValue::from_static("text/plain"));
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, content_type);
+        if let Some(encoding) = req.headers().get(CONTENT_ENCODING) {
+            response
+                .headers_mut()
+                .insert(hyper::header::CONTENT_ENCODING, encoding.clone());
+        }
         return Ok(response);
     }
     let method = req.method().to_string();
@@ -155,7 +263,7 @@ async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallibl
         "headers": headers,
         "body": body,
     });
-    let mut response = Response::new(Full::new(Bytes::from(json.to_string())));
+    let mut response = Response::new(Chunks::whole(Bytes::from(json.to_string())));
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("application/json"),

@@ -10,13 +10,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::ext_proc::v3::{
-    processing_request::Request as In, processing_response::Response as Out, BodyResponse,
-    CommonResponse, HeadersResponse, HttpHeaders, ProcessingRequest, ProcessingResponse,
+    body_mutation::Mutation, processing_request::Request as In,
+    processing_response::Response as Out, BodyMutation, BodyResponse, CommonResponse,
+    HeadersResponse, HttpBody, HttpHeaders, ProcessingRequest, ProcessingResponse,
     TrailersResponse,
 };
 use envoy_types::pb::google::protobuf::Struct;
 use policy_executor::{
-    Answer, Engine, Exchange, HeaderMutations, LocalReply, Outcome, ResponseOutcome, Start, Wait,
+    Answer, ChunkOutcome, Engine, Exchange, HeaderMutations, LocalReply, Outcome, ResponseOutcome,
+    Start, Wait,
 };
 
 use crate::translate;
@@ -102,7 +104,7 @@ impl ProcessingStream {
             In::RequestHeaders(headers) => self.request_headers(&headers, &attributes),
             In::RequestBody(body) => self.request_body(&body.body),
             In::ResponseHeaders(headers) => Step::Reply(self.response_headers(&headers)),
-            In::ResponseBody(body) => Step::Reply(self.response_body(&body.body)),
+            In::ResponseBody(body) => Step::Reply(self.response_body(&body)),
             In::RequestTrailers(_) => {
                 Step::Reply(respond(Out::RequestTrailers(TrailersResponse::default())))
             }
@@ -168,9 +170,18 @@ impl ProcessingStream {
                 first.merge(changes);
                 Step::Reply(self.request_headers_response(first))
             }
-            Waiting::Body => Step::Reply(respond(Out::RequestBody(BodyResponse {
-                response: common_response(Some(&changes)),
-            }))),
+            // The body a policy wrote replaces the one Envoy holds; headers
+            // it set (a model name to route on) make Envoy pick the route
+            // again.
+            Waiting::Body => {
+                let edit = exchange.take_body_edit();
+                let mut common = common_response(Some(&changes)).unwrap_or_default();
+                common.clear_route_cache = !changes.is_empty();
+                common.body_mutation = edit.map(body_mutation);
+                Step::Reply(respond(Out::RequestBody(BodyResponse {
+                    response: Some(common),
+                })))
+            }
         }
     }
 
@@ -240,17 +251,42 @@ impl ProcessingStream {
         headers_response(Direction::Response, Some(&changes))
     }
 
-    fn response_body(&mut self, body: &[u8]) -> ProcessingResponse {
-        let outcome = match self.exchange.as_mut() {
-            Some(exchange) => exchange.on_response_body(body),
-            None => ResponseOutcome::Continue(HeaderMutations::default()),
+    fn response_body(&mut self, message: &HttpBody) -> ProcessingResponse {
+        let Some(exchange) = self.exchange.as_mut() else {
+            return respond(Out::ResponseBody(BodyResponse::default()));
         };
-        match outcome {
-            ResponseOutcome::Continue(changes) => respond(Out::ResponseBody(BodyResponse {
-                response: common_response(Some(&changes)),
-            })),
+        // Streamed: each chunk goes on as the streams pass it.
+        if exchange.body_needs().response_streamed {
+            return match exchange.on_response_chunk(&message.body, message.end_of_stream) {
+                ChunkOutcome::Pass(bytes) if bytes == message.body => {
+                    respond(Out::ResponseBody(BodyResponse::default()))
+                }
+                ChunkOutcome::Pass(bytes) => respond(Out::ResponseBody(BodyResponse {
+                    response: Some(CommonResponse {
+                        body_mutation: Some(body_mutation(bytes)),
+                        ..Default::default()
+                    }),
+                })),
+                ChunkOutcome::Respond(reply) => immediate(reply),
+            };
+        }
+        match exchange.on_response_body(&message.body) {
+            ResponseOutcome::Continue(changes) => {
+                let edit = exchange.take_body_edit();
+                let mut common = common_response(Some(&changes)).unwrap_or_default();
+                common.body_mutation = edit.map(body_mutation);
+                respond(Out::ResponseBody(BodyResponse {
+                    response: Some(common),
+                }))
+            }
             ResponseOutcome::Respond(reply) => immediate(reply),
         }
+    }
+}
+
+fn body_mutation(body: Vec<u8>) -> BodyMutation {
+    BodyMutation {
+        mutation: Some(Mutation::Body(body)),
     }
 }
 

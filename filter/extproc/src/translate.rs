@@ -142,11 +142,11 @@ pub fn immediate_response(reply: LocalReply) -> ImmediateResponse {
 /// What Envoy must send for the rest of the stream, given the chain: bodies
 /// only if a policy reads them, the response only if a policy acts on it.
 pub fn mode_for(needs: BodyNeeds, acts_on_response: bool) -> ProcessingMode {
-    let body = |needed: bool| {
-        let mode = if needed {
-            BodySendMode::Buffered
-        } else {
-            BodySendMode::None
+    let body = |needed: bool, streamed: bool| {
+        let mode = match (needed, streamed) {
+            (false, _) => BodySendMode::None,
+            (true, false) => BodySendMode::Buffered,
+            (true, true) => BodySendMode::Streamed,
         };
         mode as i32
     };
@@ -156,9 +156,12 @@ pub fn mode_for(needs: BodyNeeds, acts_on_response: bool) -> ProcessingMode {
         HeaderSendMode::Skip
     };
     ProcessingMode {
-        request_body_mode: body(needs.request),
+        request_body_mode: body(needs.request, false),
         response_header_mode: response_headers as i32,
-        response_body_mode: body(needs.response && acts_on_response),
+        response_body_mode: body(
+            needs.response && acts_on_response,
+            needs.response_streamed,
+        ),
         request_trailer_mode: HeaderSendMode::Skip as i32,
         response_trailer_mode: HeaderSendMode::Skip as i32,
         ..Default::default()
@@ -244,6 +247,7 @@ mod tests {
             BodyNeeds {
                 request: true,
                 response: true,
+                response_streamed: false,
             },
             true,
         );

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use policy_executor::callout::shared_set_in;
 use policy_executor::expr::trace::Traced;
 use policy_executor::{
-    Answer, Attribute, AttributeValue, Call, CallFailure, CallRequest, CallResponse, Connection,
+    Answer, Attribute, ChunkOutcome, AttributeValue, Call, CallFailure, CallRequest, CallResponse, Connection,
     Engine, Exchange, HeaderChange, HeaderMap, HeaderMutations, Host, LocalReply, Outcome,
     Refresher, ResponseOutcome, SharedError, Start, Wait,
 };
@@ -123,6 +123,12 @@ impl Served {
 /// The header the echo upstream answers with, as text, instead of its
 /// description of the request (as `local-envoy`'s echo upstream does).
 const RESPOND_WITH: &str = "x-echo-respond-with";
+/// The echo's content type for the canned answer.
+const CONTENT_TYPE: &str = "x-echo-content-type";
+/// A content encoding on the canned answer.
+const CONTENT_ENCODING: &str = "x-echo-content-encoding";
+/// The canned answer in chunks of this many bytes.
+const CHUNK_BYTES: &str = "x-echo-chunk-bytes";
 
 /// The `:authority` of a request without a `host` header: the address of
 /// `make run`'s Envoy.
@@ -146,7 +152,7 @@ pub fn run(
         .clock
         .map_or_else(system_millis, |s| s.saturating_mul(1_000));
     host.set_now_millis(now);
-    let body = request.body().unwrap_or_default();
+    let mut body = request.body().unwrap_or_default();
     let headers = request_headers(request, sequence, body.len());
     let path = request.path.split('?').next().unwrap_or_default();
     let route_name = envoy_routes
@@ -205,7 +211,12 @@ pub fn run(
         if exchange.body_needs().request {
             let outcome = exchange.on_request_body(&body);
             match settle(&mut exchange, outcome, &mut answer, &mut fetch_documents) {
-                Ok(later) => so_far.merge(later),
+                Ok(later) => {
+                    so_far.merge(later);
+                    if let Some(edit) = exchange.take_body_edit() {
+                        body = edit;
+                    }
+                }
                 Err(reply) => changes = Err((reply, Some(so_far.clone()))),
             }
         }
@@ -223,15 +234,49 @@ pub fn run(
         headers: apply(headers, &request_changes),
         body,
     };
-    let (status, mut response_headers, response_body) = echo(&upstream);
+    let (status, mut response_headers, mut response_body) = echo(&upstream);
     let mut response_changes = HeaderMutations::default();
     if exchange.acts_on_response() {
         let mut with_status = vec![(":status".to_owned(), status.to_string())];
         with_status.extend(response_headers.iter().cloned());
         let outcome = exchange.on_response_headers(HeaderMap::from_pairs(with_status));
+        let needs = exchange.body_needs();
         let outcome = match outcome {
-            ResponseOutcome::Continue(changes) if exchange.body_needs().response => {
+            // As the hosts do: chunk by chunk, in the echo's chunks.
+            ResponseOutcome::Continue(changes) if needs.response_streamed => {
+                let size = upstream
+                    .header(CHUNK_BYTES)
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(usize::MAX)
+                    .max(1);
+                let chunks: Vec<Vec<u8>> = response_body.chunks(size).map(<[u8]>::to_vec).collect();
+                let mut passed = Vec::new();
+                let mut refused = None;
+                for (i, chunk) in chunks.iter().enumerate() {
+                    match exchange.on_response_chunk(chunk, i + 1 == chunks.len()) {
+                        ChunkOutcome::Pass(bytes) => passed.extend(bytes),
+                        ChunkOutcome::Respond(reply) => {
+                            refused = Some(reply);
+                            break;
+                        }
+                    }
+                }
+                if chunks.is_empty() {
+                    if let ChunkOutcome::Pass(bytes) = exchange.on_response_chunk(&[], true) {
+                        passed.extend(bytes);
+                    }
+                }
+                response_body = passed;
+                match refused {
+                    Some(reply) => ResponseOutcome::Respond(reply),
+                    None => ResponseOutcome::Continue(changes),
+                }
+            }
+            ResponseOutcome::Continue(changes) if needs.response => {
                 let later = exchange.on_response_body(&response_body);
+                if let Some(edit) = exchange.take_body_edit() {
+                    response_body = edit;
+                }
                 match later {
                     ResponseOutcome::Continue(more) => {
                         let mut all = changes;
@@ -372,8 +417,14 @@ fn apply(mut headers: Vec<(String, String)>, changes: &HeaderMutations) -> Vec<(
 /// text `x-echo-respond-with` asks for.
 fn echo(upstream: &Upstream) -> (u16, Vec<(String, String)>, Vec<u8>) {
     if let Some(text) = upstream.header(RESPOND_WITH) {
-        let headers = vec![("content-type".to_owned(), "text/plain".to_owned())];
-        return (200, headers, text.into_bytes());
+        let content_type = upstream
+            .header(CONTENT_TYPE)
+            .unwrap_or_else(|| "text/plain".to_owned());
+        let mut headers = vec![("content-type".to_owned(), content_type)];
+        if let Some(encoding) = upstream.header(CONTENT_ENCODING) {
+            headers.push(("content-encoding".to_owned(), encoding));
+        }
+        return (200, headers, text.replace("\\n", "\n").into_bytes());
     }
     let mut described = serde_json::Map::new();
     let names = upstream.headers.iter().map(|(n, _)| n.as_str());

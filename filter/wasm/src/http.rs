@@ -11,13 +11,14 @@
 //! is why a stream's state sits behind an `Rc`: it must be reachable from
 //! other contexts' callbacks.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 
 use policy_executor::{
-    Answer, AttributeKind, AttributeSet, AttributeValue, CallFailure, Connection, Engine, Exchange,
-    HeaderChange, HeaderMap, HeaderMutations, LocalReply, Outcome, ResponseOutcome, Start, Wait,
+    Answer, AttributeKind, AttributeSet, AttributeValue, CallFailure, ChunkOutcome, Connection,
+    Engine, Exchange, HeaderChange, HeaderMap, HeaderMutations, LocalReply, Outcome,
+    ResponseOutcome, Start, Wait,
 };
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
@@ -49,6 +50,7 @@ impl Stream {
                 sent_calls: false,
                 request_headers_ended: false,
                 request_body_end: None,
+                body_deadline: None,
             })
         });
         Self { state }
@@ -98,7 +100,19 @@ pub(crate) struct StreamState {
     request_headers_ended: bool,
     /// The request body ended (with this size) while the headers waited.
     request_body_end: Option<usize>,
+    /// The request headers are held for a body that has not started to
+    /// arrive: past this time (ms since the epoch), and unless this VM has
+    /// seen Envoy deliver a body to held headers, the request fails closed
+    /// (see [`BODY_ARRIVAL`]).
+    body_deadline: Option<u64>,
 }
+
+/// How long held request headers wait for the first byte of their body
+/// before the request fails closed, until this VM has seen Envoy deliver
+/// one. Without `allow_on_headers_stop_iteration`, Envoy stops the body
+/// callbacks of a filter that holds the headers, and such a request would
+/// otherwise stall until Envoy's own timeout.
+pub(crate) const BODY_ARRIVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Which request phase waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,7 +141,8 @@ impl StreamState {
                 }
                 _ => self.after_headers(Direction::Request, self.request_headers_ended),
             },
-            WaitingPhase::Body => Action::Continue,
+            // The body a policy wrote goes in place of the one held.
+            WaitingPhase::Body => self.write_body_edit(Direction::Request, Action::Continue),
         }
     }
 
@@ -163,18 +178,7 @@ impl StreamState {
     /// one to send, from this stream's context.
     fn wait(&mut self, phase: WaitingPhase, wait: Wait) -> Action {
         self.waiting = Some(phase);
-        if !self.listed {
-            self.listed = true;
-            let waiter = Waiter {
-                context_id: self.context_id,
-                stream: Weak::clone(&self.me),
-            };
-            WAITING.with(|list| {
-                if let Ok(mut list) = list.try_borrow_mut() {
-                    list.push(waiter);
-                }
-            });
-        }
+        self.list();
         self.tick.hurry();
         let Wait::Send(call) = wait else {
             return Action::Pause;
@@ -221,6 +225,15 @@ impl StreamState {
     /// Polls the exchange from the root context's tick; returns whether the
     /// stream still waits.
     fn poll(&mut self) -> bool {
+        if let Some(deadline) = self.body_deadline {
+            if BODY_DELIVERED.with(Cell::get) || self.replied {
+                self.body_deadline = None;
+            } else if now_millis() >= deadline {
+                self.body_never_came();
+            } else {
+                return true;
+            }
+        }
         // Resumed by an answer since it was listed.
         if self.waiting.is_none() {
             self.listed = false;
@@ -284,7 +297,8 @@ impl StreamState {
         self.respond(&LocalReply::text(500, "policy engine error\n"))
     }
 
-    /// Runs the body phase of `direction` over the whole body.
+    /// Runs the body phase of `direction` over the whole body; the body a
+    /// policy wrote goes in its place.
     fn finish_body(&mut self, direction: Direction, body: &[u8]) -> Action {
         let Some(exchange) = self.exchange.as_mut() else {
             return Action::Continue;
@@ -298,9 +312,61 @@ impl StreamState {
             Direction::Response => {
                 let outcome = exchange.on_response_body(body);
                 self.response_body_done = true;
-                self.settle_response(outcome)
+                let action = self.settle_response(outcome);
+                self.write_body_edit(direction, action)
             }
         }
+    }
+
+    /// Replaces the buffered body with the one the chain wrote, if it did
+    /// (a size past the buffer's end replaces all of it).
+    fn write_body_edit(&mut self, direction: Direction, action: Action) -> Action {
+        if self.replied {
+            return action;
+        }
+        let Some(edit) = self.exchange.as_mut().and_then(Exchange::take_body_edit) else {
+            return action;
+        };
+        match hostcalls::set_buffer(direction.body(), 0, usize::MAX, &edit) {
+            Ok(()) => action,
+            Err(status) => self.host_fault(&format!("replace the {}", direction.body_name()), status),
+        }
+    }
+
+    /// One chunk of a response the chain reads as it flows: what the
+    /// streams pass on replaces it.
+    fn stream_chunk(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let chunk = match read_body(BufferType::HttpResponseBody, body_size) {
+            Ok(chunk) => chunk,
+            Err(status) => return self.host_fault("read the response body", status),
+        };
+        let Some(outcome) = self
+            .exchange
+            .as_mut()
+            .map(|x| x.on_response_chunk(&chunk, end_of_stream))
+        else {
+            return Action::Continue;
+        };
+        match outcome {
+            ChunkOutcome::Pass(bytes) if bytes == chunk => Action::Continue,
+            ChunkOutcome::Pass(bytes) => {
+                match hostcalls::set_buffer(BufferType::HttpResponseBody, 0, chunk.len(), &bytes) {
+                    Ok(()) => Action::Continue,
+                    Err(status) => self.host_fault("replace the response body", status),
+                }
+            }
+            // The headers are gone: Envoy resets the stream.
+            ChunkOutcome::Respond(reply) => self.respond(&reply),
+        }
+    }
+
+    /// Whether the chain reads this response's body as it flows.
+    fn streams_response(&self) -> bool {
+        !self.replied
+            && self.exchange.as_ref().is_some_and(|x| {
+                let needs = x.body_needs();
+                needs.response_streamed && x.acts_on_response()
+            })
     }
 
     /// Whether the exchange still has a body phase to run in `direction`.
@@ -315,7 +381,9 @@ impl StreamState {
                 let needs = x.body_needs();
                 match direction {
                     Direction::Request => needs.request,
-                    Direction::Response => needs.response && x.acts_on_response(),
+                    Direction::Response => {
+                        needs.response && !needs.response_streamed && x.acts_on_response()
+                    }
                 }
             })
     }
@@ -329,15 +397,80 @@ impl StreamState {
         } else if end_of_stream {
             self.finish_body(direction, &[])
         } else {
+            if let Direction::Request = direction {
+                if !BODY_DELIVERED.with(Cell::get) {
+                    self.watch_for_body();
+                }
+            }
             Action::Pause
         }
     }
 
-    /// A body chunk: buffered by Envoy until the last one.
+    /// Lists this stream to be failed if its body never comes.
+    fn watch_for_body(&mut self) {
+        self.body_deadline = Some(now_millis().saturating_add(BODY_ARRIVAL.as_millis() as u64));
+        self.list();
+        self.tick.hurry();
+    }
+
+    /// The body did not come in time and Envoy has never delivered one to
+    /// held headers here: the option is missing. Fails the request closed.
+    fn body_never_came(&mut self) {
+        self.body_deadline = None;
+        log::error!(
+            "a request body never reached the policy engine while its headers were held: \
+             set allow_on_headers_stop_iteration: true on the Wasm filter's plugin \
+             configuration (see docs/bodies.md); failing the request closed"
+        );
+        self.respond(&LocalReply::text(500, "policy engine error\n"));
+    }
+
+    /// Puts this stream in the VM's list of streams the tick polls.
+    fn list(&mut self) {
+        if self.listed {
+            return;
+        }
+        self.listed = true;
+        let waiter = Waiter {
+            context_id: self.context_id,
+            stream: Weak::clone(&self.me),
+        };
+        WAITING.with(|list| {
+            if let Ok(mut list) = list.try_borrow_mut() {
+                list.push(waiter);
+            }
+        });
+    }
+
+    /// A body chunk: buffered by Envoy until the last one, up to the
+    /// chain's limit.
     fn on_body(&mut self, direction: Direction, body_size: usize, end_of_stream: bool) -> Action {
         if !self.awaiting_body(direction) {
-            Action::Continue
-        } else if !end_of_stream {
+            return Action::Continue;
+        }
+        let too_large = self
+            .exchange
+            .as_ref()
+            .is_some_and(|x| body_size > x.max_body_bytes());
+        if too_large {
+            return match direction {
+                Direction::Request => {
+                    let outcome = self.exchange.as_mut().map(Exchange::refuse_oversized_request);
+                    match outcome {
+                        Some(outcome) => self.settle_request(WaitingPhase::Body, outcome),
+                        None => Action::Continue,
+                    }
+                }
+                Direction::Response => {
+                    let outcome = self.exchange.as_mut().map(Exchange::refuse_oversized_response);
+                    match outcome {
+                        Some(outcome) => self.settle_response(outcome),
+                        None => Action::Continue,
+                    }
+                }
+            };
+        }
+        if !end_of_stream {
             Action::Pause
         } else {
             self.read_and_finish_body(direction, body_size)
@@ -412,6 +545,10 @@ impl StreamState {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.body_deadline.take().is_some() {
+            // Envoy delivers bodies to held headers: the option is set.
+            BODY_DELIVERED.with(|seen| seen.set(true));
+        }
         if self.hold_while_waiting(end_of_stream.then_some(body_size)) {
             return Action::Pause;
         }
@@ -457,16 +594,34 @@ impl StreamState {
             return Action::Continue;
         };
         match self.settle_response(outcome) {
+            Action::Continue if self.streams_response() && end_of_stream => {
+                self.stream_chunk(0, true)
+            }
             Action::Continue => self.after_headers(Direction::Response, end_of_stream),
             paused => paused,
         }
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.streams_response() {
+            return self.stream_chunk(body_size, end_of_stream);
+        }
         self.on_body(Direction::Response, body_size, end_of_stream)
     }
 
     fn on_http_response_trailers(&mut self, _trailers: usize) -> Action {
+        if self.streams_response() {
+            // What the streams still hold has no body chunk to go out in:
+            // the response is cut rather than sent with bytes unmasked.
+            return match self.exchange.as_mut().map(|x| x.on_response_chunk(&[], true)) {
+                Some(ChunkOutcome::Pass(rest)) if !rest.is_empty() => {
+                    log::error!("a streamed response ended with trailers while bytes were held");
+                    self.respond(&LocalReply::text(502, "upstream response refused\n"))
+                }
+                Some(ChunkOutcome::Respond(reply)) => self.respond(&reply),
+                _ => Action::Continue,
+            };
+        }
         self.on_trailers(Direction::Response)
     }
 }
@@ -538,6 +693,9 @@ struct Waiter {
 type StreamRef = (u32, Weak<RefCell<StreamState>>);
 
 thread_local! {
+    /// Envoy has delivered a body to a stream whose headers this VM held:
+    /// `allow_on_headers_stop_iteration` is set.
+    static BODY_DELIVERED: Cell<bool> = const { Cell::new(false) };
     /// This VM's waiting streams (a VM runs on one thread).
     static WAITING: RefCell<Vec<Waiter>> = const { RefCell::new(Vec::new()) };
     /// The calls in flight, by token, with the stream that waits for each.
@@ -622,6 +780,14 @@ fn read_headers(map: MapType) -> Result<HeaderMap, Status> {
             (name, value)
         },
     )))
+}
+
+/// The host's clock, in milliseconds since the epoch.
+fn now_millis() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn read_body(buffer: BufferType, size: usize) -> Result<Vec<u8>, Status> {
