@@ -100,6 +100,7 @@ pub struct StackBuilder {
     host: Host,
     plugin_config: String,
     module: Option<PathBuf>,
+    wasm_filter: Option<Value>,
     tls: Option<ListenerTls>,
     clusters: Vec<Value>,
     workers: u32,
@@ -110,6 +111,14 @@ impl StackBuilder {
     /// Another build's module (Wasm host).
     pub fn module(mut self, module: &Path) -> Self {
         self.module = Some(module.to_owned());
+        self
+    }
+
+    /// This HTTP filter entry in place of the Wasm filter the project's
+    /// own configuration gives (Wasm host): the filter a platform's
+    /// manifests produce, or one without an option.
+    pub fn wasm_filter(mut self, filter: Value) -> Self {
+        self.wasm_filter = Some(filter);
         self
     }
 
@@ -152,6 +161,7 @@ impl StackBuilder {
             host,
             plugin_config,
             module,
+            wasm_filter,
             tls,
             clusters,
             workers,
@@ -169,7 +179,8 @@ impl StackBuilder {
                     "{} is missing: build it with `make build` (make test does)",
                     module.display()
                 );
-                let filter = filters::policy_engine(&module, plugin_config);
+                let filter = wasm_filter
+                    .unwrap_or_else(|| filters::policy_engine(&module, plugin_config));
                 (Options::new(vec![filter], upstream.addr()), None)
             }
             Host::ExtProc => {
@@ -212,6 +223,7 @@ impl Stack {
             host,
             plugin_config: plugin_config.to_owned(),
             module: None,
+            wasm_filter: None,
             tls: None,
             clusters: Vec::new(),
             workers: 1,

@@ -4,10 +4,10 @@
 //!
 //! The CRD schemas are checked structurally (JSON Schema); their CEL
 //! `x-kubernetes-validations` rules need a Kubernetes API server and are not
-//! evaluated here. A few kinds the examples use have no CRD among the shared
-//! files ([`WITHOUT_SHARED_CRD`]); they are validated as soon as their CRD is
-//! added there, and until then the tests below check the fields that make
-//! them what they are for (edge hardening, mutual TLS).
+//! evaluated here. Every custom kind the examples use has its CRD there
+//! (EnvoyExtensionPolicy, EnvoyPatchPolicy, ClientTrafficPolicy, Backend,
+//! WasmPlugin, EnvoyFilter); the tests below also check the fields that
+//! make them what they are for (edge hardening, mutual TLS).
 //!
 //! Beyond schemas: every example fails closed (no `unmatched: allow`, and
 //! each embedded plugin configuration passes the shim's `--check`), the
@@ -65,15 +65,6 @@ fn crd_schemas() -> Vec<(String, String, Value)> {
     schemas
 }
 
-/// Custom resources the examples use whose CRDs are not among the shared
-/// files: Envoy Gateway's ClientTrafficPolicy and Backend (v1.9), Istio's
-/// EnvoyFilter.
-const WITHOUT_SHARED_CRD: [(&str, &str); 3] = [
-    ("gateway.envoyproxy.io/v1alpha1", "ClientTrafficPolicy"),
-    ("gateway.envoyproxy.io/v1alpha1", "Backend"),
-    ("networking.istio.io/v1alpha3", "EnvoyFilter"),
-];
-
 /// Kinds Kubernetes serves itself (no CRD): the core group and the
 /// built-in groups the examples use.
 fn is_built_in(api_version: &str) -> bool {
@@ -117,12 +108,7 @@ fn custom_resources_validate_against_the_real_crds() {
             .iter()
             .find(|(v, k, _)| v == api_version && k == kind)
         else {
-            assert!(
-                WITHOUT_SHARED_CRD.contains(&(api_version, kind)),
-                "{}: no CRD for {api_version} {kind}",
-                file.display()
-            );
-            continue;
+            panic!("{}: no CRD for {api_version} {kind}", file.display());
         };
         let validator = jsonschema::validator_for(schema).unwrap();
         let errors: Vec<String> = validator
@@ -361,11 +347,17 @@ fn the_examples_fail_closed_and_are_valid_for_the_shim() {
     }
 }
 
-/// Finds the one resource of `kind` among the examples.
+/// Finds the one resource of `kind` among the examples (its name, when
+/// given, picks one of several).
 fn example(kind: &str) -> Value {
+    example_named(kind, None)
+}
+
+fn example_named(kind: &str, name: Option<&str>) -> Value {
     let found: Vec<Value> = manifests()
         .into_iter()
         .filter(|(file, doc)| doc["kind"] == kind && file.starts_with(repo().join("envoy")))
+        .filter(|(_, doc)| name.is_none_or(|n| doc["metadata"]["name"] == n))
         .map(|(_, doc)| doc)
         .collect();
     assert_eq!(found.len(), 1, "expected one {kind} among the examples");
@@ -392,7 +384,7 @@ fn the_gateway_examples_set_envoys_edge_hardening() {
     );
 
     // Istio: the gateway's HTTP connection managers.
-    let filter = example("EnvoyFilter");
+    let filter = example_named("EnvoyFilter", Some("policy-engine-edge-hardening"));
     let patch = &filter["spec"]["configPatches"][0];
     assert_eq!(patch["applyTo"], "NETWORK_FILTER");
     assert_eq!(patch["match"]["context"], "GATEWAY");
