@@ -179,8 +179,8 @@ impl StackBuilder {
                     "{} is missing: build it with `make build` (make test does)",
                     module.display()
                 );
-                let filter = wasm_filter
-                    .unwrap_or_else(|| filters::policy_engine(&module, plugin_config));
+                let filter =
+                    wasm_filter.unwrap_or_else(|| filters::policy_engine(&module, plugin_config));
                 (Options::new(vec![filter], upstream.addr()), None)
             }
             Host::ExtProc => {

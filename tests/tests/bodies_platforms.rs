@@ -45,7 +45,9 @@ fn envoy_gateway_filter() -> (Value, String) {
         .into_iter()
         .find(|d| d["kind"] == "EnvoyExtensionPolicy")
         .unwrap();
-    let namespace = policy["metadata"]["namespace"].as_str().unwrap_or("default");
+    let namespace = policy["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or("default");
     let name = policy["metadata"]["name"].as_str().unwrap();
     let wasm = &policy["spec"]["wasm"][0];
     let configuration = wasm["config"].to_string();
@@ -111,9 +113,16 @@ fn istio_filter() -> (Value, String) {
         .find(|p| p["applyTo"] == "EXTENSION_CONFIG")
         .unwrap();
     let mut value = extension["patch"]["value"].clone();
-    let inserted = patches.iter().find(|p| p["applyTo"] == "HTTP_FILTER").unwrap();
-    assert_eq!(inserted["patch"]["value"]["name"], value["name"], "the filter names the extension");
-    value["typed_config"]["config"]["vm_config"]["code"] = json!({ "local": { "filename": module() } });
+    let inserted = patches
+        .iter()
+        .find(|p| p["applyTo"] == "HTTP_FILTER")
+        .unwrap();
+    assert_eq!(
+        inserted["patch"]["value"]["name"], value["name"],
+        "the filter names the extension"
+    );
+    value["typed_config"]["config"]["vm_config"]["code"] =
+        json!({ "local": { "filename": module() } });
     let configuration = value["typed_config"]["config"]["configuration"]["value"]
         .as_str()
         .unwrap()
@@ -136,7 +145,10 @@ fn bodies_work(stack: &Stack) {
         "GET",
         "/api/me",
         &[
-            ("x-echo-respond-with", "jane@example.com paid with 4111 1111 1111 1111"),
+            (
+                "x-echo-respond-with",
+                "jane@example.com paid with 4111 1111 1111 1111",
+            ),
             ("x-echo-chunk-bytes", "6"),
         ],
     );
@@ -178,7 +190,11 @@ fn without_the_option_a_body_chain_fails_closed_promptly() {
     );
     assert_eq!(reply.status, 500, "{}", reply.body);
     // Envoy's own stream timeout (15 s) is not what answered.
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(stack.upstream.requests_seen(), 0);
     let log = stack.envoy.log();
     assert!(
@@ -186,5 +202,9 @@ fn without_the_option_a_body_chain_fails_closed_promptly() {
         "the log names the option"
     );
     // A request that no body chain reads is unaffected.
-    assert_eq!(stack.send("GET", "/other", &[]).status, 403, "unmatched: deny");
+    assert_eq!(
+        stack.send("GET", "/other", &[]).status,
+        403,
+        "unmatched: deny"
+    );
 }

@@ -318,7 +318,13 @@ fn compile_raw(raw: RawConfig, registry: &Registry) -> Result<RouteTable, Config
                 reason: "must be at least 1".into(),
             });
         }
-        let chain = compile_chain(&name, &label, route.policies, route.max_body_bytes, registry)?;
+        let chain = compile_chain(
+            &name,
+            &label,
+            route.policies,
+            route.max_body_bytes,
+            registry,
+        )?;
         names.push(name);
         entries.push(RouteEntry {
             conditions,

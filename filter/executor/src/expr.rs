@@ -330,12 +330,7 @@ fn to_json(value: &Value) -> Result<serde_json::Value, EvalError> {
             }
             Json::Object(object)
         }
-        other => {
-            return Err(EvalError(format!(
-                "a {} has no JSON form",
-                other.type_of()
-            )))
-        }
+        other => return Err(EvalError(format!("a {} has no JSON form", other.type_of()))),
     })
 }
 

@@ -158,10 +158,7 @@ pub fn mode_for(needs: BodyNeeds, acts_on_response: bool) -> ProcessingMode {
     ProcessingMode {
         request_body_mode: body(needs.request, false),
         response_header_mode: response_headers as i32,
-        response_body_mode: body(
-            needs.response && acts_on_response,
-            needs.response_streamed,
-        ),
+        response_body_mode: body(needs.response && acts_on_response, needs.response_streamed),
         request_trailer_mode: HeaderSendMode::Skip as i32,
         response_trailer_mode: HeaderSendMode::Skip as i32,
         ..Default::default()

@@ -9,9 +9,9 @@ use std::sync::Mutex;
 use policy_executor::callout::shared_set_in;
 use policy_executor::expr::trace::Traced;
 use policy_executor::{
-    Answer, Attribute, ChunkOutcome, AttributeValue, Call, CallFailure, CallRequest, CallResponse, Connection,
-    Engine, Exchange, HeaderChange, HeaderMap, HeaderMutations, Host, LocalReply, Outcome,
-    Refresher, ResponseOutcome, SharedError, Start, Wait,
+    Answer, Attribute, AttributeValue, Call, CallFailure, CallRequest, CallResponse, ChunkOutcome,
+    Connection, Engine, Exchange, HeaderChange, HeaderMap, HeaderMutations, Host, LocalReply,
+    Outcome, Refresher, ResponseOutcome, SharedError, Start, Wait,
 };
 use serde_json::{json, Value};
 

@@ -329,7 +329,9 @@ impl StreamState {
         };
         match hostcalls::set_buffer(direction.body(), 0, usize::MAX, &edit) {
             Ok(()) => action,
-            Err(status) => self.host_fault(&format!("replace the {}", direction.body_name()), status),
+            Err(status) => {
+                self.host_fault(&format!("replace the {}", direction.body_name()), status)
+            }
         }
     }
 
@@ -455,14 +457,20 @@ impl StreamState {
         if too_large {
             return match direction {
                 Direction::Request => {
-                    let outcome = self.exchange.as_mut().map(Exchange::refuse_oversized_request);
+                    let outcome = self
+                        .exchange
+                        .as_mut()
+                        .map(Exchange::refuse_oversized_request);
                     match outcome {
                         Some(outcome) => self.settle_request(WaitingPhase::Body, outcome),
                         None => Action::Continue,
                     }
                 }
                 Direction::Response => {
-                    let outcome = self.exchange.as_mut().map(Exchange::refuse_oversized_response);
+                    let outcome = self
+                        .exchange
+                        .as_mut()
+                        .map(Exchange::refuse_oversized_response);
                     match outcome {
                         Some(outcome) => self.settle_response(outcome),
                         None => Action::Continue,
@@ -613,7 +621,11 @@ impl StreamState {
         if self.streams_response() {
             // What the streams still hold has no body chunk to go out in:
             // the response is cut rather than sent with bytes unmasked.
-            return match self.exchange.as_mut().map(|x| x.on_response_chunk(&[], true)) {
+            return match self
+                .exchange
+                .as_mut()
+                .map(|x| x.on_response_chunk(&[], true))
+            {
                 Some(ChunkOutcome::Pass(rest)) if !rest.is_empty() => {
                     log::error!("a streamed response ended with trailers while bytes were held");
                     self.respond(&LocalReply::text(502, "upstream response refused\n"))

@@ -140,10 +140,16 @@ fn compile(section: &str, phase: Phase, raw: RawEdits) -> Result<Edits, ParamErr
     let pointer = |field: String, text: &str, wildcards: bool| {
         let pointer = Pointer::parse(text).map_err(|e| ParamError::at(field.clone(), e))?;
         if pointer.is_root() {
-            return Err(ParamError::at(field, "the whole body is edited with `body`"));
+            return Err(ParamError::at(
+                field,
+                "the whole body is edited with `body`",
+            ));
         }
         if !wildcards && pointer.has_wildcard() {
-            return Err(ParamError::at(field, format!("{text:?}: no wildcards here")));
+            return Err(ParamError::at(
+                field,
+                format!("{text:?}: no wildcards here"),
+            ));
         }
         Ok(pointer)
     };
@@ -179,15 +185,17 @@ fn compile(section: &str, phase: Phase, raw: RawEdits) -> Result<Edits, ParamErr
     }
     for (from, to) in &raw.moves {
         let field = format!("{section}.move.{from}");
-        edits
-            .moves
-            .push((pointer(field.clone(), from, false)?, pointer(field, to, false)?));
+        edits.moves.push((
+            pointer(field.clone(), from, false)?,
+            pointer(field, to, false)?,
+        ));
     }
     for (at, source) in &raw.set {
         let field = format!("{section}.set.{at}");
-        edits
-            .set
-            .push((pointer(field.clone(), at, false)?, expression(field, source)?));
+        edits.set.push((
+            pointer(field.clone(), at, false)?,
+            expression(field, source)?,
+        ));
     }
     if edits.body.is_none()
         && edits.remove.is_empty()
@@ -247,8 +255,8 @@ impl Edits {
             let Some(old) = from.last_key() else {
                 continue;
             };
-            let parent = Pointer::parse(&parent_of(&from.to_string()))
-                .map_err(|e| refuse(failed, e))?;
+            let parent =
+                Pointer::parse(&parent_of(&from.to_string())).map_err(|e| refuse(failed, e))?;
             parent.for_each_mut(&mut document, &mut |value| {
                 if let Value::Object(map) = value {
                     if let Some(moved) = map.remove(old) {

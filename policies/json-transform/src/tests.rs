@@ -10,7 +10,11 @@ fn engine(config: serde_json::Value) -> policy_executor::Engine {
 }
 
 /// Sends a request body through the chain: the outcome and the new body.
-fn send(engine: &policy_executor::Engine, headers: &[(&str, &str)], body: &str) -> (Outcome, Option<Value>) {
+fn send(
+    engine: &policy_executor::Engine,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (Outcome, Option<Value>) {
     let mut x = start(engine, request("POST", "/", headers)).unwrap();
     assert!(matches!(x.on_request_headers(), Outcome::Continue(_)));
     let outcome = x.on_request_body(body.as_bytes());
@@ -32,7 +36,9 @@ fn edits_apply_in_order_with_wildcards_and_cel_values() {
     }}));
     let body = r#"{"model":"gpt","debug":true,"user_id":7,"options":{"temperature":0.5},"messages":[{"name":"a","text":"x"}]}"#;
     let (outcome, edited) = send(&engine, &[JSON, ("x-tenant", "acme")], body);
-    let Outcome::Continue(changes) = outcome else { panic!("{outcome:?}") };
+    let Outcome::Continue(changes) = outcome else {
+        panic!("{outcome:?}")
+    };
     let edited = edited.unwrap();
     assert_eq!(
         edited,
@@ -40,7 +46,9 @@ fn edits_apply_in_order_with_wildcards_and_cel_values() {
     );
     let length = serde_json::to_vec(&edited).unwrap().len().to_string();
     assert!(
-        changes.iter().any(|(n, c)| n == "content-length" && format!("{c:?}").contains(&length)),
+        changes
+            .iter()
+            .any(|(n, c)| n == "content-length" && format!("{c:?}").contains(&length)),
         "{changes:?}"
     );
 }
@@ -55,21 +63,30 @@ fn bodies_that_are_not_json_are_refused_whatever_their_label() {
         (vec![JSON], "{"),
     ] {
         let (outcome, _) = send(&engine, &headers, body);
-        let Outcome::Respond(reply) = outcome else { panic!("{body}: {outcome:?}") };
+        let Outcome::Respond(reply) = outcome else {
+            panic!("{body}: {outcome:?}")
+        };
         assert_eq!(reply.status, 415, "{body}");
     }
     let (outcome, edited) = send(&engine, &[], "");
-    assert!(matches!(outcome, Outcome::Continue(_)) && edited.is_none(), "empty bodies pass");
+    assert!(
+        matches!(outcome, Outcome::Continue(_)) && edited.is_none(),
+        "empty bodies pass"
+    );
 }
 
 #[test]
 fn a_body_can_be_built_and_a_blocked_edit_fails_closed() {
-    let engine = engine(json!({ "request": { "body": "{\"input\": request.json.prompt, \"n\": 1}" } }));
+    let engine =
+        engine(json!({ "request": { "body": "{\"input\": request.json.prompt, \"n\": 1}" } }));
     let (_, edited) = send(&engine, &[JSON], r#"{"prompt":"hi","x":1}"#);
     assert_eq!(edited, Some(json!({"input":"hi","n":1})));
     let engine = self::engine(json!({ "request": { "set": { "/a/b": "1" } } }));
     let (outcome, _) = send(&engine, &[JSON], r#"{"a":"text"}"#);
-    assert!(matches!(outcome, Outcome::Respond(ref r) if r.status == 500), "{outcome:?}");
+    assert!(
+        matches!(outcome, Outcome::Respond(ref r) if r.status == 500),
+        "{outcome:?}"
+    );
 }
 
 #[test]
@@ -79,7 +96,10 @@ fn responses_are_transformed_and_refused_with_502() {
         let mut x = start(&engine, request("GET", "/", &[])).unwrap();
         x.on_request_headers();
         let headers = HeaderMap::from_pairs([(":status", "200"), ("content-type", content_type)]);
-        assert!(matches!(x.on_response_headers(headers), ResponseOutcome::Continue(_)));
+        assert!(matches!(
+            x.on_response_headers(headers),
+            ResponseOutcome::Continue(_)
+        ));
         let outcome = x.on_response_body(body.as_bytes());
         (outcome, x.take_body_edit())
     };

@@ -222,8 +222,8 @@ fn build(config: &serde_json::Value) -> Result<Box<dyn Policy>, ParamError> {
                 ))
             }
         };
-        let regex = recognizers::compile(&pattern)
-            .map_err(|e| ParamError::at(field("pattern"), e))?;
+        let regex =
+            recognizers::compile(&pattern).map_err(|e| ParamError::at(field("pattern"), e))?;
         if regex.is_match(b"") {
             return Err(ParamError::at(
                 field("pattern"),
@@ -231,7 +231,9 @@ fn build(config: &serde_json::Value) -> Result<Box<dyn Policy>, ParamError> {
             ));
         }
         let act = match raw.action {
-            RawAction::Redact => Act::Redact(raw.replacement.unwrap_or_else(|| "[redacted]".into())),
+            RawAction::Redact => {
+                Act::Redact(raw.replacement.unwrap_or_else(|| "[redacted]".into()))
+            }
             RawAction::Partial => Act::Partial(raw.keep_last),
             RawAction::Hash => Act::Hash,
             RawAction::Deny => Act::Deny,
@@ -251,7 +253,8 @@ fn build(config: &serde_json::Value) -> Result<Box<dyn Policy>, ParamError> {
     }
     let mut fields = Vec::with_capacity(params.fields.len());
     for (i, text) in params.fields.iter().enumerate() {
-        let pointer = Pointer::parse(text).map_err(|e| ParamError::at(format!("fields[{i}]"), e))?;
+        let pointer =
+            Pointer::parse(text).map_err(|e| ParamError::at(format!("fields[{i}]"), e))?;
         fields.push(pointer);
     }
     Ok(Box::new(Mask {
@@ -317,7 +320,10 @@ impl Policy for Mask {
     fn on_request_body(&self, cx: &mut Context, body: &[u8]) -> Action {
         let mut findings = Findings::new();
         let declared = is_json_type(cx.request_headers().get("content-type"));
-        let result = self.settings.masker.mask_unit(body, declared, &mut findings);
+        let result = self
+            .settings
+            .masker
+            .mask_unit(body, declared, &mut findings);
         note_findings(cx, &findings, "request");
         match result {
             Ok(Some(masked)) => {
@@ -326,7 +332,10 @@ impl Policy for Mask {
             }
             Ok(None) => Action::Continue,
             Err(Fault::Denied(rule)) => {
-                log::debug!("mask on {:?}: rule {rule} denies the request", cx.route().chain);
+                log::debug!(
+                    "mask on {:?}: rule {rule} denies the request",
+                    cx.route().chain
+                );
                 Action::Respond(LocalReply::text(
                     403,
                     format!("the request body holds data this route refuses ({rule})\n"),
@@ -343,7 +352,9 @@ impl Policy for Mask {
     }
 
     fn response_body_stream(&self) -> Option<Box<dyn BodyStream>> {
-        Some(Box::new(stream::MaskStream::new(Arc::clone(&self.settings))))
+        Some(Box::new(stream::MaskStream::new(Arc::clone(
+            &self.settings,
+        ))))
     }
 }
 

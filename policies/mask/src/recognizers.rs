@@ -71,9 +71,7 @@ impl Recognizer {
             Self::IpAddress => {
                 r"(?-u:\b)(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?-u:\b)|(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?:%[0-9A-Za-z]+)?"
             }
-            Self::Jwt => {
-                r"(?-u:\b)eyJ[A-Za-z0-9_\-]{2,}\.eyJ[A-Za-z0-9_\-]{2,}\.[A-Za-z0-9_\-]*"
-            }
+            Self::Jwt => r"(?-u:\b)eyJ[A-Za-z0-9_\-]{2,}\.eyJ[A-Za-z0-9_\-]{2,}\.[A-Za-z0-9_\-]*",
             Self::ApiKey => concat!(
                 r"(?-u:\b)(?:AKIA|ASIA)[0-9A-Z]{16}(?-u:\b)",
                 r"|(?-u:\b)gh[pousr]_[A-Za-z0-9]{36,255}(?-u:\b)",
@@ -174,13 +172,44 @@ mod tests {
     fn each_recognizer_finds_real_ones_and_only_those() {
         use Recognizer::*;
         let cases: &[(Recognizer, &str, &[&str])] = &[
-            (Email, "mail jane.doe+x@mail.example.co.uk now; not a@b", &["jane.doe+x@mail.example.co.uk"]),
-            (Phone, "call +44 20 7946 0958 or (415) 555-0134; order 12", &["+44 20 7946 0958", "(415) 555-0134"]),
-            (PaymentCard, "card 4111 1111 1111 1111, order 4111111111111112", &["4111 1111 1111 1111"]),
-            (Iban, "pay GB82 WEST 1234 5698 7654 32 not GB82 WEST 1234 5698 7654 33", &["GB82 WEST 1234 5698 7654 32"]),
-            (IpAddress, "from 192.168.1.20 and 2001:db8::1 not 999.1.1.1 or 10:30", &["192.168.1.20", "2001:db8::1"]),
-            (Jwt, "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.abc_DEF-1 ok", &["eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.abc_DEF-1"]),
-            (ApiKey, "k=AKIAIOSFODNN7EXAMPLE t=ghp_0123456789abcdefghijklmnopqrstuvwxyz", &["AKIAIOSFODNN7EXAMPLE", "ghp_0123456789abcdefghijklmnopqrstuvwxyz"]),
+            (
+                Email,
+                "mail jane.doe+x@mail.example.co.uk now; not a@b",
+                &["jane.doe+x@mail.example.co.uk"],
+            ),
+            (
+                Phone,
+                "call +44 20 7946 0958 or (415) 555-0134; order 12",
+                &["+44 20 7946 0958", "(415) 555-0134"],
+            ),
+            (
+                PaymentCard,
+                "card 4111 1111 1111 1111, order 4111111111111112",
+                &["4111 1111 1111 1111"],
+            ),
+            (
+                Iban,
+                "pay GB82 WEST 1234 5698 7654 32 not GB82 WEST 1234 5698 7654 33",
+                &["GB82 WEST 1234 5698 7654 32"],
+            ),
+            (
+                IpAddress,
+                "from 192.168.1.20 and 2001:db8::1 not 999.1.1.1 or 10:30",
+                &["192.168.1.20", "2001:db8::1"],
+            ),
+            (
+                Jwt,
+                "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.abc_DEF-1 ok",
+                &["eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.abc_DEF-1"],
+            ),
+            (
+                ApiKey,
+                "k=AKIAIOSFODNN7EXAMPLE t=ghp_0123456789abcdefghijklmnopqrstuvwxyz",
+                &[
+                    "AKIAIOSFODNN7EXAMPLE",
+                    "ghp_0123456789abcdefghijklmnopqrstuvwxyz",
+                ],
+            ),
         ];
         for (recognizer, text, expected) in cases {
             assert_eq!(&finds(*recognizer, text), expected, "{recognizer:?}");

@@ -135,10 +135,7 @@ impl MaskStream {
     /// One SSE event, its `data:` masked as one unit.
     fn mask_event(&mut self, event: &[u8]) -> Result<Vec<u8>, Fault> {
         let lines: Vec<&[u8]> = event.split_inclusive(|b| *b == b'\n').collect();
-        let data: Vec<&[u8]> = lines
-            .iter()
-            .filter_map(|line| data_of(line))
-            .collect();
+        let data: Vec<&[u8]> = lines.iter().filter_map(|line| data_of(line)).collect();
         if data.is_empty() {
             return Ok(event.to_vec());
         }

@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests"
+)]
 
 use super::*;
 use policy_executor::testing::{engine_for, request, start};
@@ -11,7 +16,11 @@ fn engine(config: serde_json::Value) -> Engine {
 
 /// Masks a request body: the outcome and the body sent on.
 fn request_body(engine: &Engine, content_type: &str, body: &str) -> (Outcome, String) {
-    let mut x = start(engine, request("POST", "/", &[("content-type", content_type)])).unwrap();
+    let mut x = start(
+        engine,
+        request("POST", "/", &[("content-type", content_type)]),
+    )
+    .unwrap();
     assert!(matches!(x.on_request_headers(), Outcome::Continue(_)));
     let outcome = x.on_request_body(body.as_bytes());
     let sent = x
@@ -70,7 +79,10 @@ fn a_secret_split_at_any_byte_is_masked_in_text_streams() {
         assert_eq!(String::from_utf8(out).unwrap(), expected, "cut at {cut}");
     }
     let bytes: Vec<&[u8]> = text.as_bytes().chunks(1).collect();
-    assert_eq!(stream(&engine, "text/plain", &bytes).unwrap(), expected.as_bytes());
+    assert_eq!(
+        stream(&engine, "text/plain", &bytes).unwrap(),
+        expected.as_bytes()
+    );
 }
 
 #[test]
@@ -87,12 +99,16 @@ fn sse_events_are_masked_as_units_at_every_split() {
     // Data lines of one event are one unit.
     let split = "data: jane.doe@exa\ndata: mple.com\n\n";
     let out = stream(&engine, "text/event-stream", &[split.as_bytes()]).unwrap();
-    assert_eq!(out, b"data: jane.doe@exa\ndata: mple.com\n\n", "two lines are joined with a newline: no address");
+    assert_eq!(
+        out, b"data: jane.doe@exa\ndata: mple.com\n\n",
+        "two lines are joined with a newline: no address"
+    );
 }
 
 #[test]
 fn json_is_masked_in_its_decoded_strings_whatever_its_label() {
-    let engine = engine(json!({ "rules": [{ "recognizer": "email" }, { "recognizer": "payment_card" }] }));
+    let engine =
+        engine(json!({ "rules": [{ "recognizer": "email" }, { "recognizer": "payment_card" }] }));
     for content_type in ["application/json", "text/plain"] {
         let (outcome, sent) = request_body(
             &engine,
@@ -109,10 +125,16 @@ fn json_is_masked_in_its_decoded_strings_whatever_its_label() {
     // masked as text, which sees every value a lenient reader would.
     let twice = r#"{"a": "x", "a": "jane@example.com"}"#;
     let (outcome, _) = request_body(&engine, "application/json", twice);
-    assert!(matches!(outcome, Outcome::Respond(ref r) if r.status == 400), "duplicate keys: {outcome:?}");
+    assert!(
+        matches!(outcome, Outcome::Respond(ref r) if r.status == 400),
+        "duplicate keys: {outcome:?}"
+    );
     let escaped = r#"{"a": "x", "a": "jane\u0040example.com"}"#;
     let (outcome, _) = request_body(&engine, "text/plain", escaped);
-    assert!(matches!(outcome, Outcome::Respond(ref r) if r.status == 400), "escapes: {outcome:?}");
+    assert!(
+        matches!(outcome, Outcome::Respond(ref r) if r.status == 400),
+        "escapes: {outcome:?}"
+    );
     let (_, sent) = request_body(&engine, "text/plain", twice);
     assert_eq!(sent, r#"{"a": "x", "a": "[redacted]"}"#);
 }
@@ -131,25 +153,52 @@ fn fields_limit_the_scope_and_actions_do_what_they_say() {
     );
     let sent: serde_json::Value = serde_json::from_str(&sent).unwrap();
     let hashed = sent["user"]["email"].as_str().unwrap();
-    assert!(hashed.starts_with("[email:") && hashed.len() == "[email:]".len() + 16, "{hashed}");
+    assert!(
+        hashed.starts_with("[email:") && hashed.len() == "[email:]".len() + 16,
+        "{hashed}"
+    );
     assert_eq!(sent["other"], "jane@example.com", "out of scope");
-    assert_eq!(sent["notes"][0]["text"], format!("to {hashed}"), "the same value, the same hash");
+    assert_eq!(
+        sent["notes"][0]["text"],
+        format!("to {hashed}"),
+        "the same value, the same hash"
+    );
 
     let deny = self::engine(json!({ "rules": [{ "recognizer": "api_key", "action": "deny" }] }));
     let (outcome, _) = request_body(&deny, "text/plain", "key AKIAIOSFODNN7EXAMPLE");
-    let Outcome::Respond(reply) = outcome else { panic!() };
+    let Outcome::Respond(reply) = outcome else {
+        panic!()
+    };
     assert_eq!(reply.status, 403);
-    assert!(!String::from_utf8_lossy(&reply.body).contains("AKIA"), "never the value");
+    assert!(
+        !String::from_utf8_lossy(&reply.body).contains("AKIA"),
+        "never the value"
+    );
 }
 
 #[test]
 fn a_denied_or_oversized_stream_is_refused() {
     let engine = response_engine();
-    assert_eq!(stream(&engine, "text/plain", &[b"key AKIAIOSFODNN7EX", b"AMPLE done"]), Err(502));
-    let small = self::engine(json!({ "request": false, "response": true, "max_bytes": 64, "rules": [{ "recognizer": "email" }] }));
+    assert_eq!(
+        stream(
+            &engine,
+            "text/plain",
+            &[b"key AKIAIOSFODNN7EX", b"AMPLE done"]
+        ),
+        Err(502)
+    );
+    let small = self::engine(
+        json!({ "request": false, "response": true, "max_bytes": 64, "rules": [{ "recognizer": "email" }] }),
+    );
     let big = vec![b'a'; 100];
-    assert_eq!(stream(&small, "application/json", &[b"[\"", &big, b"\"]"]), Err(502));
-    assert_eq!(stream(&small, "text/event-stream", &[b"data: ", &big]), Err(502));
+    assert_eq!(
+        stream(&small, "application/json", &[b"[\"", &big, b"\"]"]),
+        Err(502)
+    );
+    assert_eq!(
+        stream(&small, "text/event-stream", &[b"data: ", &big]),
+        Err(502)
+    );
 }
 
 #[test]
@@ -158,6 +207,8 @@ fn findings_are_counted_never_kept() {
     let mut x = start(&engine, request("POST", "/", &[])).unwrap();
     x.on_request_headers();
     x.on_request_body(b"a@example.com b@example.com");
-    assert_eq!(x.context().metadata().get("mask.findings"), Some(&json!({"email": 2})));
+    assert_eq!(
+        x.context().metadata().get("mask.findings"),
+        Some(&json!({"email": 2}))
+    );
 }
-

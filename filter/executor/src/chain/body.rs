@@ -281,8 +281,7 @@ impl Exchange {
             let mut streams = Vec::new();
             let entries = chain.entries.get(..self.passed).unwrap_or(&chain.entries);
             for (position, entry) in entries.iter().enumerate().rev() {
-                if self.is_skipped(position)
-                    || !entry.phases.contains(Phases::RESPONSE_BODY_STREAM)
+                if self.is_skipped(position) || !entry.phases.contains(Phases::RESPONSE_BODY_STREAM)
                 {
                     continue;
                 }

@@ -60,7 +60,9 @@ pub(super) fn bind<'a>(fields: Fields, cx: &'a Context) -> Vars<'a> {
         Some(header_map(request))
     });
     if let Some(body) = cx.body_of(crate::policy::Direction::Request) {
-        record.put(fields, Fields::REQUEST_BODY, "body", || Some(body_val(body)));
+        record.put(fields, Fields::REQUEST_BODY, "body", || {
+            Some(body_val(body))
+        });
         record.put(fields, Fields::REQUEST_JSON, "json", || {
             body.json().ok().map(json_to_cel)
         });
@@ -140,7 +142,9 @@ pub(super) fn bind<'a>(fields: Fields, cx: &'a Context) -> Vars<'a> {
         Some(header_map(response))
     });
     if let Some(body) = cx.body_of(crate::policy::Direction::Response) {
-        record.put(fields, Fields::RESPONSE_BODY, "body", || Some(body_val(body)));
+        record.put(fields, Fields::RESPONSE_BODY, "body", || {
+            Some(body_val(body))
+        });
         record.put(fields, Fields::RESPONSE_JSON, "json", || {
             body.json().ok().map(json_to_cel)
         });

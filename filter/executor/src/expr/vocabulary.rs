@@ -341,7 +341,12 @@ mod tests {
 
     #[test]
     fn names_are_refused_where_they_cannot_be_read() {
-        let phases = [Phase::Request, Phase::RequestBody, Phase::Response, Phase::ResponseBody];
+        let phases = [
+            Phase::Request,
+            Phase::RequestBody,
+            Phase::Response,
+            Phase::ResponseBody,
+        ];
         for name in VOCABULARY {
             for phase in phases {
                 assert_eq!(

@@ -43,7 +43,9 @@ impl Pointer {
             });
         }
         let Some(rest) = text.strip_prefix('/') else {
-            return Err(format!("{text:?} is not a JSON Pointer: it must start with `/`"));
+            return Err(format!(
+                "{text:?} is not a JSON Pointer: it must start with `/`"
+            ));
         };
         let mut segments = Vec::new();
         for raw in rest.split('/') {
@@ -136,7 +138,11 @@ impl Pointer {
                     .ok()
                     .and_then(|i| items.get_mut(i))
                     .ok_or_else(|| format!("{self}: no element {key}"))?,
-                _ => return Err(format!("{self}: {key:?} is below a value that is not a container")),
+                _ => {
+                    return Err(format!(
+                        "{self}: {key:?} is below a value that is not a container"
+                    ))
+                }
             };
         }
         let Segment::Key(key) = last else {
@@ -292,7 +298,10 @@ mod tests {
     #[test]
     fn wildcards_reach_every_element_and_any_depth() {
         let mut doc = json!({"messages": [{"name": "a", "text": "x"}, {"name": "b"}], "n": {"password": 1, "deep": {"password": 2}}});
-        assert_eq!(Pointer::parse("/messages/*/name").unwrap().remove(&mut doc), 2);
+        assert_eq!(
+            Pointer::parse("/messages/*/name").unwrap().remove(&mut doc),
+            2
+        );
         assert_eq!(doc["messages"], json!([{"text": "x"}, {}]));
         let mut seen = 0;
         Pointer::parse("/**/password")
@@ -303,7 +312,11 @@ mod tests {
             });
         assert_eq!(seen, 2);
         assert_eq!(doc["n"]["deep"]["password"], "***");
-        let path = [PathStep::Key("n"), PathStep::Key("deep"), PathStep::Key("password")];
+        let path = [
+            PathStep::Key("n"),
+            PathStep::Key("deep"),
+            PathStep::Key("password"),
+        ];
         assert!(Pointer::parse("/**/password").unwrap().matches(&path));
         assert!(!Pointer::parse("/n/password").unwrap().matches(&path));
         assert!(Pointer::parse("/n/*/password").unwrap().matches(&path));
@@ -312,12 +325,24 @@ mod tests {
     #[test]
     fn set_creates_objects_and_escapes_are_rfc_6901() {
         let mut doc = json!({"a": [1]});
-        Pointer::parse("/b/c~1d").unwrap().set(&mut doc, json!(1)).unwrap();
-        Pointer::parse("/a/-").unwrap().set(&mut doc, json!(2)).unwrap();
+        Pointer::parse("/b/c~1d")
+            .unwrap()
+            .set(&mut doc, json!(1))
+            .unwrap();
+        Pointer::parse("/a/-")
+            .unwrap()
+            .set(&mut doc, json!(2))
+            .unwrap();
         assert_eq!(doc, json!({"a": [1, 2], "b": {"c/d": 1}}));
-        assert!(Pointer::parse("/a/5/x").unwrap().set(&mut doc, json!(0)).is_err());
+        assert!(Pointer::parse("/a/5/x")
+            .unwrap()
+            .set(&mut doc, json!(0))
+            .is_err());
         assert!(Pointer::parse("a").is_err());
         assert!(Pointer::parse("/a~2").is_err());
-        assert_eq!(Pointer::parse("/b").unwrap().take(&mut doc), Some(json!({"c/d": 1})));
+        assert_eq!(
+            Pointer::parse("/b").unwrap().take(&mut doc),
+            Some(json!({"c/d": 1}))
+        );
     }
 }
