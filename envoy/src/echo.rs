@@ -13,7 +13,10 @@
 //! needs them). With it, `x-echo-content-type` sets the content type,
 //! `x-echo-content-encoding` a content encoding (the body is sent as
 //! given), and `x-echo-chunk-bytes: N` sends the body in chunks of N
-//! bytes, a few milliseconds apart, without a content length.
+//! bytes, a few milliseconds apart, without a content length. A request
+//! carrying `x-echo-sse-events: N` gets a server-sent event stream of N
+//! events, each written as it is made, each with an email address in its
+//! data ([`sse_events`]): what `make bench` masks.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
@@ -131,6 +134,8 @@ pub const RESPOND_WITH: &str = "x-echo-respond-with";
 /// A body sent in parts, a few milliseconds apart (or all at once).
 pub struct Chunks {
     parts: VecDeque<Bytes>,
+    /// Parts go a few milliseconds apart, so that each reaches Envoy alone.
+    spaced: bool,
     pause: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The size is known: one part, sent with its content length.
     whole: bool,
@@ -140,6 +145,7 @@ impl Chunks {
     fn whole(body: Bytes) -> Self {
         Self {
             parts: VecDeque::from([body]),
+            spaced: false,
             pause: None,
             whole: true,
         }
@@ -151,6 +157,16 @@ impl Chunks {
                 .chunks(size.max(1))
                 .map(Bytes::copy_from_slice)
                 .collect(),
+            spaced: true,
+            pause: None,
+            whole: false,
+        }
+    }
+
+    fn events(count: usize) -> Self {
+        Self {
+            parts: sse_events(count).into_iter().map(Bytes::from).collect(),
+            spaced: false,
             pause: None,
             whole: false,
         }
@@ -174,7 +190,7 @@ impl Body for Chunks {
         let Some(part) = self.parts.pop_front() else {
             return Poll::Ready(None);
         };
-        if !self.parts.is_empty() {
+        if self.spaced && !self.parts.is_empty() {
             self.pause = Some(Box::pin(tokio::time::sleep(
                 std::time::Duration::from_millis(2),
             )));
@@ -195,6 +211,20 @@ impl Body for Chunks {
     }
 }
 
+/// Asks for a server-sent event stream of this many events.
+pub const SSE_EVENTS: &str = "x-echo-sse-events";
+
+/// The events `x-echo-sse-events: N` answers with, one per part.
+pub fn sse_events(count: usize) -> Vec<String> {
+    (0..count)
+        .map(|i| {
+            format!(
+                "data: {{\"index\": {i}, \"delta\": \"token {i} for jane.doe@example.com\"}}\n\n"
+            )
+        })
+        .collect()
+}
+
 /// Asks for the answer's content type, with `x-echo-respond-with`.
 pub const CONTENT_TYPE: &str = "x-echo-content-type";
 /// Asks for a `content-encoding` on the answer.
@@ -210,6 +240,18 @@ pub fn canned_body(text: &[u8]) -> Vec<u8> {
 }
 
 async fn echo(req: Request<Incoming>) -> Result<Response<Chunks>, Infallible> {
+    let events = req
+        .headers()
+        .get(SSE_EVENTS)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if let Some(count) = events {
+        let mut response = Response::new(Chunks::events(count));
+        response.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("text/event-stream"),
+        );
+        return Ok(response);
+    }
     if let Some(text) = req.headers().get(RESPOND_WITH) {
         let body = canned_body(text.as_bytes());
         let chunk = req

@@ -56,6 +56,40 @@ routes:
         config: { max_bytes: 200000 }
 "#;
 
+/// Request body work on a 100 KB JSON document (`json_document`): a
+/// JSON transformation (a removal under a wildcard, a set) and masking of
+/// the request body (emails and payment cards), as `make bench` and
+/// `make microbench` run it.
+pub const BODY_EDIT_CHAIN: &str = r#"
+routes:
+  - name: bench
+    match: { route: echo-default }
+    max_body_bytes: 200000
+    policies:
+      - name: json-transform
+        config:
+          request:
+            remove: [/*/tags]
+            set: { /0/name: '"first"' }
+      - name: mask
+        config:
+          rules: [{ recognizer: email }, { recognizer: payment_card, action: partial }]
+"#;
+
+/// Masking of streamed responses (server-sent events among them): what
+/// `make bench` runs on the echo upstream's `x-echo-sse-events` stream.
+pub const SSE_MASK_CHAIN: &str = r#"
+routes:
+  - name: bench
+    match: { route: echo-default }
+    policies:
+      - name: mask
+        config:
+          request: false
+          response: true
+          rules: [{ recognizer: email }, { recognizer: payment_card, action: partial }]
+"#;
+
 /// A JSON document of about `bytes` bytes: an array of small objects.
 pub fn json_document(bytes: usize) -> Vec<u8> {
     let mut text = String::from("[");

@@ -13,6 +13,7 @@
     reason = "a test crate: a failed step must fail the test"
 )]
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use integration_tests::{send, Host, Stack};

@@ -19,7 +19,11 @@
 //! `trace_id` (from a valid W3C `traceparent`), `latency_us`, `method`,
 //! `path` (without the query, which may carry credentials), `host`, and
 //! `caller`: `spiffe_id`, `address`, `jwt_sub`, `api_key_consumer`,
-//! `basic_auth_user`, those known.
+//! `basic_auth_user`, those known; and `findings`, how often each masking
+//! rule fired in the request (left out when none did). Findings in a
+//! response come after the request's line was written: they get a second
+//! line, `{"route_entry", "phase": "response", "request_id", "findings"}`,
+//! once the response body has passed.
 //!
 //! Secrets never appear. Expressions are evaluated over the request without
 //! its query string, its cookies, and every header that carries a
@@ -112,9 +116,12 @@ pub(crate) enum Field {
     Host,
     /// The caller: address and verified identities.
     Caller,
+    /// How often each masking rule fired, by policy (`{"mask":
+    /// {"email": 2}}`), never what it found; left out when nothing fired.
+    Findings,
 }
 
-const ALL_FIELDS: [Field; 13] = [
+const ALL_FIELDS: [Field; 14] = [
     Field::RouteEntry,
     Field::Route,
     Field::Decision,
@@ -128,6 +135,7 @@ const ALL_FIELDS: [Field; 13] = [
     Field::Path,
     Field::Host,
     Field::Caller,
+    Field::Findings,
 ];
 
 /// The compiled section.
@@ -236,6 +244,10 @@ impl DecisionLog {
                     .map(|p| p.split_once('?').map_or(p, |(path, _)| path))),
                 Field::Host => json!(request.get(":authority")),
                 Field::Caller => caller(cx),
+                Field::Findings => match findings(cx, FINDINGS) {
+                    Some(found) => found,
+                    None => continue,
+                },
             };
             // What the engine and the connection say stands as it is: a
             // client cannot blank its own address or verdict out of the log
@@ -260,6 +272,44 @@ impl DecisionLog {
             record.insert("fields".into(), Value::Object(fields));
         }
         serde_json::to_string(&record).ok()
+    }
+}
+
+/// The metadata keys (`<policy>` and these suffixes) under which policies
+/// count what they found in the request, and in the response.
+pub const FINDINGS: &str = ".findings";
+/// See [`FINDINGS`].
+pub const RESPONSE_FINDINGS: &str = ".response_findings";
+
+/// What the chain's policies found, by policy, from their metadata keys
+/// ending in `suffix`.
+fn findings(cx: &Context, suffix: &str) -> Option<Value> {
+    let found: Map<String, Value> = cx
+        .metadata()
+        .iter()
+        .filter_map(|(key, value)| Some((key.strip_suffix(suffix)?.to_owned(), value.clone())))
+        .collect();
+    (!found.is_empty()).then_some(Value::Object(found))
+}
+
+impl DecisionLog {
+    /// A second line for a request whose response a policy found something
+    /// in (masking it), once the response body has passed: the response
+    /// is decided after the request's line was written. `None` when there
+    /// is nothing to say or the log leaves findings out.
+    pub(crate) fn record_response(&self, cx: &Context) -> Option<String> {
+        if !self.fields.contains(&Field::Findings) {
+            return None;
+        }
+        let found = findings(cx, RESPONSE_FINDINGS)?;
+        let request = cx.request_headers();
+        let line = json!({
+            "route_entry": cx.route().chain.as_ref(),
+            "phase": "response",
+            "request_id": request.get("x-request-id"),
+            "findings": found,
+        });
+        serde_json::to_string(&line).ok()
     }
 }
 
@@ -290,6 +340,7 @@ fn field_name(field: Field) -> &'static str {
         Field::Path => "path",
         Field::Host => "host",
         Field::Caller => "caller",
+        Field::Findings => "findings",
     }
 }
 

@@ -405,6 +405,19 @@ impl Context {
         }
     }
 
+    /// Takes the JSON of the current body phase's body out of the context
+    /// (reading it the strict way first if nothing has yet), for a policy
+    /// that edits the document: no copy is made, and a later read parses
+    /// the body again. `None` outside body phases.
+    pub fn take_body_json(&mut self) -> Option<Result<serde_json::Value, String>> {
+        let body = match self.direction {
+            Direction::Request => self.request_body.as_deref_mut(),
+            Direction::Response => self.response_body.as_deref_mut(),
+        }?;
+        let _ = body.json();
+        body.json.take()
+    }
+
     /// Replaces the body of the message in the current body phase: later
     /// policies see the new one, and the host sends it on with its
     /// `content-length` set.

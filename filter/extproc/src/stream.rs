@@ -252,6 +252,15 @@ impl ProcessingStream {
     }
 
     fn response_body(&mut self, message: &HttpBody) -> ProcessingResponse {
+        let response = self.run_response_body(message);
+        // What masking found in the response: the response's own line.
+        if let Some(line) = self.exchange.as_mut().and_then(Exchange::take_decision_log) {
+            crate::decisions::write(line);
+        }
+        response
+    }
+
+    fn run_response_body(&mut self, message: &HttpBody) -> ProcessingResponse {
         let Some(exchange) = self.exchange.as_mut() else {
             return respond(Out::ResponseBody(BodyResponse::default()));
         };

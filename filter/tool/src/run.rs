@@ -230,6 +230,9 @@ pub fn run(
             return Ok(result);
         }
     };
+    // The request's line; a response can add a second (masking findings),
+    // which the tool's expectations do not read.
+    let decision = take_decision(&mut exchange);
     let upstream = Upstream {
         headers: apply(headers, &request_changes),
         body,
@@ -291,7 +294,6 @@ pub fn run(
         match outcome {
             ResponseOutcome::Continue(changes) => response_changes = changes,
             ResponseOutcome::Respond(reply) => {
-                let decision = take_decision(&mut exchange);
                 let mut result = local(reply, decision, calls);
                 result.upstream = Some(upstream);
                 result.request_changes = request_changes;
@@ -306,7 +308,7 @@ pub fn run(
         headers: response_headers,
         body: response_body,
         upstream: Some(upstream),
-        decision: take_decision(&mut exchange),
+        decision,
         calls,
         request_changes,
         response_changes,

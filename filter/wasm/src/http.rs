@@ -51,6 +51,7 @@ impl Stream {
                 request_headers_ended: false,
                 request_body_end: None,
                 body_deadline: None,
+                request_decided: false,
             })
         });
         Self { state }
@@ -100,16 +101,18 @@ pub(crate) struct StreamState {
     request_headers_ended: bool,
     /// The request body ended (with this size) while the headers waited.
     request_body_end: Option<usize>,
-    /// The request headers are held for a body that has not started to
-    /// arrive: past this time (ms since the epoch), and unless this VM has
-    /// seen Envoy deliver a body to held headers, the request fails closed
-    /// (see [`BODY_ARRIVAL`]).
+    /// Headers (the request's, or the response's) are held for a body that
+    /// has not started to arrive: past this time (ms since the epoch), and
+    /// unless this VM has seen Envoy deliver a body to held headers, the
+    /// request fails closed (see [`BODY_ARRIVAL`]).
     body_deadline: Option<u64>,
+    /// The request's decision line is written: a later one is the
+    /// response's.
+    request_decided: bool,
 }
 
-/// How long held request headers wait for the first byte of their body
-/// before the request fails closed, until this VM has seen Envoy deliver
-/// one. Without `allow_on_headers_stop_iteration`, Envoy stops the body
+/// How long held headers wait for the first byte of their body before
+/// the request fails closed, until this VM has seen Envoy deliver one. Without `allow_on_headers_stop_iteration`, Envoy stops the body
 /// callbacks of a filter that holds the headers, and such a request would
 /// otherwise stall until Envoy's own timeout.
 pub(crate) const BODY_ARRIVAL: std::time::Duration = std::time::Duration::from_secs(2);
@@ -149,14 +152,20 @@ impl StreamState {
     /// Writes the decision log's line for this request, once decided: to
     /// Envoy's log, and as the filter state `wasm.policy_engine_decision`
     /// for Envoy's access log (`%FILTER_STATE(wasm.policy_engine_decision:PLAIN)%`).
+    /// The response's line (what masking found in it) goes to
+    /// `wasm.policy_engine_response_decision`.
     fn write_decision(&mut self) {
         let Some(line) = self.exchange.as_mut().and_then(Exchange::take_decision_log) else {
             return;
         };
         log::info!("decision {line}");
-        if let Err(status) =
-            hostcalls::set_property(vec!["policy_engine_decision"], Some(line.as_bytes()))
-        {
+        let state = if self.request_decided {
+            "policy_engine_response_decision"
+        } else {
+            "policy_engine_decision"
+        };
+        self.request_decided = true;
+        if let Err(status) = hostcalls::set_property(vec![state], Some(line.as_bytes())) {
             log::warn!("cannot set the decision as filter state: {status:?}");
         }
     }
@@ -312,6 +321,7 @@ impl StreamState {
             Direction::Response => {
                 let outcome = exchange.on_response_body(body);
                 self.response_body_done = true;
+                self.write_decision();
                 let action = self.settle_response(outcome);
                 self.write_body_edit(direction, action)
             }
@@ -349,6 +359,7 @@ impl StreamState {
         else {
             return Action::Continue;
         };
+        self.write_decision();
         match outcome {
             ChunkOutcome::Pass(bytes) if bytes == chunk => Action::Continue,
             ChunkOutcome::Pass(bytes) => {
@@ -399,10 +410,8 @@ impl StreamState {
         } else if end_of_stream {
             self.finish_body(direction, &[])
         } else {
-            if let Direction::Request = direction {
-                if !BODY_DELIVERED.with(Cell::get) {
-                    self.watch_for_body();
-                }
+            if !BODY_DELIVERED.with(Cell::get) {
+                self.watch_for_body();
             }
             Action::Pause
         }
@@ -420,9 +429,9 @@ impl StreamState {
     fn body_never_came(&mut self) {
         self.body_deadline = None;
         log::error!(
-            "a request body never reached the policy engine while its headers were held: \
-             set allow_on_headers_stop_iteration: true on the Wasm filter's plugin \
-             configuration (see docs/bodies.md); failing the request closed"
+            "a body never reached the policy engine while its headers were held: set \
+             allow_on_headers_stop_iteration: true on the Wasm filter's plugin configuration \
+             (see docs/bodies.md); failing the request closed"
         );
         self.respond(&LocalReply::text(500, "policy engine error\n"));
     }
@@ -611,6 +620,9 @@ impl StreamState {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.body_deadline.take().is_some() {
+            BODY_DELIVERED.with(|seen| seen.set(true));
+        }
         if self.streams_response() {
             return self.stream_chunk(body_size, end_of_stream);
         }

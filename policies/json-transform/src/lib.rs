@@ -14,8 +14,8 @@
 //! ```
 //!
 //! A section's edits apply in the order written above: `body` (which the
-//! others then edit), `remove`, `rename`, `move`, `set`. `set` values are
-//! CEL expressions evaluated on the body as it arrived (`request.json`,
+//! others then edit), `remove`, `rename`, `move`, `set`. `set` values (and
+//! `body`) are CEL expressions evaluated on the body as it arrived (`request.json`,
 //! `response.json`) and anything else a request expression reads; `set`
 //! creates missing objects on its way, and `-` appends to an array.
 //!
@@ -226,27 +226,44 @@ fn is_json_type(content_type: Option<&str>) -> bool {
 }
 
 impl Edits {
-    /// The new body, `None` if it is unchanged.
-    fn apply(&self, cx: &Context, bad_input: u16, failed: u16) -> Result<Option<Vec<u8>>, Refusal> {
+    /// The new body, `None` if it is unchanged. Every CEL value is worked
+    /// out first, on the body as it arrived; then the document is taken
+    /// out of the context (not copied) and edited.
+    fn apply(
+        &self,
+        cx: &mut Context,
+        bad_input: u16,
+        failed: u16,
+    ) -> Result<Option<Vec<u8>>, Refusal> {
         let refuse = |status: u16, reason: String| Refusal { status, reason };
         let Some(body) = cx.body() else {
             return Ok(None);
         };
         let empty = body.bytes().iter().all(u8::is_ascii_whitespace);
-        let headers = cx.message_headers();
-        let mut document = match (&self.body, empty) {
-            (Some(expression), _) => expression
+        if self.body.is_none() {
+            if empty {
+                return Ok(None);
+            }
+            if !is_json_type(cx.message_headers().get("content-type")) {
+                return Err(refuse(bad_input, "the content-type is not JSON".into()));
+            }
+        }
+        let mut values = Vec::with_capacity(self.set.len());
+        for (at, expression) in &self.set {
+            let value = expression
+                .evaluate_json(cx)
+                .map_err(|e| refuse(failed, format!("set {at}: {e}")))?;
+            values.push(value);
+        }
+        let mut document = match &self.body {
+            Some(expression) => expression
                 .evaluate_json(cx)
                 .map_err(|e| refuse(failed, format!("`body` failed: {e}")))?,
-            (None, true) => return Ok(None),
-            (None, false) => {
-                if !is_json_type(headers.get("content-type")) {
-                    return Err(refuse(bad_input, "the content-type is not JSON".into()));
-                }
-                body.json()
-                    .map_err(|e| refuse(bad_input, e.to_owned()))?
-                    .clone()
-            }
+            None => match cx.take_body_json() {
+                Some(Ok(document)) => document,
+                Some(Err(e)) => return Err(refuse(bad_input, e)),
+                None => return Ok(None),
+            },
         };
         for pointer in &self.remove {
             pointer.remove(&mut document);
@@ -272,10 +289,7 @@ impl Edits {
             to.set(&mut document, value)
                 .map_err(|e| refuse(failed, format!("move: {e}")))?;
         }
-        for (at, expression) in &self.set {
-            let value = expression
-                .evaluate_json(cx)
-                .map_err(|e| refuse(failed, format!("set {at}: {e}")))?;
+        for ((at, _), value) in self.set.iter().zip(values) {
             at.set(&mut document, value)
                 .map_err(|e| refuse(failed, format!("set: {e}")))?;
         }

@@ -47,6 +47,7 @@
 //! (requests) or asks the upstream not to encode (responses) anything
 //! else; see `policy_executor::chain`.
 
+mod raw_json;
 mod recognizers;
 mod scan;
 mod stream;
@@ -272,6 +273,13 @@ fn build(config: &serde_json::Value) -> Result<Box<dyn Policy>, ParamError> {
     }))
 }
 
+/// The pattern of the built-in recognizer `name` (`email`, `payment_card`,
+/// ...), for comparisons such as `make microbench`'s plain scan.
+pub fn builtin_pattern(name: &str) -> Option<&'static str> {
+    let recognizer: Recognizer = serde_json::from_value(serde_json::json!(name)).ok()?;
+    Some(recognizer.pattern())
+}
+
 /// Whether a `content-type` says JSON.
 pub(crate) fn is_json_type(content_type: Option<&str>) -> bool {
     let Some(media) = content_type
@@ -284,21 +292,38 @@ pub(crate) fn is_json_type(content_type: Option<&str>) -> bool {
 }
 
 /// Records how often each rule fired, for the decision log: under
-/// `mask.findings` (and `mask.response_findings` for the response).
-pub(crate) fn note_findings(cx: &mut Context, findings: &Findings, direction: &str) {
+/// `mask.findings` for the request, `mask.response_findings` for the
+/// response, added to what another `mask` of the chain counted.
+pub(crate) fn note_findings(cx: &mut Context, findings: &Findings, direction: Direction) {
     if findings.is_empty() {
         return;
     }
-    let key = match direction {
-        "request" => "mask.findings".to_owned(),
-        other => format!("mask.{other}_findings"),
+    let suffix = match direction {
+        Direction::Request => policy_executor::decision::FINDINGS,
+        Direction::Response => policy_executor::decision::RESPONSE_FINDINGS,
     };
-    log::debug!(
-        "mask on {:?}: {direction} findings {findings:?}",
-        cx.route().chain
-    );
-    cx.metadata_mut()
-        .insert(key, serde_json::to_value(findings).unwrap_or_default());
+    log::debug!("mask on {:?}: findings {findings:?}", cx.route().chain);
+    let entry = cx
+        .metadata_mut()
+        .entry(format!("{}{suffix}", FACTORY.name))
+        .or_insert_with(|| serde_json::json!({}));
+    if let Some(counts) = entry.as_object_mut() {
+        for (rule, count) in findings {
+            let sum = counts
+                .get(rule)
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0)
+                + count;
+            counts.insert(rule.clone(), serde_json::json!(sum));
+        }
+    }
+}
+
+/// Which message findings are about.
+#[derive(Clone, Copy)]
+pub(crate) enum Direction {
+    Request,
+    Response,
 }
 
 impl Policy for Mask {
@@ -324,7 +349,7 @@ impl Policy for Mask {
             .settings
             .masker
             .mask_unit(body, declared, &mut findings);
-        note_findings(cx, &findings, "request");
+        note_findings(cx, &findings, Direction::Request);
         match result {
             Ok(Some(masked)) => {
                 cx.replace_body(masked);

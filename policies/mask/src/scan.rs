@@ -53,6 +53,17 @@ pub(crate) struct Hit {
     rule: usize,
 }
 
+impl Hit {
+    /// The same hit, in a text that starts `by` bytes later.
+    pub(crate) fn shifted(self, by: usize) -> Self {
+        Self {
+            start: self.start - by,
+            end: self.end - by,
+            rule: self.rule,
+        }
+    }
+}
+
 /// The rules and where they apply.
 pub(crate) struct Masker {
     pub(crate) rules: Vec<Rule>,
@@ -150,18 +161,31 @@ impl Masker {
         if !(looks_like_json || declared_json || !self.fields.is_empty()) {
             return self.mask_text(body, findings);
         }
+        // Text that merely starts like JSON (`[DONE]`) is masked as text,
+        // unless it must be JSON or holds escapes a JSON reader would
+        // decode into what the patterns look for.
+        let not_json = |e: policy_executor::json::JsonError, findings: &mut Findings| {
+            if declared_json || !self.fields.is_empty() || contains(body, b"\\u") {
+                Err(Fault::NotJson(e.to_string()))
+            } else {
+                self.mask_text(body, findings)
+            }
+        };
+        if crate::raw_json::applies(self, body) {
+            if let Err(e) = policy_executor::json::check(body) {
+                return not_json(e, findings);
+            }
+            match crate::raw_json::mask(self, body, findings)? {
+                crate::raw_json::Raw::Unchanged => return Ok(None),
+                crate::raw_json::Raw::Masked(masked) => return Ok(Some(masked)),
+                crate::raw_json::Raw::Straddles => {}
+            }
+        }
         let mut document = match policy_executor::json::parse(body) {
             Ok(document) => document,
-            // Text that merely starts like JSON (`[DONE]`) is masked as
-            // text, unless it must be JSON or holds escapes a JSON reader
-            // would decode into what the patterns look for.
-            Err(e) if declared_json || !self.fields.is_empty() || contains(body, b"\\u") => {
-                return Err(Fault::NotJson(e.to_string()))
-            }
-            Err(_) => return self.mask_text(body, findings),
+            Err(e) => return not_json(e, findings),
         };
-        let mut path = Vec::new();
-        if !self.walk(&mut document, &mut path, findings)? {
+        if !self.mask_json(&mut document, findings)? {
             return Ok(None);
         }
         serde_json::to_vec(&document)
@@ -169,45 +193,144 @@ impl Masker {
             .map_err(|e| Fault::NotJson(e.to_string()))
     }
 
-    /// Masks the strings (and numbers) in scope below `value`; whether any
-    /// changed.
-    fn walk(
+    /// Masks the strings (and numbers) in scope in `document`; whether any
+    /// changed. Every regular expression runs once over all of them, joined
+    /// with NUL bytes, rather than once per value (a document has
+    /// thousands): a hit inside one value is applied to it, and the rare
+    /// hit across a NUL (a custom pattern that matches one) makes the
+    /// values it touches be scanned alone.
+    fn mask_json(&self, document: &mut Value, findings: &mut Findings) -> Result<bool, Fault> {
+        let mut scan = Joined::default();
+        let mut path = Vec::new();
+        self.collect(document, &mut path, &mut scan);
+        if scan.segments.is_empty() {
+            return Ok(false);
+        }
+        let hits = self.find(&scan.text);
+        if hits.is_empty() {
+            return Ok(false);
+        }
+        // Per segment: the hits inside it, relative to its start, or a
+        // rescan of it alone.
+        let mut found: Vec<Option<Found>> = Vec::new();
+        found.resize_with(scan.segments.len(), || None);
+        let mut at = 0;
+        for hit in hits {
+            while scan
+                .segments
+                .get(at)
+                .is_some_and(|(_, end)| *end <= hit.start)
+            {
+                at += 1;
+            }
+            let Some(&(start, end)) = scan.segments.get(at) else {
+                break;
+            };
+            if hit.start >= start && hit.end <= end {
+                let relative = Hit {
+                    start: hit.start - start,
+                    end: hit.end - start,
+                    rule: hit.rule,
+                };
+                match found.get_mut(at) {
+                    Some(Some(Found::Hits(list))) => list.push(relative),
+                    Some(slot @ None) => *slot = Some(Found::Hits(vec![relative])),
+                    _ => {}
+                }
+            } else {
+                for (i, (start, _)) in scan.segments.iter().enumerate().skip(at) {
+                    if *start >= hit.end {
+                        break;
+                    }
+                    if let Some(slot) = found.get_mut(i) {
+                        *slot = Some(Found::Rescan);
+                    }
+                }
+            }
+        }
+        let mut visit = 0;
+        self.rewrite(document, &scan, &found, &mut visit, findings)
+    }
+
+    /// Joins the text of the scalars in scope, in document order.
+    fn collect<'v>(&self, value: &'v Value, path: &mut Vec<PathStep<'v>>, scan: &mut Joined) {
+        match value {
+            Value::Object(map) => {
+                for (key, child) in map {
+                    path.push(PathStep::Key(key));
+                    self.collect(child, path, scan);
+                    path.pop();
+                }
+            }
+            Value::Array(items) => {
+                for (index, child) in items.iter().enumerate() {
+                    path.push(PathStep::Index(index));
+                    self.collect(child, path, scan);
+                    path.pop();
+                }
+            }
+            Value::String(_) | Value::Number(_) => {
+                let segment = self.in_scope(path).then(|| {
+                    if !scan.text.is_empty() {
+                        scan.text.push(0);
+                    }
+                    let start = scan.text.len();
+                    match value {
+                        Value::String(text) => scan.text.extend_from_slice(text.as_bytes()),
+                        other => scan.text.extend_from_slice(other.to_string().as_bytes()),
+                    }
+                    scan.segments.push((start, scan.text.len()));
+                    scan.segments.len() - 1
+                });
+                scan.visits.push(segment);
+            }
+            _ => {}
+        }
+    }
+
+    /// Applies what was found, walking the scalars in the order `collect`
+    /// did; whether any changed.
+    fn rewrite(
         &self,
         value: &mut Value,
-        path: &mut Vec<PathKey>,
+        scan: &Joined,
+        found: &[Option<Found>],
+        visit: &mut usize,
         findings: &mut Findings,
     ) -> Result<bool, Fault> {
         match value {
             Value::Object(map) => {
                 let mut changed = false;
-                for (key, child) in map.iter_mut() {
-                    path.push(PathKey::Key(key.clone()));
-                    changed |= self.walk(child, path, findings)?;
-                    path.pop();
+                for child in map.values_mut() {
+                    changed |= self.rewrite(child, scan, found, visit, findings)?;
                 }
                 Ok(changed)
             }
             Value::Array(items) => {
                 let mut changed = false;
-                for (index, child) in items.iter_mut().enumerate() {
-                    path.push(PathKey::Index(index));
-                    changed |= self.walk(child, path, findings)?;
-                    path.pop();
+                for child in items.iter_mut() {
+                    changed |= self.rewrite(child, scan, found, visit, findings)?;
                 }
                 Ok(changed)
             }
-            Value::String(text) if self.in_scope(path) => {
-                match self.mask_text(text.as_bytes(), findings)? {
-                    Some(masked) => {
-                        *text = String::from_utf8_lossy(&masked).into_owned();
-                        Ok(true)
-                    }
-                    None => Ok(false),
-                }
-            }
-            // A card number sent as a JSON number is still a card number.
-            Value::Number(number) if self.in_scope(path) => {
-                match self.mask_text(number.to_string().as_bytes(), findings)? {
+            Value::String(_) | Value::Number(_) => {
+                let segment = scan.visits.get(*visit).copied().flatten();
+                *visit += 1;
+                let Some(segment) = segment else {
+                    return Ok(false);
+                };
+                let Some(&(start, end)) = scan.segments.get(segment) else {
+                    return Ok(false);
+                };
+                let text = scan.text.get(start..end).unwrap_or_default();
+                let masked = match found.get(segment) {
+                    Some(Some(Found::Hits(hits))) => Some(self.apply(text, hits, findings)?),
+                    Some(Some(Found::Rescan)) => self.mask_text(text, findings)?,
+                    _ => None,
+                };
+                match masked {
+                    // A card number sent as a JSON number is still a card
+                    // number: masked, it becomes a string.
                     Some(masked) => {
                         *value = Value::String(String::from_utf8_lossy(&masked).into_owned());
                         Ok(true)
@@ -219,29 +342,32 @@ impl Masker {
         }
     }
 
-    fn in_scope(&self, path: &[PathKey]) -> bool {
-        if self.fields.is_empty() {
-            return true;
-        }
-        let steps: Vec<PathStep<'_>> = path
-            .iter()
-            .map(|k| match k {
-                PathKey::Key(key) => PathStep::Key(key),
-                PathKey::Index(index) => PathStep::Index(*index),
-            })
-            .collect();
-        self.fields.iter().any(|f| f.matches(&steps))
+    fn in_scope(&self, path: &[PathStep<'_>]) -> bool {
+        self.fields.is_empty() || self.fields.iter().any(|f| f.matches(path))
     }
+}
+
+/// The text of the scalars in scope, joined with NUL bytes.
+#[derive(Default)]
+struct Joined {
+    text: Vec<u8>,
+    /// Where each scalar in scope is in `text`.
+    segments: Vec<(usize, usize)>,
+    /// Per scalar (string or number) in document order, its segment when
+    /// in scope.
+    visits: Vec<Option<usize>>,
+}
+
+/// What the joined scan found in one scalar.
+enum Found {
+    /// Hits inside it, relative to its start.
+    Hits(Vec<Hit>),
+    /// A hit crossed its edge: scan it alone.
+    Rescan,
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-/// One step of the path to a value being scanned.
-enum PathKey {
-    Key(String),
-    Index(usize),
 }
 
 /// `found` with all but its last `keep` characters as `*`.

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use policy_executor::{BodyStream, Context, LocalReply};
 
 use crate::scan::{Fault, Findings};
-use crate::{is_json_type, note_findings, Settings};
+use crate::{is_json_type, note_findings, Direction, Settings};
 
 /// How the response is read, once its first chunk came.
 enum Reading {
@@ -200,7 +200,7 @@ impl BodyStream for MaskStream {
         }
         let result = self.step(cx, end);
         if end || result.is_err() {
-            note_findings(cx, &self.findings, "response");
+            note_findings(cx, &self.findings, Direction::Response);
         }
         result.map_err(|fault| {
             log::warn!(

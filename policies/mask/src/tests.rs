@@ -212,3 +212,76 @@ fn findings_are_counted_never_kept() {
         Some(&json!({"email": 2}))
     );
 }
+
+#[test]
+fn a_custom_match_across_two_json_values_never_joins_them() {
+    let engine = engine(
+        json!({ "rules": [{ "name": "xz", "pattern": "x[^y]*z" }, { "recognizer": "email" }] }),
+    );
+    let (_, sent) = request_body(
+        &engine,
+        "application/json",
+        r#"{"a": "ax", "b": "zb", "c": "xoz", "d": "jane@example.com"}"#,
+    );
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&sent).unwrap(),
+        json!({"a": "ax", "b": "zb", "c": "[redacted]", "d": "[redacted]"})
+    );
+}
+
+#[test]
+fn the_in_place_json_path_masks_as_the_document_path_does() {
+    let rules =
+        json!([{ "recognizer": "email" }, { "recognizer": "payment_card", "action": "partial" }]);
+    let in_place = engine(json!({ "rules": rules }));
+    // `fields: [/**]` scans everything, through the document.
+    let document = engine(json!({ "rules": rules, "fields": ["/**"] }));
+    for body in [
+        r#"{"jane@example.com": "x", "to": "a@b.co", "n": 4111111111111111, "list": ["4111 1111 1111 1111", {"k": "mail x@y.org \"q\"\n"}]}"#,
+        r#"[1, -2.5e3, "none here", {"a": {"b": "deep z@example.net"}}]"#,
+        r#""just a string with jane@example.com""#,
+    ] {
+        let (_, fast) = request_body(&in_place, "application/json", body);
+        let (_, slow) = request_body(&document, "application/json", body);
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&fast).unwrap(),
+            serde_json::from_str::<serde_json::Value>(&slow).unwrap(),
+            "{body}"
+        );
+        assert!(
+            !fast.contains("a@b.co") && !fast.contains("4111 1111"),
+            "{fast}"
+        );
+    }
+    let (_, fast) = request_body(&in_place, "application/json", r#"{"jane@example.com": 1}"#);
+    assert_eq!(
+        fast, r#"{"jane@example.com": 1}"#,
+        "member names are left alone"
+    );
+}
+
+#[test]
+fn the_decision_log_counts_findings_in_requests_and_responses() {
+    let config = json!({
+        "decision_log": { "requests": "all" },
+        "routes": [{ "name": "r", "policies": [{ "name": "mask", "config": {
+            "response": true, "rules": [{ "recognizer": "email" }] } }] }],
+    });
+    let registry = policy_executor::Registry::new([FACTORY]);
+    let engine = Engine::from_config(config.to_string().as_bytes(), &registry).unwrap();
+    let mut x = start(&engine, request("POST", "/", &[])).unwrap();
+    x.on_request_headers();
+    x.on_request_body(b"to jane@example.com and joe@example.org");
+    let line: serde_json::Value = serde_json::from_str(&x.take_decision_log().unwrap()).unwrap();
+    assert_eq!(line["findings"], json!({ "mask": { "email": 2 } }));
+    x.on_response_headers(HeaderMap::from_pairs([
+        (":status", "200"),
+        ("content-type", "text/plain"),
+    ]));
+    x.on_response_chunk(b"reply to ann@example.com", true);
+    let line = x.take_decision_log().unwrap();
+    assert!(!line.contains("example.com"), "never the value: {line}");
+    let line: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(line["phase"], "response");
+    assert_eq!(line["findings"], json!({ "mask": { "email": 1 } }));
+}

@@ -10,10 +10,12 @@ use policy_executor::{Engine, HeaderMap, Outcome, PolicyFactory, Registry, Start
 
 /// Every policy the fixtures use, under the names a build gives them.
 pub fn registry() -> Registry {
-    let factories: [PolicyFactory; 11] = [
+    let factories: [PolicyFactory; 13] = [
         policy_set_headers::FACTORY,
         policy_respond::FACTORY,
         policy_json_body::FACTORY,
+        policy_json_transform::FACTORY,
+        policy_mask::FACTORY,
         policy_authorization::FACTORY,
         policy_transformation::FACTORY,
         policy_redirect::FACTORY,
@@ -158,4 +160,29 @@ impl Fixture {
         }
         Ran::Passed(changes)
     }
+}
+
+/// Streams `body` as a `text/plain` response of the fixture's chain, in
+/// chunks of `chunk` bytes, as a host would: what the client gets.
+pub fn stream_response(fixture: &Fixture, body: &[u8], chunk: usize) -> Vec<u8> {
+    let request = fixture.request.clone();
+    let Start::Run(mut exchange) = fixture
+        .engine
+        .start(|| Some("echo-default".to_owned()), request)
+    else {
+        return Vec::new();
+    };
+    let _ = exchange.on_request_headers();
+    let headers = HeaderMap::from_pairs([(":status", "200"), ("content-type", "text/plain")]);
+    let _ = exchange.on_response_headers(headers);
+    let mut out = Vec::with_capacity(body.len());
+    let chunks: Vec<&[u8]> = body.chunks(chunk.max(1)).collect();
+    for (i, part) in chunks.iter().enumerate() {
+        if let policy_executor::ChunkOutcome::Pass(bytes) =
+            exchange.on_response_chunk(part, i + 1 == chunks.len())
+        {
+            out.extend(bytes);
+        }
+    }
+    out
 }

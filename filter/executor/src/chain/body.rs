@@ -314,7 +314,24 @@ impl Exchange {
         self.bodies().streams = Some(streams);
         match refused {
             Some(reply) => self.refuse_chunk(reply),
-            None => ChunkOutcome::Pass(bytes),
+            None => {
+                if end {
+                    self.response_decided();
+                }
+                ChunkOutcome::Pass(bytes)
+            }
+        }
+    }
+
+    /// The response body has passed every policy: its findings, if any,
+    /// make a second decision-log line for the host to take.
+    pub(super) fn response_decided(&mut self) {
+        let line = self
+            .logging
+            .as_ref()
+            .and_then(|logging| logging.log.record_response(&self.cx));
+        if let (Some(line), Some(logging)) = (line, self.logging.as_mut()) {
+            logging.line = Some(line);
         }
     }
 

@@ -42,6 +42,7 @@ impl Exchange {
                 if edited {
                     self.hand_over_edit(body);
                 }
+                self.response_decided();
                 self.outcome_of(None)
             }
             Err(replied) => self.outcome_of(Some(replied)),

@@ -53,12 +53,14 @@ use std::process::{Command, ExitCode};
 use std::time::Instant;
 
 use integration_tests::authz::{AuthzServer, Decision};
-use integration_tests::chains::{json_document, set_headers_chain, CEL_CHAIN, JSON_BODY_CHAIN};
+use integration_tests::chains::{
+    json_document, set_headers_chain, BODY_EDIT_CHAIN, CEL_CHAIN, JSON_BODY_CHAIN, SSE_MASK_CHAIN,
+};
 use integration_tests::load::{Load, Plan, RequestSpec};
 use integration_tests::measure::{env_or, quantile};
 use integration_tests::ratelimit::{RateLimitService, Redis};
 use integration_tests::{auth_chain, wrk};
-use local_envoy::echo::EchoUpstream;
+use local_envoy::echo::{EchoUpstream, SSE_EVENTS};
 use local_envoy::shim::Shim;
 use local_envoy::{filter_wasm, filters, repo_root, Envoy, Options};
 use serde_json::Value;
