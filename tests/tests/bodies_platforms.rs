@@ -209,3 +209,29 @@ fn without_the_option_a_body_chain_fails_closed_promptly() {
         "unmatched: deny"
     );
 }
+
+#[test]
+fn without_the_option_a_response_body_chain_fails_closed_promptly() {
+    let configuration = r#"{"routes": [{"name": "api", "policies": [
+        {"name": "json-transform", "config": {"response": {"remove": ["/headers"]}}}]}]}"#;
+    let mut filter = local_envoy::filters::policy_engine(Path::new(&module()), configuration);
+    filter["typed_config"]["config"]
+        .as_object_mut()
+        .unwrap()
+        .remove("allow_on_headers_stop_iteration");
+    let stack = Stack::builder(Host::Wasm, configuration)
+        .wasm_filter(filter)
+        .start();
+    let started = Instant::now();
+    let reply = stack.send("GET", "/api", &[]);
+    assert_eq!(reply.status, 500, "{}", reply.body);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(stack
+        .envoy
+        .log()
+        .contains("allow_on_headers_stop_iteration"));
+}

@@ -23,6 +23,7 @@
 //! `Role`, one key to ASP.NET's default binding), and integers past 2^53,
 //! which JavaScript readers round.
 
+pub mod edit;
 pub mod pointer;
 
 use std::borrow::Cow;

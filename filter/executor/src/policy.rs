@@ -164,14 +164,24 @@ pub(crate) enum Direction {
 pub struct Body {
     bytes: Arc<[u8]>,
     json: OnceCell<Result<serde_json::Value, String>>,
+    /// A policy wrote it as strict JSON ([`Context::replace_body_json`]).
+    written_json: bool,
 }
 
 impl Body {
-    pub(crate) fn new(bytes: Arc<[u8]>) -> Self {
+    pub(crate) fn new(bytes: Arc<[u8]>, written_json: bool) -> Self {
         Self {
             bytes,
             json: OnceCell::new(),
+            written_json,
         }
+    }
+
+    /// Whether the body is known to be JSON under the strict reading: a
+    /// policy wrote it so, or it was read so already. Readers may then
+    /// skip checking it again.
+    pub fn is_strict_json(&self) -> bool {
+        self.written_json || matches!(self.json.get(), Some(Ok(_)))
     }
 
     /// The bytes.
@@ -231,8 +241,9 @@ pub struct Context {
     request_body: Option<Box<Body>>,
     /// The whole response body, during the response-body phase.
     response_body: Option<Box<Body>>,
-    /// The body the running policy wrote ([`Context::replace_body`]).
-    body_edit: Option<Vec<u8>>,
+    /// The body the running policy wrote ([`Context::replace_body`]), and
+    /// whether it is strict JSON.
+    body_edit: Option<(Vec<u8>, bool)>,
 }
 
 impl Context {
@@ -405,28 +416,31 @@ impl Context {
         }
     }
 
-    /// Takes the JSON of the current body phase's body out of the context
-    /// (reading it the strict way first if nothing has yet), for a policy
-    /// that edits the document: no copy is made, and a later read parses
-    /// the body again. `None` outside body phases.
-    pub fn take_body_json(&mut self) -> Option<Result<serde_json::Value, String>> {
-        let body = match self.direction {
-            Direction::Request => self.request_body.as_deref_mut(),
-            Direction::Response => self.response_body.as_deref_mut(),
-        }?;
-        let _ = body.json();
-        body.json.take()
-    }
-
     /// Replaces the body of the message in the current body phase: later
     /// policies see the new one, and the host sends it on with its
     /// `content-length` set.
     pub fn replace_body(&mut self, bytes: Vec<u8>) {
-        self.body_edit = Some(bytes);
+        self.body_edit = Some((bytes, false));
+    }
+
+    /// [`Context::replace_body`] with JSON the policy wrote from a document
+    /// read the strict way, and that is strict JSON itself (unique member
+    /// names): later policies need not check it again.
+    pub fn replace_body_json(&mut self, bytes: Vec<u8>) {
+        self.body_edit = Some((bytes, true));
     }
 
     pub(crate) fn set_body(&mut self, direction: Direction, bytes: Arc<[u8]>) {
-        let body = Some(Box::new(Body::new(bytes)));
+        self.set_written_body(direction, bytes, false);
+    }
+
+    pub(crate) fn set_written_body(
+        &mut self,
+        direction: Direction,
+        bytes: Arc<[u8]>,
+        written_json: bool,
+    ) {
+        let body = Some(Box::new(Body::new(bytes, written_json)));
         match direction {
             Direction::Request => self.request_body = body,
             Direction::Response => self.response_body = body,
@@ -439,7 +453,7 @@ impl Context {
             .map_or_else(|| Arc::from(&[][..]), |b| Arc::clone(&b.bytes))
     }
 
-    pub(crate) fn take_body_edit(&mut self) -> Option<Vec<u8>> {
+    pub(crate) fn take_body_edit(&mut self) -> Option<(Vec<u8>, bool)> {
         self.body_edit.take()
     }
 

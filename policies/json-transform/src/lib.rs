@@ -33,17 +33,18 @@
 //! 502 (a response) and a log line naming the pointer; a `remove` or
 //! `rename` of what is absent does nothing. The new body goes on with its
 //! `content-length` (and `content-type: application/json` when `body`
-//! built it from nothing).
+//! built it from nothing). Member order is kept, and what no edit touches
+//! is written as it came (`policy_executor::json::edit`).
 
 use std::collections::BTreeMap;
 
+use policy_executor::json::edit::Document;
 use policy_executor::json::pointer::Pointer;
 use policy_executor::{
     parse_params, Action, AttributeSet, Context, Expression, LocalReply, ParamError, Phase, Phases,
     Policy, PolicyFactory, ResponseAction,
 };
 use serde::Deserialize;
-use serde_json::Value;
 
 /// The policy's registration.
 pub const FACTORY: PolicyFactory = PolicyFactory {
@@ -227,14 +228,10 @@ fn is_json_type(content_type: Option<&str>) -> bool {
 
 impl Edits {
     /// The new body, `None` if it is unchanged. Every CEL value is worked
-    /// out first, on the body as it arrived; then the document is taken
-    /// out of the context (not copied) and edited.
-    fn apply(
-        &self,
-        cx: &mut Context,
-        bad_input: u16,
-        failed: u16,
-    ) -> Result<Option<Vec<u8>>, Refusal> {
+    /// out first, on the body as it arrived; then the document is edited
+    /// in place (`policy_executor::json::edit`: only what the edits go
+    /// through is read).
+    fn apply(&self, cx: &Context, bad_input: u16, failed: u16) -> Result<Option<Vec<u8>>, Refusal> {
         let refuse = |status: u16, reason: String| Refusal { status, reason };
         let Some(body) = cx.body() else {
             return Ok(None);
@@ -256,54 +253,33 @@ impl Edits {
             values.push(value);
         }
         let mut document = match &self.body {
-            Some(expression) => expression
-                .evaluate_json(cx)
-                .map_err(|e| refuse(failed, format!("`body` failed: {e}")))?,
-            None => match cx.take_body_json() {
-                Some(Ok(document)) => document,
-                Some(Err(e)) => return Err(refuse(bad_input, e)),
-                None => return Ok(None),
-            },
+            Some(expression) => Document::from_value(
+                expression
+                    .evaluate_json(cx)
+                    .map_err(|e| refuse(failed, format!("`body` failed: {e}")))?,
+            ),
+            None => Document::parse(body.bytes())
+                .map_err(|e| refuse(bad_input, format!("the body is not JSON: {e}")))?,
         };
+        let blocked = |what: &str, e: String| refuse(failed, format!("{what}: {e}"));
         for pointer in &self.remove {
-            pointer.remove(&mut document);
+            document.remove(pointer).map_err(|e| blocked("remove", e))?;
         }
         for (from, to) in &self.rename {
-            let Some(old) = from.last_key() else {
-                continue;
-            };
-            let parent =
-                Pointer::parse(&parent_of(&from.to_string())).map_err(|e| refuse(failed, e))?;
-            parent.for_each_mut(&mut document, &mut |value| {
-                if let Value::Object(map) = value {
-                    if let Some(moved) = map.remove(old) {
-                        map.insert(to.clone(), moved);
-                    }
-                }
-            });
+            document
+                .rename(from, to)
+                .map_err(|e| blocked("rename", e))?;
         }
         for (from, to) in &self.moves {
-            let value = from
-                .take(&mut document)
-                .ok_or_else(|| refuse(failed, format!("move: nothing at {from}")))?;
-            to.set(&mut document, value)
-                .map_err(|e| refuse(failed, format!("move: {e}")))?;
+            document
+                .move_value(from, to)
+                .map_err(|e| blocked("move", e))?;
         }
         for ((at, _), value) in self.set.iter().zip(values) {
-            at.set(&mut document, value)
-                .map_err(|e| refuse(failed, format!("set: {e}")))?;
+            document.set(at, value).map_err(|e| blocked("set", e))?;
         }
-        serde_json::to_vec(&document)
-            .map(Some)
-            .map_err(|e| refuse(failed, e.to_string()))
+        Ok(Some(document.to_vec()))
     }
-}
-
-/// The pointer to the parent of `pointer` (wildcards kept).
-fn parent_of(pointer: &str) -> String {
-    pointer
-        .rsplit_once('/')
-        .map_or(String::new(), |(parent, _)| parent.to_owned())
 }
 
 impl Policy for JsonTransform {
@@ -372,12 +348,13 @@ impl Policy for JsonTransform {
     }
 }
 
-/// Puts the new body in place; one built from nothing says it is JSON.
+/// Puts the new body in place (strict JSON: later policies need not check
+/// it again); one built from nothing says it is JSON.
 fn replace(cx: &mut Context, edited: Option<Vec<u8>>, built: bool) {
     let Some(body) = edited else {
         return;
     };
-    cx.replace_body(body);
+    cx.replace_body_json(body);
     if built {
         if let (Ok(name), Ok(value)) = (
             policy_executor::HeaderName::parse("content-type"),

@@ -3,7 +3,7 @@
 use super::*;
 use policy_executor::testing::{engine_for, request, start};
 use policy_executor::{HeaderMap, Outcome, ResponseOutcome};
-use serde_json::json;
+use serde_json::{json, Value};
 
 fn engine(config: serde_json::Value) -> policy_executor::Engine {
     engine_for(FACTORY, config).unwrap()

@@ -345,10 +345,11 @@ impl Policy for Mask {
     fn on_request_body(&self, cx: &mut Context, body: &[u8]) -> Action {
         let mut findings = Findings::new();
         let declared = is_json_type(cx.request_headers().get("content-type"));
+        let checked = cx.body().is_some_and(policy_executor::Body::is_strict_json);
         let result = self
             .settings
             .masker
-            .mask_unit(body, declared, &mut findings);
+            .mask_body(body, declared, checked, &mut findings);
         note_findings(cx, &findings, Direction::Request);
         match result {
             Ok(Some(masked)) => {

@@ -153,6 +153,18 @@ impl Masker {
         declared_json: bool,
         findings: &mut Findings,
     ) -> Result<Option<Vec<u8>>, Fault> {
+        self.mask_body(body, declared_json, false, findings)
+    }
+
+    /// [`Masker::mask_unit`] over a body known to be strict JSON
+    /// (`checked`) or not.
+    pub(crate) fn mask_body(
+        &self,
+        body: &[u8],
+        declared_json: bool,
+        checked: bool,
+        findings: &mut Findings,
+    ) -> Result<Option<Vec<u8>>, Fault> {
         let first = body.iter().find(|b| !b.is_ascii_whitespace());
         let looks_like_json = matches!(first, Some(b'{' | b'[' | b'"'));
         if first.is_none() {
@@ -172,8 +184,10 @@ impl Masker {
             }
         };
         if crate::raw_json::applies(self, body) {
-            if let Err(e) = policy_executor::json::check(body) {
-                return not_json(e, findings);
+            if !checked {
+                if let Err(e) = policy_executor::json::check(body) {
+                    return not_json(e, findings);
+                }
             }
             match crate::raw_json::mask(self, body, findings)? {
                 crate::raw_json::Raw::Unchanged => return Ok(None),

@@ -6,7 +6,8 @@
 //! * `text/event-stream`: event by event. An event's `data:` lines are
 //!   joined and masked as one unit (as JSON if they are JSON), so a match
 //!   split across chunks, or across the `data:` lines of an event, is
-//!   found. Only the event being received is held, up to `max_bytes`.
+//!   found; its other lines are masked as text. Only the event being
+//!   received is held, up to `max_bytes`.
 //! * JSON (by `content-type`, by its first byte, or because `fields`
 //!   names members): held whole, up to `max_bytes`, and masked in its
 //!   decoded strings. A JSON body cannot be masked in pieces: an escape
@@ -134,31 +135,38 @@ impl MaskStream {
 
     /// One SSE event, its `data:` masked as one unit.
     fn mask_event(&mut self, event: &[u8]) -> Result<Vec<u8>, Fault> {
+        let settings = Arc::clone(&self.settings);
+        let masker = &settings.masker;
         let lines: Vec<&[u8]> = event.split_inclusive(|b| *b == b'\n').collect();
         let data: Vec<&[u8]> = lines.iter().filter_map(|line| data_of(line)).collect();
-        if data.is_empty() {
-            return Ok(event.to_vec());
-        }
-        let joined = data.join(&b'\n');
-        let Some(masked) = self
-            .settings
-            .masker
-            .mask_unit(&joined, false, &mut self.findings)?
-        else {
-            return Ok(event.to_vec());
+        let masked = if data.is_empty() {
+            None
+        } else {
+            masker.mask_unit(&data.join(&b'\n'), false, &mut self.findings)?
         };
         let mut out = Vec::with_capacity(event.len());
         let mut written = false;
         for line in lines {
             if data_of(line).is_none() {
-                out.extend_from_slice(line);
-            } else if !written {
-                written = true;
-                for part in masked.split(|b| *b == b'\n') {
-                    out.extend_from_slice(b"data: ");
-                    out.extend_from_slice(part);
-                    out.push(b'\n');
+                // Other fields (`event:`, `id:`, comments) reach clients
+                // too, and anything but SSE reads them: masked as text.
+                match masker.mask_text(line, &mut self.findings)? {
+                    Some(line) => out.extend_from_slice(&line),
+                    None => out.extend_from_slice(line),
                 }
+                continue;
+            }
+            match &masked {
+                None => out.extend_from_slice(line),
+                Some(masked) if !written => {
+                    written = true;
+                    for part in masked.split(|b| *b == b'\n') {
+                        out.extend_from_slice(b"data: ");
+                        out.extend_from_slice(part);
+                        out.push(b'\n');
+                    }
+                }
+                Some(_) => {}
             }
         }
         Ok(out)

@@ -132,8 +132,8 @@ impl Exchange {
     /// After a policy's body phase: takes the body it wrote, if any, for
     /// the policies after it.
     pub(super) fn take_body_edit_of(&mut self, direction: Direction) {
-        if let Some(edit) = self.cx.take_body_edit() {
-            self.cx.set_body(direction, Arc::from(edit));
+        if let Some((edit, json)) = self.cx.take_body_edit() {
+            self.cx.set_written_body(direction, Arc::from(edit), json);
             self.bodies().edited = true;
         }
     }
@@ -224,17 +224,20 @@ impl Exchange {
         let chain = Arc::clone(&self.chain);
         let entries = chain.entries.get(..outer).unwrap_or(&chain.entries);
         let mut body: Arc<[u8]> = Arc::from(body);
+        let mut written_json = false;
         let mut edited = false;
         for (position, entry) in entries.iter().enumerate().rev() {
             if self.is_skipped(position) {
                 continue;
             }
             self.cx.trace_running(&entry.label);
-            self.cx.set_body(Direction::Response, Arc::clone(&body));
+            self.cx
+                .set_written_body(Direction::Response, Arc::clone(&body), written_json);
             let refused = if entry.phases.contains(Phases::RESPONSE_BODY) {
                 let action = entry.policy.on_response_body(&mut self.cx, &body);
-                if let Some(edit) = self.cx.take_body_edit() {
+                if let Some((edit, json)) = self.cx.take_body_edit() {
                     body = Arc::from(edit);
+                    written_json = json;
                     edited = true;
                 }
                 match action {
@@ -245,8 +248,11 @@ impl Exchange {
                 match entry.policy.response_body_stream() {
                     Some(mut stream) => match stream.push(&mut self.cx, &body, true) {
                         Ok(out) => {
-                            edited |= *out != *body;
-                            body = Arc::from(out);
+                            if *out != *body {
+                                edited = true;
+                                written_json = false;
+                                body = Arc::from(out);
+                            }
                             None
                         }
                         Err(reply) => Some(reply),

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 /// One segment of a pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Segment {
+pub(crate) enum Segment {
     /// A member name, or an array index when it is a number.
     Key(String),
     /// Every element or member, one level.
@@ -66,6 +66,10 @@ impl Pointer {
             text: text.to_owned(),
             segments,
         })
+    }
+
+    pub(crate) fn segments(&self) -> &[Segment] {
+        &self.segments
     }
 
     /// Whether it has a wildcard.
