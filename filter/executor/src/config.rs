@@ -43,7 +43,9 @@ use crate::chain::{Chain, ChainEntry};
 use crate::expr::{Expression, Phase};
 use crate::policy::LocalReply;
 use crate::registry::{check_reply_status, ParamError, Registry};
-use crate::route::{Conditions, HostMatch, PathMatch, RouteEntry, RouteTable, Unmatched};
+use crate::route::{
+    Conditions, HostMatch, PathMatch, RouteEntry, RouteIndex, RouteTable, Unmatched,
+};
 
 /// A configuration that cannot be used, and where the fault is.
 ///
@@ -360,7 +362,10 @@ fn compile_raw(raw: RawConfig, registry: &Registry) -> Result<RouteTable, Config
                 .map_err(|(field, reason)| ConfigError::document(Some(field), reason))
         })
         .transpose()?;
+    let index = (entries.len() > crate::route::INDEXED_FROM)
+        .then(|| RouteIndex::new(entries.iter().map(|e| &e.conditions)));
     Ok(RouteTable {
+        index,
         entries,
         unmatched,
         escaped_slashes: raw.paths.escaped_slashes,

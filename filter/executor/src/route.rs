@@ -6,8 +6,15 @@
 //! on it has passed its other conditions. A request that matches none gets the configured
 //! [`Unmatched`] outcome, which is a denial unless the configuration says
 //! otherwise: a gap in the route map must not become a bypass.
+//!
+//! A table of more than [`INDEXED_FROM`] entries is looked up through an
+//! index (`index`) that gives the same answer without trying every entry.
+
+mod index;
 
 use std::sync::Arc;
+
+pub(crate) use index::RouteIndex;
 
 use crate::canonical::{strip_port, EscapedSlashes};
 use crate::chain::Chain;
@@ -217,7 +224,14 @@ pub struct RouteTable {
     pub(crate) escaped_slashes: EscapedSlashes,
     /// The decision log, when the configuration turns it on.
     pub(crate) decision_log: Option<Arc<crate::decision::DecisionLog>>,
+    /// The entries by path and host, for tables of more than
+    /// [`INDEXED_FROM`] entries.
+    pub(crate) index: Option<RouteIndex>,
 }
+
+/// Up to this many entries, trying each in turn costs less than looking
+/// up the index.
+pub(crate) const INDEXED_FROM: usize = 8;
 
 /// The route table's verdict for one request.
 pub enum Selection<'t> {
@@ -268,11 +282,18 @@ impl RouteTable {
         input: &RouteInput<'_>,
         route_name: &mut LazyRouteName<F>,
     ) -> Selection<'_> {
-        match self
-            .entries
-            .iter()
-            .find(|e| e.conditions.matches(input, route_name))
-        {
+        let found = match &self.index {
+            Some(index) => index
+                .candidates(input)
+                .into_iter()
+                .filter_map(|i| self.entries.get(i))
+                .find(|e| e.conditions.matches(input, route_name)),
+            None => self
+                .entries
+                .iter()
+                .find(|e| e.conditions.matches(input, route_name)),
+        };
+        match found {
             Some(entry) => Selection::Chain(&entry.chain),
             None => match &self.unmatched {
                 Unmatched::Deny(reply) => Selection::Deny(reply),

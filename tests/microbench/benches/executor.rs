@@ -68,6 +68,22 @@ fn route(c: &mut Criterion) {
     c.bench_function("route/50-prefixes-last", |b| {
         b.iter(|| black_box(prefixes.start_only()));
     });
+    // 1,000 entries (the scale the seeds ask for): the first and the last
+    // must cost the same, through the route index.
+    let mut config = String::from("routes:\n");
+    for i in 0..1000 {
+        let _ = write!(
+            config,
+            "  - name: r{i}\n    match: {{ path: {{ prefix: /r{i}/ }} }}\n    policies: []\n"
+        );
+    }
+    for (name, path) in [("first", "/r0/items"), ("last", "/r999/items")] {
+        let table = Fixture::new(&config, path, &[]).expect("route table");
+        assert!(table.start_only(), "{path} must match");
+        c.bench_function(&format!("route/1000-prefixes-{name}"), |b| {
+            b.iter(|| black_box(table.start_only()));
+        });
+    }
     let by_name = fixture(&set_headers_chain(0), &[]);
     assert!(by_name.start_only(), "the entry must match Envoy's route");
     c.bench_function("route/by-envoy-route-name", |b| {
