@@ -49,6 +49,18 @@ impl fmt::Display for JsonError {
 
 impl std::error::Error for JsonError {}
 
+/// Whether a `content-type` value says JSON: `application/json` or
+/// `application/<anything>+json`, parameters and case aside.
+pub fn is_json_media_type(content_type: Option<&str>) -> bool {
+    let Some(media) = content_type
+        .and_then(|c| c.split(';').next())
+        .map(|m| m.trim().to_ascii_lowercase())
+    else {
+        return false;
+    };
+    media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"))
+}
+
 /// Checks that `bytes` are one JSON document under the strict reading.
 pub fn check(bytes: &[u8]) -> Result<(), JsonError> {
     read::<()>(bytes)

@@ -52,6 +52,7 @@ impl Stream {
                 request_body_end: None,
                 body_deadline: None,
                 request_decided: false,
+                stream_refused: false,
             })
         });
         Self { state }
@@ -109,6 +110,8 @@ pub(crate) struct StreamState {
     /// The request's decision line is written: a later one is the
     /// response's.
     request_decided: bool,
+    /// A policy refused the response mid-stream.
+    stream_refused: bool,
 }
 
 /// How long held headers wait for the first byte of their body before
@@ -368,8 +371,12 @@ impl StreamState {
                     Err(status) => self.host_fault("replace the response body", status),
                 }
             }
-            // The headers are gone: Envoy resets the stream.
-            ChunkOutcome::Respond(reply) => self.respond(&reply),
+            // The headers are gone: Envoy resets the stream, and no later
+            // chunk passes meanwhile.
+            ChunkOutcome::Respond(reply) => {
+                self.stream_refused = true;
+                self.respond(&reply)
+            }
         }
     }
 
@@ -620,6 +627,9 @@ impl StreamState {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.stream_refused {
+            return Action::Pause;
+        }
         if self.body_deadline.take().is_some() {
             BODY_DELIVERED.with(|seen| seen.set(true));
         }

@@ -38,6 +38,7 @@
 
 use std::collections::BTreeMap;
 
+use policy_executor::json;
 use policy_executor::json::edit::Document;
 use policy_executor::json::pointer::Pointer;
 use policy_executor::{
@@ -215,17 +216,6 @@ struct Refusal {
     reason: String,
 }
 
-/// Whether a `content-type` says JSON.
-fn is_json_type(content_type: Option<&str>) -> bool {
-    let Some(media) = content_type
-        .and_then(|c| c.split(';').next())
-        .map(|m| m.trim().to_ascii_lowercase())
-    else {
-        return false;
-    };
-    media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"))
-}
-
 impl Edits {
     /// The new body, `None` if it is unchanged. Every CEL value is worked
     /// out first, on the body as it arrived; then the document is edited
@@ -241,7 +231,7 @@ impl Edits {
             if empty {
                 return Ok(None);
             }
-            if !is_json_type(cx.message_headers().get("content-type")) {
+            if !json::is_json_media_type(cx.message_headers().get("content-type")) {
                 return Err(refuse(bad_input, "the content-type is not JSON".into()));
             }
         }

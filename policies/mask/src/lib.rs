@@ -54,6 +54,7 @@ mod stream;
 
 use std::sync::Arc;
 
+use policy_executor::json;
 use policy_executor::json::pointer::Pointer;
 use policy_executor::{
     parse_params, Action, BodyStream, Context, LocalReply, ParamError, Phases, Policy,
@@ -280,17 +281,6 @@ pub fn builtin_pattern(name: &str) -> Option<&'static str> {
     Some(recognizer.pattern())
 }
 
-/// Whether a `content-type` says JSON.
-pub(crate) fn is_json_type(content_type: Option<&str>) -> bool {
-    let Some(media) = content_type
-        .and_then(|c| c.split(';').next())
-        .map(|m| m.trim().to_ascii_lowercase())
-    else {
-        return false;
-    };
-    media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"))
-}
-
 /// Records how often each rule fired, for the decision log: under
 /// `mask.findings` for the request, `mask.response_findings` for the
 /// response, added to what another `mask` of the chain counted.
@@ -344,7 +334,7 @@ impl Policy for Mask {
 
     fn on_request_body(&self, cx: &mut Context, body: &[u8]) -> Action {
         let mut findings = Findings::new();
-        let declared = is_json_type(cx.request_headers().get("content-type"));
+        let declared = json::is_json_media_type(cx.request_headers().get("content-type"));
         let checked = cx.body().is_some_and(policy_executor::Body::is_strict_json);
         let result = self
             .settings

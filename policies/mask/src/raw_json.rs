@@ -25,7 +25,7 @@ struct Token {
 pub(crate) fn applies(masker: &Masker, body: &[u8]) -> bool {
     masker.fields.is_empty()
         && masker.rules.iter().all(|r| r.recognizer.is_some())
-        && !body.windows(2).any(|w| w == b"\\u")
+        && !crate::scan::has_unicode_escape(body)
 }
 
 /// What the fast path made of a body.

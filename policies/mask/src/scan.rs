@@ -177,7 +177,7 @@ impl Masker {
         // unless it must be JSON or holds escapes a JSON reader would
         // decode into what the patterns look for.
         let not_json = |e: policy_executor::json::JsonError, findings: &mut Findings| {
-            if declared_json || !self.fields.is_empty() || contains(body, b"\\u") {
+            if declared_json || !self.fields.is_empty() || has_unicode_escape(body) {
                 Err(Fault::NotJson(e.to_string()))
             } else {
                 self.mask_text(body, findings)
@@ -380,8 +380,10 @@ enum Found {
     Rescan,
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+/// Whether a JSON text holds a `\u` escape, which can spell what the
+/// patterns look for in other bytes.
+pub(crate) fn has_unicode_escape(text: &[u8]) -> bool {
+    text.windows(2).any(|w| w == b"\\u")
 }
 
 /// `found` with all but its last `keep` characters as `*`.

@@ -25,7 +25,9 @@ use std::sync::Arc;
 use policy_executor::{BodyStream, Context, LocalReply};
 
 use crate::scan::{Fault, Findings};
-use crate::{is_json_type, note_findings, Direction, Settings};
+use policy_executor::json;
+
+use crate::{note_findings, Direction, Settings};
 
 /// How the response is read, once its first chunk came.
 enum Reading {
@@ -62,7 +64,7 @@ impl MaskStream {
         let first = self.held.iter().find(|b| !b.is_ascii_whitespace());
         self.reading = if media.as_deref() == Some("text/event-stream") {
             Reading::Events
-        } else if is_json_type(content_type)
+        } else if json::is_json_media_type(content_type)
             || !self.settings.masker.fields.is_empty()
             || matches!(first, Some(b'{' | b'[' | b'"'))
         {
@@ -83,7 +85,7 @@ impl MaskStream {
             Reading::Undecided => Ok(Vec::new()),
             Reading::Whole if end => {
                 let body = std::mem::take(&mut self.held);
-                let declared = is_json_type(cx.message_headers().get("content-type"));
+                let declared = json::is_json_media_type(cx.message_headers().get("content-type"));
                 Ok(masker
                     .mask_unit(&body, declared, &mut self.findings)?
                     .unwrap_or(body))

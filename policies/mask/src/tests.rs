@@ -285,3 +285,21 @@ fn the_decision_log_counts_findings_in_requests_and_responses() {
     assert_eq!(line["phase"], "response");
     assert_eq!(line["findings"], json!({ "mask": { "email": 1 } }));
 }
+
+#[test]
+fn once_a_stream_is_refused_no_later_chunk_passes() {
+    let engine = response_engine();
+    let mut x = start(&engine, request("GET", "/", &[])).unwrap();
+    x.on_request_headers();
+    x.on_response_headers(HeaderMap::from_pairs([
+        (":status", "200"),
+        ("content-type", "text/plain"),
+    ]));
+    let key = x.on_response_chunk(
+        b"key AKIAIOSFODNN7EXAMPLE and more text to pass the window ",
+        false,
+    );
+    assert!(matches!(key, ChunkOutcome::Respond(_)), "{key:?}");
+    let later = x.on_response_chunk(b"jane@example.com", true);
+    assert!(matches!(later, ChunkOutcome::Respond(_)), "{later:?}");
+}

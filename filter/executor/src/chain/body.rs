@@ -41,6 +41,8 @@ pub(super) struct Bodies {
     edited: bool,
     /// The response's streams, innermost first, once its first chunk came.
     streams: Option<Vec<(usize, Box<dyn BodyStream>)>>,
+    /// A stream refused the response: no later chunk passes either.
+    refused: bool,
 }
 
 /// What the host does with a chunk of a streamed response.
@@ -279,6 +281,9 @@ impl Exchange {
     /// the policies the response passes, innermost first; `end` on the last
     /// chunk (pass an empty one if the stream ended with trailers).
     pub fn on_response_chunk(&mut self, chunk: &[u8], end: bool) -> ChunkOutcome {
+        if self.bodies.as_ref().is_some_and(|b| b.refused) {
+            return ChunkOutcome::Respond(LocalReply::text(502, "upstream response refused\n"));
+        }
         if self.finished {
             return ChunkOutcome::Pass(chunk.to_vec());
         }
@@ -348,6 +353,7 @@ impl Exchange {
             reply.status
         );
         self.finished = true;
+        self.bodies().refused = true;
         ChunkOutcome::Respond(reply)
     }
 }
